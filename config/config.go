@@ -1,0 +1,384 @@
+// Package config reads, defaults and validates lacre.toml.
+//
+// Every option has a default (see Default), so an empty file is a valid
+// configuration. Unknown keys and bad values are errors that name the key
+// and, where it can be found, the line: a typo in a mail gateway's config
+// must never silently switch encryption off.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// EnvVar names the environment variable consulted when no -config flag is given.
+const EnvVar = "LACRE_CONFIG"
+
+// SearchPaths are tried in order when neither -config nor $LACRE_CONFIG is set.
+var SearchPaths = []string{"/etc/lacre/lacre.toml", "/usr/local/etc/lacre/lacre.toml"}
+
+// Config is the whole of lacre.toml.
+type Config struct {
+	Milter     Milter     `toml:"milter"`
+	Store      Store      `toml:"store"`
+	Keys       Keys       `toml:"keys"`
+	Encryption Encryption `toml:"encryption"`
+	Static     Static     `toml:"static"`
+
+	// Path is the file the configuration was read from ("" for defaults).
+	// Relative paths inside the file are resolved against its folder.
+	Path string `toml:"-"`
+}
+
+// Milter holds the options of the milter listener.
+type Milter struct {
+	// Listen is "inet:HOST:PORT" or "unix:PATH".
+	Listen string `toml:"listen"`
+}
+
+// Store holds the options of the key store.
+type Store struct {
+	// Database is a file path (SQLite). Relative to the config file's folder.
+	Database string `toml:"database"`
+	// CacheTTL bounds how long a lookup result (including "no key") is reused.
+	CacheTTL Duration `toml:"cache_ttl"`
+}
+
+// Keys holds the rules for accepting keys and matching addresses.
+type Keys struct {
+	// MinRSABits is the smallest RSA (and DSA/ElGamal) modulus accepted.
+	MinRSABits int `toml:"min_rsa_bits"`
+	// FoldLocalPartCase makes "Alice@" and "alice@" the same address.
+	FoldLocalPartCase bool `toml:"fold_local_part_case"`
+	// SubaddressSeparator is the separator of "user+tag@"; "" turns the fallback off.
+	SubaddressSeparator string `toml:"subaddress_separator"`
+}
+
+// Encryption holds the options of the PGP/MIME output.
+type Encryption struct {
+	// HideRecipients writes wildcard key IDs (RFC 9580 §5.1) instead of the recipients' ones.
+	HideRecipients bool `toml:"hide_recipients"`
+	// ProtectHeaders copies Subject, From, To, … into the ciphertext (RFC 9788)
+	// and replaces the outer Subject; recipients may override it per address.
+	ProtectHeaders bool `toml:"protect_headers"`
+	// UnusableKey says what to do with mail for an address whose every key
+	// has expired or been revoked since it was registered: "tempfail",
+	// "reject" or "clear".
+	UnusableKey string `toml:"unusable_key"`
+}
+
+// Static holds the mappings that gpg-mailgate called enc_keymap and
+// enc_domain_keymap, and the addresses that must never be encrypted.
+type Static struct {
+	// Addresses maps an address to the fingerprints of keys in the store.
+	Addresses map[string][]string `toml:"addresses"`
+	// Domains maps a domain to the fingerprints of keys in the store.
+	Domains map[string][]string `toml:"domains"`
+	// NeverEncrypt lists addresses that always receive mail as sent.
+	NeverEncrypt []string `toml:"never_encrypt"`
+}
+
+// The values of Encryption.UnusableKey.
+const (
+	UnusableTempfail = "tempfail"
+	UnusableReject   = "reject"
+	UnusableClear    = "clear"
+)
+
+// Default returns the configuration used for every option the file leaves out.
+func Default() *Config {
+	return &Config{
+		Milter: Milter{Listen: "inet:127.0.0.1:8891"},
+		Store:  Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
+		Keys: Keys{
+			MinRSABits:          2048,
+			FoldLocalPartCase:   true,
+			SubaddressSeparator: "+",
+		},
+		Encryption: Encryption{UnusableKey: UnusableTempfail},
+	}
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s", "5m").
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write e.g. \"30s\" or \"5m\")", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Problem is one thing wrong with a configuration file.
+type Problem struct {
+	Key  string // dotted TOML key, e.g. "store.cache_ttl"
+	Line int    // 0 when unknown
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", p.Line, p.Key, p.Msg)
+	}
+	if p.Key == "" {
+		return p.Msg
+	}
+	return fmt.Sprintf("%s: %s", p.Key, p.Msg)
+}
+
+// Error lists every problem found in one file, so an operator fixes them
+// in one pass instead of one per restart.
+type Error struct {
+	Path     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	name := e.Path
+	if name == "" {
+		name = "configuration"
+	}
+	if len(e.Problems) == 1 {
+		fmt.Fprintf(&b, "%s: %s", name, e.Problems[0])
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%s: %d problems:", name, len(e.Problems))
+	for _, p := range e.Problems {
+		fmt.Fprintf(&b, "\n  %s", p)
+	}
+	return b.String()
+}
+
+// Find returns the path of the configuration file to use: flagPath when set,
+// else $LACRE_CONFIG, else the first existing file of SearchPaths. It returns
+// "" and no error when nothing is found, meaning "run on the defaults".
+func Find(flagPath string) (string, error) {
+	if flagPath != "" {
+		return flagPath, nil
+	}
+	if p := os.Getenv(EnvVar); p != "" {
+		return p, nil
+	}
+	for _, p := range SearchPaths {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("config: %v", err)
+		}
+	}
+	return "", nil
+}
+
+// Load reads and validates the file at path. An empty path yields the
+// defaults (with relative paths resolved against the working directory).
+// A returned *Error lists every problem found.
+func Load(path string) (*Config, error) {
+	c := Default()
+	if path == "" {
+		return c, c.Validate()
+	}
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %v", err)
+	}
+	return parse(path, src)
+}
+
+func parse(path string, src []byte) (*Config, error) {
+	c := Default()
+	c.Path = path
+	md, err := toml.NewDecoder(bytes.NewReader(src)).Decode(c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &Error{Path: path, Problems: []Problem{{
+				Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message,
+			}}}
+		}
+		return nil, &Error{Path: path, Problems: []Problem{{Msg: err.Error()}}}
+	}
+	var probs []Problem
+	for _, k := range md.Undecoded() {
+		probs = append(probs, Problem{
+			Key:  k.String(),
+			Line: lineOf(src, k),
+			Msg:  "unknown option (see lacre.toml.example for the options that exist)",
+		})
+	}
+	if err := c.Validate(); err != nil {
+		var ce *Error
+		if errors.As(err, &ce) {
+			for _, p := range ce.Problems {
+				if p.Line == 0 && p.Key != "" {
+					p.Line = lineOf(src, strings.Split(p.Key, "."))
+				}
+				probs = append(probs, p)
+			}
+		}
+	}
+	if len(probs) > 0 {
+		sort.SliceStable(probs, func(i, j int) bool { return probs[i].Line < probs[j].Line })
+		return nil, &Error{Path: path, Problems: probs}
+	}
+	return c, nil
+}
+
+// Validate checks values that TOML types cannot express.
+func (c *Config) Validate() error {
+	var probs []Problem
+	add := func(key, format string, args ...any) {
+		probs = append(probs, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	if _, _, err := ParseListen(c.Milter.Listen); err != nil {
+		add("milter.listen", "%v", err)
+	}
+	if c.Store.Database == "" {
+		add("store.database", "must name a file, e.g. \"lacre.db\"")
+	}
+	if c.Store.CacheTTL < 0 || c.Store.CacheTTL.D() > time.Hour {
+		add("store.cache_ttl", "%s is out of range (0 to 1h; a long TTL delays new keys)", c.Store.CacheTTL.D())
+	}
+	if c.Keys.MinRSABits < 1024 || c.Keys.MinRSABits > 16384 {
+		add("keys.min_rsa_bits", "%d is out of range (1024 to 16384; 2048 is the usual floor)", c.Keys.MinRSABits)
+	}
+	if s := c.Keys.SubaddressSeparator; len(s) > 1 || strings.ContainsAny(s, "@ \t\"") {
+		add("keys.subaddress_separator", "%q must be one character other than @, space or quote, or \"\" for none", s)
+	}
+	switch c.Encryption.UnusableKey {
+	case UnusableTempfail, UnusableReject, UnusableClear:
+	default:
+		add("encryption.unusable_key", "%q is not one of \"tempfail\", \"reject\", \"clear\"", c.Encryption.UnusableKey)
+	}
+	for addr, fprs := range c.Static.Addresses {
+		if !strings.Contains(addr, "@") {
+			add("static.addresses", "%q is not an address (domains go in [static.domains])", addr)
+		}
+		checkFingerprints(add, "static.addresses", addr, fprs)
+	}
+	for dom, fprs := range c.Static.Domains {
+		if dom == "" || strings.Contains(dom, "@") {
+			add("static.domains", "%q is not a domain", dom)
+		}
+		checkFingerprints(add, "static.domains", dom, fprs)
+	}
+	for _, addr := range c.Static.NeverEncrypt {
+		if !strings.Contains(addr, "@") {
+			add("static.never_encrypt", "%q is not an address", addr)
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return &Error{Path: c.Path, Problems: probs}
+}
+
+func checkFingerprints(add func(string, string, ...any), key, name string, fprs []string) {
+	if len(fprs) == 0 {
+		add(key, "%q maps to no fingerprint", name)
+	}
+	for _, f := range fprs {
+		if !IsFingerprint(f) {
+			add(key, "%q: %q is not a fingerprint (40 or 64 hex digits; key IDs are too short to be safe)", name, f)
+		}
+	}
+}
+
+// IsFingerprint reports whether s is a v4 (40 hex digits) or v6 (64 hex
+// digits) fingerprint; spaces are ignored so that gpg's grouped output can be pasted.
+func IsFingerprint(s string) bool {
+	s = strings.ReplaceAll(s, " ", "")
+	if len(s) != 40 && len(s) != 64 {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseListen splits a listen address into a network ("tcp" or "unix") and
+// an address for net.Listen.
+func ParseListen(s string) (network, address string, err error) {
+	kind, rest, ok := strings.Cut(s, ":")
+	switch {
+	case !ok:
+	case kind == "inet" && rest != "":
+		if i := strings.LastIndex(rest, ":"); i > 0 && i < len(rest)-1 {
+			return "tcp", rest, nil
+		}
+	case kind == "unix" && rest != "":
+		return "unix", rest, nil
+	}
+	return "", "", fmt.Errorf("%q: write \"inet:HOST:PORT\" or \"unix:/PATH\"", s)
+}
+
+// DatabasePath returns the store path with a relative path resolved against
+// the config file's folder, so the same file works from any working directory.
+func (c *Config) DatabasePath() string {
+	return c.resolve(c.Store.Database)
+}
+
+func (c *Config) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.Path == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.Path), p)
+}
+
+// lineOf finds the line where key is set in src, for error messages. The
+// TOML library reports positions only for syntax errors; this small scan
+// covers the common "key = value" and "[table]" forms and returns 0 if unsure.
+func lineOf(src []byte, key toml.Key) int {
+	if len(key) == 0 {
+		return 0
+	}
+	table := ""
+	want := strings.Join(key[:len(key)-1], ".")
+	last := key[len(key)-1]
+	for i, line := range strings.Split(string(src), "\n") {
+		t := strings.TrimSpace(line)
+		if strings.HasPrefix(t, "[") {
+			name := strings.Trim(t, "[] \t")
+			if j := strings.Index(name, "#"); j >= 0 {
+				name = strings.TrimRight(name[:j], "] \t")
+			}
+			table = name
+			if table == strings.Join(key, ".") {
+				return i + 1
+			}
+			continue
+		}
+		k, _, ok := strings.Cut(t, "=")
+		if !ok {
+			continue
+		}
+		k = strings.Trim(strings.TrimSpace(k), `"'`)
+		if table == want && k == last {
+			return i + 1
+		}
+		if table == "" && k == strings.Join(key, ".") {
+			return i + 1
+		}
+	}
+	return 0
+}

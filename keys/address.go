@@ -1,0 +1,83 @@
+package keys
+
+import (
+	"fmt"
+	"strings"
+
+	"golang.org/x/net/idna"
+
+	"lacre.io/milter/config"
+)
+
+// Normalizer turns the many spellings of an address into the one used as
+// the store's key, so that "Alice@EXAMPLE.org" and "alice@example.org"
+// find the same key.
+type Normalizer struct {
+	// FoldLocalPartCase lower-cases the local part. RFC 5321 §2.4 lets a
+	// server treat local parts case-sensitively, but virtually none does.
+	FoldLocalPartCase bool
+	// SubaddressSeparator, when not "", makes "user+tag@" fall back to "user@".
+	SubaddressSeparator string
+}
+
+// NewNormalizer returns the Normalizer configured in c.
+func NewNormalizer(c config.Keys) Normalizer {
+	return Normalizer{FoldLocalPartCase: c.FoldLocalPartCase, SubaddressSeparator: c.SubaddressSeparator}
+}
+
+// idnaProfile converts U-labels to A-labels (RFC 5891) the way resolvers
+// do, so a domain written in Unicode and in punycode is the same key.
+var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.StrictDomainName(false))
+
+// Normalize returns the canonical form of addr: angle brackets and
+// surrounding space removed, domain lower-cased and IDNA-encoded, local
+// part folded when configured. It does not strip a subaddress; see Candidates.
+func (n Normalizer) Normalize(addr string) (string, error) {
+	a := strings.TrimSpace(addr)
+	a = strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">")
+	at := strings.LastIndexByte(a, '@')
+	if at <= 0 || at == len(a)-1 {
+		return "", fmt.Errorf("%q is not an e-mail address (want local@domain)", addr)
+	}
+	local, domain := a[:at], a[at+1:]
+	if strings.ContainsAny(a, " \t\r\n<>") && !strings.HasPrefix(local, `"`) {
+		return "", fmt.Errorf("%q is not an e-mail address (contains a space or bracket)", addr)
+	}
+	if strings.HasPrefix(domain, "[") {
+		// An address literal (RFC 5321 §4.1.3) is not a name: keep it as is.
+		domain = strings.ToLower(domain)
+	} else {
+		d, err := idnaProfile.ToASCII(strings.TrimSuffix(domain, "."))
+		if err != nil || d == "" {
+			return "", fmt.Errorf("%q: domain %q is not valid: %v", addr, domain, err)
+		}
+		domain = strings.ToLower(d)
+	}
+	if n.FoldLocalPartCase {
+		local = strings.ToLower(local)
+	}
+	return local + "@" + domain, nil
+}
+
+// Candidates returns the normalised forms of addr to look up, most specific
+// first: the address itself, then, for "user+tag@domain", "user@domain".
+func (n Normalizer) Candidates(addr string) ([]string, error) {
+	a, err := n.Normalize(addr)
+	if err != nil {
+		return nil, err
+	}
+	out := []string{a}
+	if sep := n.SubaddressSeparator; sep != "" {
+		at := strings.LastIndexByte(a, '@')
+		local := a[:at]
+		if i := strings.Index(local, sep); i > 0 && !strings.HasPrefix(local, `"`) {
+			out = append(out, local[:i]+a[at:])
+		}
+	}
+	return out, nil
+}
+
+// Domain returns the domain part of a normalised address.
+func Domain(normalized string) string {
+	return normalized[strings.LastIndexByte(normalized, '@')+1:]
+}
