@@ -27,7 +27,7 @@ func NewNormalizer(c config.Keys) Normalizer {
 
 // idnaProfile converts U-labels to A-labels (RFC 5891) the way resolvers
 // do, so a domain written in Unicode and in punycode is the same key.
-var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.StrictDomainName(false))
+var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.StrictDomainName(false), idna.VerifyDNSLength(true))
 
 // Normalize returns the canonical form of addr: angle brackets and
 // surrounding space removed, domain lower-cased and IDNA-encoded, local
@@ -40,16 +40,22 @@ func (n Normalizer) Normalize(addr string) (string, error) {
 		return "", fmt.Errorf("%q is not an e-mail address (want local@domain)", addr)
 	}
 	local, domain := a[:at], a[at+1:]
-	if strings.ContainsAny(a, " \t\r\n<>") && !strings.HasPrefix(local, `"`) {
-		return "", fmt.Errorf("%q is not an e-mail address (contains a space or bracket)", addr)
+	// Spaces and brackets may only appear inside a properly quoted local
+	// part (RFC 5321 §4.1.2 Quoted-string); never in the domain.
+	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
+	if strings.ContainsAny(domain, " \t\r\n<>\"") || (!quoted && strings.ContainsAny(local, " \t\r\n<>\"")) {
+		return "", fmt.Errorf("%q is not an e-mail address (contains a space, quote or bracket)", addr)
 	}
 	if strings.HasPrefix(domain, "[") {
 		// An address literal (RFC 5321 §4.1.3) is not a name: keep it as is.
 		domain = strings.ToLower(domain)
 	} else {
 		d, err := idnaProfile.ToASCII(strings.TrimSuffix(domain, "."))
-		if err != nil || d == "" {
+		if err != nil {
 			return "", fmt.Errorf("%q: domain %q is not valid: %v", addr, domain, err)
+		}
+		if d == "" {
+			return "", fmt.Errorf("%q: the domain is empty", addr)
 		}
 		domain = strings.ToLower(d)
 	}

@@ -163,7 +163,7 @@ func Parse(data []byte) ([]*Key, error) {
 				return nil, reject(e, RuleSecret, "contains secret key material; submit only the public key (gpg --export --armor, not --export-secret-keys)")
 			}
 			var raw bytes.Buffer
-			if err := e.Serialize(&raw); err != nil {
+			if err := serialize(&raw, e); err != nil {
 				return nil, reject(e, RuleFormat, "cannot be re-encoded: %v", err)
 			}
 			out = append(out, &Key{
@@ -177,6 +177,42 @@ func Parse(data []byte) ([]*Key, error) {
 		return nil, &RejectError{Rule: RuleFormat, Msg: "no OpenPGP public key found in the data"}
 	}
 	return out, nil
+}
+
+// serialize writes the public certificate like Entity.Serialize, but with
+// the User IDs in a fixed order (Entity.Serialize follows Go's random map
+// order), so the same key always yields the same bytes and a store can tell
+// an unchanged key from a refreshed one.
+func serialize(w io.Writer, e *openpgp.Entity) error {
+	if err := e.PrimaryKey.Serialize(w); err != nil {
+		return err
+	}
+	for _, r := range e.Revocations {
+		if err := r.Packet.Serialize(w); err != nil {
+			return err
+		}
+	}
+	for _, d := range e.DirectSignatures {
+		if err := d.Packet.Serialize(w); err != nil {
+			return err
+		}
+	}
+	names := make([]string, 0, len(e.Identities))
+	for name := range e.Identities {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := e.Identities[name].Serialize(w); err != nil {
+			return err
+		}
+	}
+	for _, s := range e.Subkeys {
+		if err := s.Serialize(w, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func hasSecretSubkey(e *openpgp.Entity) bool {
@@ -234,6 +270,10 @@ func (p Policy) Validate(k *Key, address string, now time.Time) error {
 func (p Policy) Usable(k *Key, now time.Time) error {
 	e := k.Entity
 	cfg := p.packetConfig(now)
+	if e.PrimaryKey.CreationTime.After(now) {
+		return reject(e, RuleSelfSig, "the key was created in the future (%s); check the clock of the computer that made it",
+			e.PrimaryKey.CreationTime.UTC().Format(time.RFC3339))
+	}
 	if _, err := e.PrimarySelfSignature(time.Time{}, cfg); err != nil {
 		return reject(e, RuleSelfSig, "the primary key has no valid self-signature")
 	}

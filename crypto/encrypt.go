@@ -1,0 +1,328 @@
+// Package crypto turns a message (header fields and raw body) into an
+// RFC 3156 PGP/MIME message encrypted to a set of keys, and recognises
+// mail that is already encrypted. It knows nothing of the milter protocol:
+// it returns header changes and a new body, and the caller applies them.
+package crypto
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+
+	"lacre.io/milter/keys"
+)
+
+// Options change how a message is encrypted.
+type Options struct {
+	// HideRecipients writes wildcard key IDs (RFC 9580 §5.1.1) so that
+	// recipients cannot see each other's keys. Off by default: Mailvelope,
+	// OpenKeychain and RNP without --allow-hidden cannot decrypt such mail.
+	HideRecipients bool
+	// ProtectHeaders copies the message's identifying fields into the
+	// ciphertext (RFC 9788 hp="cipher", plus protected-headers="v1" for
+	// Thunderbird) and replaces the outer Subject with "[...]".
+	ProtectHeaders bool
+	// MinRSABits is the smallest RSA key accepted; 0 means 2048.
+	MinRSABits int
+	// Now selects which (sub)keys are valid; the zero time means time.Now().
+	Now time.Time
+	// Rand is the randomness source; nil means crypto/rand.
+	Rand io.Reader
+}
+
+// Result is an encrypted message: edits to the outer header section, to
+// be applied in order, and the complete new body (CRLF line ends).
+type Result struct {
+	Changes []Change
+	Body    []byte
+}
+
+// ProtectedFields are copied into the encrypted payload when headers are
+// protected (RFC 9788 §2.2: the fields a reader uses to identify a message).
+var ProtectedFields = []string{"Subject", "From", "To", "Cc", "Date", "Message-ID", "References", "In-Reply-To"}
+
+// ObscuredSubject replaces the outer Subject when headers are protected
+// (RFC 9788 §2.3 recommends exactly this string).
+const ObscuredSubject = "[...]"
+
+// writeChunk is the size of the plaintext writes into go-crypto.
+const writeChunk = 32 << 10
+
+// ErrNoKeys is returned when Encrypt is given no recipient key.
+var ErrNoKeys = errors.New("no recipient key to encrypt to")
+
+// Encrypt encrypts the message (fields, body) to every key in to, per
+// RFC 3156. The inner entity is the original Content-* fields followed by
+// body byte for byte: the body is never decoded or re-encoded, so
+// charsets, 8-bit text, attachments and signatures decrypt to exactly what
+// was sent. Encrypt does not modify fields or body; the caller keeps them.
+//
+// Memory use is the size of the result (about 1.37 × the body) plus
+// go-crypto's fixed-size buffers.
+func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result, error) {
+	if len(to) == 0 {
+		return nil, ErrNoKeys
+	}
+	now := opt.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	rnd := opt.Rand
+	if rnd == nil {
+		rnd = rand.Reader
+	}
+	minBits := opt.MinRSABits
+	if minBits == 0 {
+		minBits = 2048
+	}
+	cfg := &packet.Config{
+		// AES-256 whenever every key's preferences allow it (RFC 9580 §5.2.3.14).
+		DefaultCipher: packet.CipherAES256,
+		// No compression: it costs CPU, and compressing secrets next to
+		// attacker-chosen text is a known side channel.
+		DefaultCompressionAlgo: packet.CompressionNone,
+		MinRSABits:             uint16(minBits),
+		Time:                   func() time.Time { return now },
+		Rand:                   rnd,
+	}
+
+	entities := make([]*openpgp.Entity, len(to))
+	seipdV2 := true
+	for i, k := range to {
+		entities[i] = k.Entity
+		sig, err := k.Entity.PrimarySelfSignature(now, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("key %s: no valid self-signature: %w", k.Fingerprint, err)
+		}
+		// go-crypto uses SEIPDv2 exactly when every key advertises it.
+		seipdV2 = seipdV2 && sig.SEIPDv2
+	}
+
+	boundary, err := newBoundary(rnd)
+	if err != nil {
+		return nil, err
+	}
+	inner := innerHeader(fields, opt.ProtectHeaders)
+
+	var out bytes.Buffer
+	out.Grow(armoredLen(len(inner)+len(body)+64*len(to)+1024) + 512)
+	writeBodyHead(&out, boundary)
+	// RFC 9580 §6.2.2.3: no CRC24 after a v2 SEIPD packet; for v1 keep it,
+	// because GnuPG 2.2 rejects CRC-less armour.
+	armor := newArmorWriter(&out, !seipdV2)
+
+	if seipdV2 {
+		err = encryptV2(armor, entities, opt.HideRecipients, cfg, inner, body)
+	} else {
+		err = encryptV1(armor, entities, opt.HideRecipients, cfg, inner, body)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("encrypt: %w", err)
+	}
+	armor.Close()
+	writeBodyTail(&out, boundary)
+
+	return &Result{
+		Changes: outerChanges(fields, boundary, opt.ProtectHeaders),
+		Body:    out.Bytes(),
+	}, nil
+}
+
+// innerHeader builds the header section of the encrypted entity: the
+// original Content-* fields in their order, with an explicit Content-Type
+// when there was none (RFC 2045 §5.2 default), then the protected fields.
+func innerHeader(fields []Field, protect bool) []byte {
+	var b bytes.Buffer
+	hasType := false
+	for _, f := range fields {
+		if !isContentField(f.Name) {
+			continue
+		}
+		v := f.Value
+		if strings.EqualFold(f.Name, "Content-Type") {
+			if hasType {
+				continue // a second Content-Type is malformed; the first one wins, as in most readers
+			}
+			hasType = true
+			if protect {
+				v = strings.TrimRight(v, " \t;") + `; protected-headers="v1"; hp="cipher"`
+			}
+		}
+		writeField(&b, f.Name, v)
+	}
+	if !hasType {
+		v := "text/plain; charset=us-ascii"
+		if protect {
+			v += `; protected-headers="v1"; hp="cipher"`
+		}
+		writeField(&b, "Content-Type", v)
+	}
+	if protect {
+		for _, name := range ProtectedFields {
+			for _, f := range fields {
+				if strings.EqualFold(f.Name, name) {
+					writeField(&b, f.Name, f.Value)
+				}
+			}
+		}
+		// RFC 9788 §2.2.1: HP-Outer records the outer fields as delivered,
+		// so a reader can tell which outer values were obscured.
+		for _, name := range ProtectedFields {
+			for _, f := range fields {
+				if !strings.EqualFold(f.Name, name) {
+					continue
+				}
+				v := f.Value
+				if strings.EqualFold(name, "Subject") {
+					v = ObscuredSubject
+				}
+				writeField(&b, "HP-Outer", f.Name+": "+v)
+			}
+		}
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+// outerChanges turns the original header into the outer header of the
+// PGP/MIME message: Content-Type replaced, other Content-* fields removed
+// (they now live inside the ciphertext), MIME-Version added when absent,
+// and the Subject obscured when headers are protected.
+func outerChanges(fields []Field, boundary string, protect bool) []Change {
+	var changes []Change
+	seen := map[string]int{}
+	var deletes []Change
+	hasType, hasVersion, subjectDone := false, false, false
+	// One line (about 100 characters, well under RFC 5322's 998): MTAs
+	// differ in how they take folded values through the milter protocol.
+	newType := `multipart/encrypted; protocol="application/pgp-encrypted"; boundary="` + boundary + `"`
+	for _, f := range fields {
+		key := strings.ToLower(f.Name)
+		seen[key]++
+		idx := seen[key]
+		switch {
+		case key == "content-type" && !hasType:
+			hasType = true
+			changes = append(changes, Change{Op: Set, Name: f.Name, Index: idx, Value: newType})
+		case isContentField(f.Name):
+			deletes = append(deletes, Change{Op: Delete, Name: f.Name, Index: idx})
+		case key == "mime-version":
+			hasVersion = true
+		case key == "subject" && protect && !subjectDone:
+			subjectDone = true
+			changes = append(changes, Change{Op: Set, Name: f.Name, Index: idx, Value: ObscuredSubject})
+		}
+	}
+	// Highest index first, so each deletion leaves the others' indexes valid.
+	for i := len(deletes) - 1; i >= 0; i-- {
+		changes = append(changes, deletes[i])
+	}
+	if !hasVersion {
+		changes = append(changes, Change{Op: Add, Name: "MIME-Version", Value: "1.0"})
+	}
+	if !hasType {
+		changes = append(changes, Change{Op: Add, Name: "Content-Type", Value: newType})
+	}
+	return changes
+}
+
+// encryptV2 uses go-crypto for recipients who all support SEIPDv2
+// (RFC 9580 §5.13.2): AEAD with the best cipher suite they share.
+func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, inner, body []byte) error {
+	var toVisible, toHidden []*openpgp.Entity
+	if hide {
+		toHidden = to
+	} else {
+		toVisible = to
+	}
+	pt, err := openpgp.EncryptWithParams(w, toVisible, toHidden, &openpgp.EncryptParams{Config: cfg})
+	if err != nil {
+		return err
+	}
+	if _, err := pt.Write(inner); err != nil {
+		return err
+	}
+	// Feed the body in chunks: go-crypto's partial-length writer keeps
+	// everything of one Write call in memory and flushes one power-of-two
+	// packet per call, so a single large Write would be buffered whole.
+	for p := body; len(p) > 0; {
+		n := min(len(p), writeChunk)
+		if _, err := pt.Write(p[:n]); err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	return pt.Close()
+}
+
+// encryptV1 writes one session-key packet per recipient with go-crypto
+// (v3 PKESK, RFC 9580 §5.1) and the data with writeSEIPDv1. The cipher is
+// AES-256 unless a key's preferences exclude it (then AES-128, which
+// every implementation must support, RFC 9580 §9.3).
+func encryptV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, inner, body []byte) error {
+	now := cfg.Now()
+	cipherFunc := packet.CipherAES256
+	for _, e := range to {
+		sig, err := e.PrimarySelfSignature(now, cfg)
+		if err != nil {
+			return err
+		}
+		if len(sig.PreferredSymmetric) > 0 && !slices.Contains(sig.PreferredSymmetric, uint8(packet.CipherAES256)) {
+			cipherFunc = packet.CipherAES128
+		}
+	}
+	sessionKey := make([]byte, cipherFunc.KeySize())
+	defer clear(sessionKey)
+	if _, err := io.ReadFull(cfg.Random(), sessionKey); err != nil {
+		return err
+	}
+	for _, e := range to {
+		k, err := e.EncryptionKeyWithError(now, cfg)
+		if err != nil {
+			return err
+		}
+		if err := packet.SerializeEncryptedKeyAEADwithHiddenOption(w, k.PublicKey, cipherFunc, false, sessionKey, hide, cfg); err != nil {
+			return err
+		}
+	}
+	return writeSEIPDv1(w, sessionKey, cfg.Random(), inner, body)
+}
+
+// writeBodyHead writes the preamble, the version part (RFC 3156 §4) and
+// the headers of the part that carries the armoured ciphertext.
+func writeBodyHead(b *bytes.Buffer, boundary string) {
+	b.WriteString("This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n--")
+	b.WriteString(boundary)
+	b.WriteString("\r\nContent-Type: application/pgp-encrypted\r\n" +
+		"Content-Description: PGP/MIME version identification\r\n\r\nVersion: 1\r\n\r\n--")
+	b.WriteString(boundary)
+	b.WriteString("\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n" +
+		"Content-Description: OpenPGP encrypted message\r\n" +
+		"Content-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n")
+}
+
+func writeBodyTail(b *bytes.Buffer, boundary string) {
+	b.WriteString("\r\n--")
+	b.WriteString(boundary)
+	b.WriteString("--\r\n")
+}
+
+// newBoundary returns a random MIME boundary. It contains "=_", which can
+// never occur in base64 armour lines (RFC 2045 §6.8), so it cannot collide
+// with the ciphertext (RFC 2046 §5.1.1).
+func newBoundary(r io.Reader) (string, error) {
+	var b [12]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return "", fmt.Errorf("boundary: %w", err)
+	}
+	return "=_lacre_" + hex.EncodeToString(b[:]), nil
+}

@@ -1,0 +1,331 @@
+package crypto
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+
+	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
+)
+
+// testKey returns a generated key as the keys package stores it, plus the
+// entity holding its secret key for decryption.
+func testKey(t testing.TB, kind testkeys.Kind, address string) (*keys.Key, *openpgp.Entity) {
+	t.Helper()
+	e := testkeys.Generate(t, kind, address)
+	ks, err := keys.Parse(testkeys.Public(t, e))
+	if err != nil || len(ks) != 1 {
+		t.Fatalf("parse %v key: %v", kind, err)
+	}
+	return ks[0], e
+}
+
+// delivered applies res to the original message and returns what the MTA
+// would deliver.
+func delivered(t testing.TB, fields []Field, res *Result) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := WriteMessage(&b, Apply(fields, res.Changes), res.Body); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// openPGPMIME checks the RFC 3156 structure of a delivered message with
+// the standard library's parsers (independent of this package's code) and
+// returns the outer header and the armoured ciphertext.
+func openPGPMIME(t testing.TB, msg []byte) (mail.Header, []byte) {
+	t.Helper()
+	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	if err != nil {
+		t.Fatalf("delivered message does not parse: %v", err)
+	}
+	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/encrypted" || params["protocol"] != "application/pgp-encrypted" {
+		t.Fatalf("outer Content-Type = %q (%v), want multipart/encrypted with protocol application/pgp-encrypted", m.Header.Get("Content-Type"), err)
+	}
+	if m.Header.Get("MIME-Version") != "1.0" {
+		t.Errorf("MIME-Version = %q", m.Header.Get("MIME-Version"))
+	}
+	for k := range m.Header {
+		if strings.HasPrefix(strings.ToLower(k), "content-") && !strings.EqualFold(k, "Content-Type") {
+			t.Errorf("outer header still has %s", k)
+		}
+	}
+	mr := multipart.NewReader(m.Body, params["boundary"])
+	p1, err := mr.NextRawPart()
+	if err != nil {
+		t.Fatalf("first part: %v", err)
+	}
+	v, _ := io.ReadAll(p1)
+	if p1.Header.Get("Content-Type") != "application/pgp-encrypted" || !bytes.Contains(v, []byte("Version: 1")) {
+		t.Fatalf("first part = %q %q, want application/pgp-encrypted with Version: 1", p1.Header.Get("Content-Type"), v)
+	}
+	p2, err := mr.NextRawPart()
+	if err != nil {
+		t.Fatalf("second part: %v", err)
+	}
+	if mt, _, _ := mime.ParseMediaType(p2.Header.Get("Content-Type")); mt != "application/octet-stream" {
+		t.Fatalf("second part Content-Type = %q", p2.Header.Get("Content-Type"))
+	}
+	ct, _ := io.ReadAll(p2)
+	if _, err := mr.NextRawPart(); err != io.EOF {
+		t.Fatalf("a third part or a broken closing boundary: %v", err)
+	}
+	return m.Header, ct
+}
+
+// decrypt decrypts an armoured message with the secret keys in ring.
+func decrypt(t testing.TB, armored []byte, ring ...*openpgp.Entity) ([]byte, *openpgp.MessageDetails) {
+	t.Helper()
+	blk, err := armor.Decode(bytes.NewReader(armored))
+	if err != nil {
+		t.Fatalf("armour: %v", err)
+	}
+	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList(ring), nil, nil)
+	if err != nil {
+		t.Fatalf("decrypt: %v", err)
+	}
+	pt, err := io.ReadAll(md.UnverifiedBody)
+	if err != nil {
+		t.Fatalf("decrypt body (integrity check): %v", err)
+	}
+	return pt, md
+}
+
+// checkInner asserts that the decrypted entity is the original Content-*
+// fields followed by the original body byte for byte.
+func checkInner(t testing.TB, name string, inner []byte, fields []Field, body []byte, protect bool) {
+	t.Helper()
+	i := bytes.Index(inner, []byte("\r\n\r\n"))
+	if i < 0 {
+		t.Fatalf("%s: inner entity has no header/body separator", name)
+	}
+	ih, ib := inner[:i+2], inner[i+4:]
+	if !bytes.Equal(ib, body) {
+		t.Fatalf("%s: inner body differs from the original (len %d vs %d)", name, len(ib), len(body))
+	}
+	innerFields, rest := Split(inner)
+	if !bytes.Equal(rest, body) {
+		t.Fatalf("%s: inner entity does not split into its fields and the body", name)
+	}
+	// Every original Content-* field is inside, value for value.
+	for _, f := range fields {
+		if isContentField(f.Name) && !strings.EqualFold(f.Name, "Content-Type") {
+			if v, ok := get(innerFields, f.Name); !ok || unfold(v) != unfold(f.Value) {
+				t.Errorf("%s: inner %s = %q, want %q", name, f.Name, v, f.Value)
+			}
+		}
+	}
+	ct, ok := get(innerFields, "Content-Type")
+	if !ok {
+		t.Fatalf("%s: inner entity has no Content-Type:\n%s", name, ih)
+	}
+	if orig, ok := get(fields, "Content-Type"); ok {
+		if !strings.HasPrefix(unfold(ct), unfold(orig)) && !strings.HasPrefix(unfold(ct), strings.TrimRight(unfold(orig), "; ")) {
+			t.Errorf("%s: inner Content-Type %q does not keep the original %q", name, ct, orig)
+		}
+	} else if !strings.HasPrefix(ct, "text/plain; charset=us-ascii") {
+		t.Errorf("%s: inner Content-Type for a message without one = %q", name, ct)
+	}
+	_, params := mediaType(ct)
+	if protect {
+		if params["protected-headers"] != "v1" || params["hp"] != "cipher" {
+			t.Errorf("%s: protected headers but inner Content-Type %q", name, ct)
+		}
+		for _, pf := range ProtectedFields {
+			if v, ok := get(fields, pf); ok {
+				if iv, _ := get(innerFields, pf); iv != strings.ReplaceAll(v, "\r\n", "\r\n") {
+					t.Errorf("%s: protected %s = %q, want %q", name, pf, iv, v)
+				}
+			}
+		}
+	} else if _, ok := get(innerFields, "Subject"); ok || params["hp"] != "" {
+		t.Errorf("%s: headers copied inside without header protection", name)
+	}
+}
+
+func TestEncryptRoundTrip(t *testing.T) {
+	kinds := []testkeys.Kind{testkeys.Curve25519, testkeys.RSA3072, testkeys.V6}
+	msgs := corpus(!testing.Short())
+	for _, kind := range kinds {
+		key, secret := testKey(t, kind, "alice@example.org")
+		for _, protect := range []bool{false, true} {
+			for _, m := range msgs {
+				t.Run(fmt.Sprintf("%v/protect=%v/%s", kind, protect, m.name), func(t *testing.T) {
+					fields, body := Split(m.raw)
+					res, err := Encrypt(fields, body, []*keys.Key{key}, Options{ProtectHeaders: protect})
+					if err != nil {
+						t.Fatal(err)
+					}
+					hdr, ct := openPGPMIME(t, delivered(t, fields, res))
+					inner, md := decrypt(t, ct, secret)
+					checkInner(t, m.name, inner, fields, body, protect)
+					if !md.IsEncrypted || md.DecryptedWith.Entity != secret {
+						t.Errorf("not decrypted with the recipient's key")
+					}
+					wantSubject, _ := get(fields, "Subject")
+					if protect {
+						wantSubject = ObscuredSubject
+					}
+					if got := hdr.Get("Subject"); squash(got) != squash(wantSubject) {
+						t.Errorf("outer Subject = %q, want %q", got, wantSubject)
+					}
+					// Transport and envelope fields stay outside, unchanged.
+					for _, name := range []string{"Received", "From", "To", "Date", "Message-ID"} {
+						if v, _ := get(fields, name); squash(hdr.Get(name)) != squash(v) {
+							t.Errorf("outer %s = %q, want %q", name, hdr.Get(name), v)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestEncryptPacketChoices checks the OpenPGP choices of DESIGN.md §3:
+// AES-256, SEIPDv2 only when every key advertises it, CRC24 only with v1,
+// key IDs visible unless hidden.
+func TestEncryptPacketChoices(t *testing.T) {
+	rsa, rsaSecret := testKey(t, testkeys.RSA3072, "alice@example.org")
+	x, xSecret := testKey(t, testkeys.Curve25519, "bob@example.org")
+	v6, v6Secret := testKey(t, testkeys.V6, "carol@example.org")
+	v6b, v6bSecret := testKey(t, testkeys.V6, "dave@example.org")
+	fields, body := Split(corpus(false)[0].raw)
+	tests := []struct {
+		name    string
+		to      []*keys.Key
+		secrets []*openpgp.Entity
+		hide    bool
+		v2      bool
+	}{
+		{"one v4 RSA", []*keys.Key{rsa}, []*openpgp.Entity{rsaSecret}, false, false},
+		{"v4 RSA and X25519", []*keys.Key{rsa, x}, []*openpgp.Entity{rsaSecret, xSecret}, false, false},
+		{"v4 hidden", []*keys.Key{rsa, x}, []*openpgp.Entity{rsaSecret, xSecret}, true, false},
+		{"v6 only", []*keys.Key{v6, v6b}, []*openpgp.Entity{v6Secret, v6bSecret}, false, true},
+		{"v6 hidden", []*keys.Key{v6, v6b}, []*openpgp.Entity{v6Secret, v6bSecret}, true, true},
+		{"v6 and v4 fall back to v1", []*keys.Key{v6, x}, []*openpgp.Entity{v6Secret, xSecret}, false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := Encrypt(fields, body, tc.to, Options{HideRecipients: tc.hide})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, ct := openPGPMIME(t, delivered(t, fields, res))
+			hasCRC := bytes.Contains(ct, []byte("\r\n=")) && bytes.Index(ct, []byte("\r\n=")) > bytes.LastIndex(ct, []byte("\r\n-----END"))-8
+			if hasCRC == tc.v2 {
+				t.Errorf("CRC24 line present = %v with SEIPDv2 = %v", hasCRC, tc.v2)
+			}
+			blk, err := armor.Decode(bytes.NewReader(ct))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := io.ReadAll(blk.Body)
+			var pkesk []*packet.EncryptedKey
+			pr := packet.NewReader(bytes.NewReader(raw))
+			for {
+				p, err := pr.Next()
+				if err != nil {
+					t.Fatalf("packets: %v", err)
+				}
+				if ek, ok := p.(*packet.EncryptedKey); ok {
+					pkesk = append(pkesk, ek)
+					continue
+				}
+				se, ok := p.(*packet.SymmetricallyEncrypted)
+				if !ok {
+					t.Fatalf("unexpected packet %T", p)
+				}
+				if got := se.Version == 2; got != tc.v2 {
+					t.Errorf("SEIPD version %d, want v2=%v", se.Version, tc.v2)
+				}
+				if se.Version == 2 && se.Cipher != packet.CipherAES256 {
+					t.Errorf("SEIPDv2 cipher %v, want AES-256", se.Cipher)
+				}
+				break
+			}
+			if len(pkesk) != len(tc.to) {
+				t.Fatalf("%d PKESK packets for %d recipients", len(pkesk), len(tc.to))
+			}
+			for _, ek := range pkesk {
+				if hidden := ek.KeyId == 0; hidden != tc.hide {
+					t.Errorf("PKESK key ID %016X, hidden want %v", ek.KeyId, tc.hide)
+				}
+			}
+			for _, s := range tc.secrets {
+				inner, _ := decrypt(t, ct, s)
+				checkInner(t, tc.name, inner, fields, body, false)
+			}
+			if !tc.v2 { // with v1 the cipher is inside the session key packet
+				ek := pkesk[0]
+				for _, k := range tc.secrets[0].DecryptionKeys(0, time.Time{}, nil) {
+					if ek.Decrypt(k.PrivateKey, nil) == nil {
+						break
+					}
+				}
+				if ek.CipherFunc != packet.CipherAES256 {
+					t.Errorf("session cipher %v, want AES-256", ek.CipherFunc)
+				}
+			}
+		})
+	}
+}
+
+func TestEncryptRefusesUnusableKeys(t *testing.T) {
+	fields, body := Split(corpus(false)[0].raw)
+	if _, err := Encrypt(fields, body, nil, Options{}); err != ErrNoKeys {
+		t.Errorf("no keys: err = %v, want ErrNoKeys", err)
+	}
+	for _, kind := range []testkeys.Kind{testkeys.ExpiredSubkey, testkeys.Revoked, testkeys.RSA1024, testkeys.SignOnly} {
+		k, _ := testKey(t, kind, "alice@example.org")
+		if res, err := Encrypt(fields, body, []*keys.Key{k}, Options{}); err == nil {
+			t.Errorf("%v: encrypted (%d bytes) to an unusable key", kind, len(res.Body))
+		} else {
+			t.Logf("%v: %v", kind, err)
+		}
+	}
+}
+
+func TestOuterChanges(t *testing.T) {
+	fields := []Field{
+		{"From", "a@example.net"},
+		{"Content-Type", "text/plain"},
+		{"Content-Transfer-Encoding", "8bit"},
+		{"Subject", "secret"},
+		{"content-type", "text/html"}, // a malformed second Content-Type
+		{"Content-Disposition", "inline"},
+	}
+	got := outerChanges(fields, "B", true)
+	want := []Change{
+		{Set, "Content-Type", 1, `multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"`},
+		{Set, "Subject", 1, ObscuredSubject},
+		{Delete, "Content-Disposition", 1, ""},
+		{Delete, "content-type", 2, ""},
+		{Delete, "Content-Transfer-Encoding", 1, ""},
+		{Add, "MIME-Version", 0, "1.0"},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("changes:\n got %v\nwant %v", got, want)
+	}
+	out := Apply(fields, got)
+	wantFields := []Field{{"From", "a@example.net"}, {"Content-Type", want[0].Value}, {"Subject", "[...]"}, {"MIME-Version", "1.0"}}
+	if fmt.Sprint(out) != fmt.Sprint(wantFields) {
+		t.Fatalf("applied:\n got %v\nwant %v", out, wantFields)
+	}
+}
+
+// squash collapses folding and runs of white space, to compare header
+// values across parsers that unfold differently.
+func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
