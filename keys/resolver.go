@@ -1,0 +1,287 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"lacre.io/milter/config"
+)
+
+// Source says which rule of the lookup order decided a recipient's keys.
+type Source string
+
+// The lookup order, first match wins (documented in docs/keys.md):
+//
+//  1. [static] never_encrypt: the address always gets mail as sent;
+//  2. [static.addresses]: operator-chosen keys for the address;
+//  3. the key store: keys registered for the address;
+//
+// each tried for the address itself and then, for "user+tag@", for
+// "user@"; then
+//
+//  4. [static.domains]: keys for every address of the domain;
+//  5. otherwise no keys: mail passes as sent.
+const (
+	SourceNever         Source = "never-encrypt"
+	SourceStaticAddress Source = "static-address"
+	SourceStore         Source = "store"
+	SourceStaticDomain  Source = "static-domain"
+	SourceNone          Source = "none"
+)
+
+// Lookup is the answer to "how must mail to this address be encrypted?".
+type Lookup struct {
+	// Address is the recipient, normalised.
+	Address string
+	// Matched is the address or domain whose entry decided (e.g. "user@"
+	// for "user+tag@"); "" for SourceNone.
+	Matched string
+	Source  Source
+	// Keys are the keys to encrypt to, valid at lookup time. Empty means
+	// the mail is not encrypted, unless Unusable is not empty.
+	Keys []*Key
+	// Unusable lists keys bound to the address that can no longer encrypt
+	// (expired, revoked since registration), each with the reason. When
+	// Keys is empty and Unusable is not, [encryption] unusable_key decides.
+	Unusable []*RejectError
+	// ProtectHeaders is the recipient's choice, or the operator's default.
+	ProtectHeaders bool
+}
+
+// Encrypt reports whether mail to the address must be encrypted.
+func (l *Lookup) Encrypt() bool { return len(l.Keys) > 0 }
+
+// AllUnusable reports whether the address has keys but none can be used now.
+func (l *Lookup) AllUnusable() bool { return len(l.Keys) == 0 && len(l.Unusable) > 0 }
+
+// ErrStaticKeyMissing is returned when the config maps an address or domain
+// to a fingerprint that is not in the key store. Mail for it must wait
+// (fail closed) until the operator adds the key or fixes the mapping.
+var ErrStaticKeyMissing = errors.New("key named in [static] is not in the key store")
+
+// maxCacheEntries bounds the cache; past it the cache starts over. A
+// flood of random recipients must not grow memory without limit.
+const maxCacheEntries = 100_000
+
+// Resolver answers lookups from the config's static rules and the store,
+// with a short-lived cache so that the answer at RCPT time costs a map
+// lookup, not a query and a signature check. It is safe for concurrent use.
+type Resolver struct {
+	store      Store
+	norm       Normalizer
+	policy     Policy
+	protect    bool
+	never      map[string]bool
+	addresses  map[string][]string
+	domains    map[string][]string
+	ttl        time.Duration
+	now        func() time.Time
+	mu         sync.Mutex
+	cache      map[string]cached
+	generation uint64 // bumped by InvalidateAll, so in-flight lookups do not store stale results
+}
+
+type cached struct {
+	l       *Lookup
+	expires time.Time
+}
+
+// NewResolver returns a resolver over store configured by c. now may be
+// nil (time.Now). Errors name the [static] entry that is wrong.
+func NewResolver(store Store, c *config.Config, now func() time.Time) (*Resolver, error) {
+	if now == nil {
+		now = time.Now
+	}
+	norm := NewNormalizer(c.Keys)
+	r := &Resolver{
+		store:     store,
+		norm:      norm,
+		policy:    Policy{MinRSABits: c.Keys.MinRSABits, Normalizer: norm},
+		protect:   c.Encryption.ProtectHeaders,
+		never:     map[string]bool{},
+		addresses: map[string][]string{},
+		domains:   map[string][]string{},
+		ttl:       c.Store.CacheTTL.D(),
+		now:       now,
+		cache:     map[string]cached{},
+	}
+	for _, a := range c.Static.NeverEncrypt {
+		n, err := norm.Normalize(a)
+		if err != nil {
+			return nil, fmt.Errorf("static.never_encrypt: %v", err)
+		}
+		r.never[n] = true
+	}
+	for a, fprs := range c.Static.Addresses {
+		n, err := norm.Normalize(a)
+		if err != nil {
+			return nil, fmt.Errorf("static.addresses: %v", err)
+		}
+		r.addresses[n] = formatAll(fprs)
+	}
+	for d, fprs := range c.Static.Domains {
+		n, err := norm.Normalize("x@" + d)
+		if err != nil {
+			return nil, fmt.Errorf("static.domains: %q is not a domain: %v", d, err)
+		}
+		r.domains[Domain(n)] = formatAll(fprs)
+	}
+	return r, nil
+}
+
+func formatAll(fprs []string) []string {
+	out := make([]string, len(fprs))
+	for i, f := range fprs {
+		out[i] = FormatFingerprint(f)
+	}
+	return out
+}
+
+// Policy returns the key policy the resolver applies.
+func (r *Resolver) Policy() Policy { return r.policy }
+
+// Normalizer returns the address normaliser the resolver applies.
+func (r *Resolver) Normalizer() Normalizer { return r.norm }
+
+// Lookup returns how mail to address must be encrypted. An error means the
+// answer could not be determined (store unavailable, static key missing,
+// address malformed): the caller must not treat it as "no key". Every
+// lookup of alias resolution, when it comes, belongs behind this function.
+func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) {
+	cands, err := r.norm.Candidates(address)
+	if err != nil {
+		return nil, err
+	}
+	key := cands[0]
+	now := r.now()
+	r.mu.Lock()
+	if c, ok := r.cache[key]; ok && now.Before(c.expires) {
+		r.mu.Unlock()
+		return c.l, nil
+	}
+	gen := r.generation
+	r.mu.Unlock()
+
+	l, err := r.resolve(ctx, cands, now)
+	if err != nil {
+		return nil, err
+	}
+	if r.ttl > 0 {
+		r.mu.Lock()
+		if r.generation == gen {
+			if len(r.cache) >= maxCacheEntries {
+				r.cache = map[string]cached{}
+			}
+			r.cache[key] = cached{l: l, expires: now.Add(r.ttl)}
+		}
+		r.mu.Unlock()
+	}
+	return l, nil
+}
+
+func (r *Resolver) resolve(ctx context.Context, cands []string, now time.Time) (*Lookup, error) {
+	l := &Lookup{Address: cands[0], Source: SourceNone, ProtectHeaders: r.protect}
+	for _, a := range cands {
+		if r.never[a] {
+			l.Source, l.Matched = SourceNever, a
+			return l, nil
+		}
+		if fprs, ok := r.addresses[a]; ok {
+			l.Source, l.Matched = SourceStaticAddress, a
+			return l, r.fill(ctx, l, a, r.byFingerprint(ctx, a, fprs), now)
+		}
+		ks, err := r.store.KeysFor(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		if len(ks) > 0 {
+			l.Source, l.Matched = SourceStore, a
+			return l, r.fill(ctx, l, a, func() ([]*Key, error) { return ks, nil }, now)
+		}
+	}
+	d := Domain(cands[0])
+	if fprs, ok := r.domains[d]; ok {
+		l.Source, l.Matched = SourceStaticDomain, d
+		return l, r.fill(ctx, l, "", r.byFingerprint(ctx, d, fprs), now)
+	}
+	return l, nil
+}
+
+func (r *Resolver) byFingerprint(ctx context.Context, entry string, fprs []string) func() ([]*Key, error) {
+	return func() ([]*Key, error) {
+		var ks []*Key
+		for _, f := range fprs {
+			k, err := r.store.KeyByFingerprint(ctx, f)
+			if errors.Is(err, ErrNotFound) {
+				return nil, fmt.Errorf("%w: %s maps to %s; add it with 'lacre-milter keys add' or fix the mapping", ErrStaticKeyMissing, entry, f)
+			}
+			if err != nil {
+				return nil, err
+			}
+			ks = append(ks, k)
+		}
+		return ks, nil
+	}
+}
+
+// fill sorts the keys into usable and unusable ones and applies the
+// recipient's preferences (prefsFor "" means none apply, e.g. a domain).
+func (r *Resolver) fill(ctx context.Context, l *Lookup, prefsFor string, get func() ([]*Key, error), now time.Time) error {
+	ks, err := get()
+	if err != nil {
+		return err
+	}
+	for _, k := range ks {
+		if err := r.policy.Usable(k, now); err != nil {
+			var rej *RejectError
+			if !errors.As(err, &rej) {
+				rej = &RejectError{Rule: RuleFormat, Key: k.KeyID(), Msg: err.Error()}
+			}
+			l.Unusable = append(l.Unusable, rej)
+			continue
+		}
+		l.Keys = append(l.Keys, k)
+	}
+	if prefsFor != "" {
+		p, err := r.store.Prefs(ctx, prefsFor)
+		if err != nil {
+			return err
+		}
+		if p.ProtectHeaders != nil {
+			l.ProtectHeaders = *p.ProtectHeaders
+		}
+	}
+	return nil
+}
+
+// Invalidate drops the cached answers for address (and for its
+// subaddresses' base form), e.g. after its keys changed in this process.
+func (r *Resolver) Invalidate(address string) {
+	cands, err := r.norm.Candidates(address)
+	if err != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(cands) == 1 && r.norm.SubaddressSeparator != "" {
+		// A change to "user@" also changes every "user+tag@": drop all.
+		r.cache = map[string]cached{}
+		r.generation++
+		return
+	}
+	for _, c := range cands {
+		delete(r.cache, c)
+	}
+	r.generation++
+}
+
+// InvalidateAll empties the cache, e.g. on SIGHUP.
+func (r *Resolver) InvalidateAll() {
+	r.mu.Lock()
+	r.cache = map[string]cached{}
+	r.generation++
+	r.mu.Unlock()
+}
