@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"lacre.io/milter/crypto"
+	"lacre.io/milter/keys"
+)
+
+// maxMessageBytes bounds what "encrypt" reads from stdin.
+const maxMessageBytes = 256 << 20
+
+// encryptCmd runs the encryption engine on one message, outside any MTA:
+// for trying a key, checking a client's view of the output, or scripts.
+func encryptCmd(e *env, args []string) error {
+	fs := e.flags("encrypt")
+	protect := fs.Bool("protect-headers", false, "protect headers even if the recipients' choice is off")
+	hide := fs.Bool("hide-recipients", false, "write wildcard key IDs even if encryption.hide_recipients is off")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return fmt.Errorf("want at least one recipient address: %w", errUsage)
+	}
+	c, s, r, err := e.open()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	var to []*keys.Key
+	protectHeaders := *protect
+	for _, a := range pos {
+		l, err := r.Lookup(context.Background(), a)
+		if err != nil {
+			return err
+		}
+		if !l.Encrypt() {
+			why := "it has no key"
+			if l.AllUnusable() {
+				why = "its keys are unusable: " + l.Unusable[0].Error()
+			} else if l.Source == keys.SourceNever {
+				why = "[static] never_encrypt lists it"
+			}
+			return fmt.Errorf("%s: the milter would not encrypt its mail (%s)", l.Address, why)
+		}
+		to = append(to, l.Keys...)
+		protectHeaders = protectHeaders || l.ProtectHeaders
+	}
+
+	raw, err := io.ReadAll(io.LimitReader(e.stdin, maxMessageBytes+1))
+	if err != nil {
+		return err
+	}
+	if len(raw) > maxMessageBytes {
+		return fmt.Errorf("message larger than %d bytes", maxMessageBytes)
+	}
+	fields, body := crypto.Split(raw)
+	if crypto.AlreadyEncrypted(fields, body) {
+		fmt.Fprintln(e.stderr, "lacre-milter encrypt: already encrypted; written unchanged")
+		_, err := e.stdout.Write(raw)
+		return err
+	}
+	res, err := crypto.Encrypt(fields, body, to, crypto.Options{
+		HideRecipients: *hide || c.Encryption.HideRecipients,
+		ProtectHeaders: protectHeaders,
+		MinRSABits:     c.Keys.MinRSABits,
+	})
+	if err != nil {
+		return err
+	}
+	return crypto.WriteMessage(e.stdout, crypto.Apply(fields, res.Changes), res.Body)
+}

@@ -1,0 +1,218 @@
+// Command lacre-milter is the Lacre OpenPGP encryption gateway: the milter
+// daemon and the operator's tools for its key store, in one binary.
+//
+// Usage:
+//
+//	lacre-milter [-config FILE] COMMAND [ARGS]
+//
+// Run "lacre-milter help" for the commands.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+
+	"lacre.io/milter/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=…"; without
+// it the module version (or "devel") from the build info is shown.
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// env is what a command may touch of the outside world; tests give their own.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	configFlag     string
+}
+
+// errUsage marks errors that are the caller's wrong invocation (exit 2).
+var errUsage = errors.New("usage")
+
+type command struct {
+	name, args, help string
+	run              func(e *env, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"keys add", "[-replace] ADDRESS FILE|-", "validate the public key(s) in FILE (or stdin) and bind them to ADDRESS", keysAdd},
+		{"keys list", "", "list every address and its keys, with their state now", keysList},
+		{"keys show", "[-export] ADDRESS", "show how mail to ADDRESS is encrypted, and why", keysShow},
+		{"keys remove", "ADDRESS [FINGERPRINT]", "unbind one key, or every key, from ADDRESS", keysRemove},
+		{"keys set", "ADDRESS protect-headers on|off|default", "set a recipient's own choice of header protection", keysSet},
+		{"encrypt", "[-protect-headers] [-hide-recipients] ADDRESS... < MESSAGE", "encrypt a message (RFC 5322, on stdin) for the recipients' keys, as the milter would, to stdout", encryptCmd},
+		{"check-config", "", "validate the configuration and say which file was used", checkConfig},
+		{"version", "", "print the version", printVersion},
+	}
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	global := flag.NewFlagSet("lacre-milter", flag.ContinueOnError)
+	global.SetOutput(stderr)
+	global.StringVar(&e.configFlag, "config", "", "configuration `FILE` (default: $LACRE_CONFIG, then "+strings.Join(config.SearchPaths, ", ")+")")
+	global.Usage = func() { usage(stderr) }
+	if err := global.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	args = global.Args()
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stdout)
+		if len(args) == 0 {
+			// serve is the default command once the milter exists; until
+			// then, say what there is.
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		words := strings.Fields(c.name)
+		if len(args) < len(words) || strings.Join(args[:len(words)], " ") != c.name {
+			continue
+		}
+		err := c.run(e, args[len(words):])
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, errUsage):
+			fmt.Fprintf(stderr, "usage: lacre-milter %s %s\n", c.name, c.args)
+			if msg := strings.TrimSuffix(err.Error(), ": "+errUsage.Error()); msg != errUsage.Error() {
+				fmt.Fprintf(stderr, "  %s\n", msg)
+			}
+			return 2
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		default:
+			fmt.Fprintf(stderr, "lacre-milter %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	// "lacre-milter keys" alone: show the commands of that group.
+	var group []command
+	for _, c := range commands() {
+		if strings.HasPrefix(c.name, args[0]+" ") {
+			group = append(group, c)
+		}
+	}
+	if len(group) > 0 {
+		fmt.Fprintf(stderr, "lacre-milter %s: want one of:\n", args[0])
+		for _, c := range group {
+			fmt.Fprintf(stderr, "  lacre-milter %s %s\n", c.name, c.args)
+		}
+		return 2
+	}
+	fmt.Fprintf(stderr, "lacre-milter: unknown command %q (try \"lacre-milter help\")\n", strings.Join(args, " "))
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: lacre-milter [-config FILE] COMMAND [ARGS]\n\ncommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-13s %s\n      %s\n", c.name, c.args, c.help)
+	}
+	fmt.Fprintf(w, "\nThe configuration is -config FILE, else $%s, else the first of %s;\nwithout one, the defaults apply (see lacre.toml.example).\n",
+		config.EnvVar, strings.Join(config.SearchPaths, ", "))
+}
+
+// flags returns a FlagSet for a subcommand that also accepts -config, so
+// both "lacre-milter -config F keys list" and "lacre-milter keys list
+// -config F" work.
+func (e *env) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("lacre-milter "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.StringVar(&e.configFlag, "config", e.configFlag, "configuration `FILE`")
+	return fs
+}
+
+// parseFlags parses args, allowing flags after the positional arguments
+// ("keys add alice@example.org key.asc -replace").
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%v: %w", err, errUsage)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "-" || !strings.HasPrefix(args[0], "-") {
+			pos = append(pos, args[0])
+			args = args[1:]
+			if len(args) == 0 {
+				return pos, nil
+			}
+			continue
+		}
+	}
+}
+
+// loadConfig finds and loads the configuration.
+func (e *env) loadConfig() (*config.Config, error) {
+	path, err := config.Find(e.configFlag)
+	if err != nil {
+		return nil, err
+	}
+	return config.Load(path)
+}
+
+func checkConfig(e *env, args []string) error {
+	fs := e.flags("check-config")
+	if pos, err := parseFlags(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
+	c, err := e.loadConfig()
+	if err != nil {
+		return err
+	}
+	src := c.Path
+	if src == "" {
+		src = "no file found; defaults"
+	}
+	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n", src, c.Milter.Listen, c.DatabasePath())
+	if _, err := os.Stat(c.DatabasePath()); err == nil {
+		// With a store present, also check that every key the static maps
+		// name is in it: a missing one makes that mail wait.
+		s, r, err := openResolver(c)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if err := checkStatic(c, s, r); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(e.stdout, "  (the key store does not exist yet; \"keys add\" creates it)\n")
+	}
+	return nil
+}
+
+func printVersion(e *env, args []string) error {
+	v := version
+	if v == "" {
+		v = "devel"
+		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = bi.Main.Version
+		}
+	}
+	fmt.Fprintf(e.stdout, "lacre-milter %s\n", v)
+	return nil
+}
