@@ -3,6 +3,7 @@ package crypto
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 )
 
 // The armour encoder exists because go-crypto's computes the CRC24
@@ -17,9 +18,10 @@ const (
 	crc24Poly = 0x1864CFB
 )
 
-// crc24Table[i] is the CRC24 of byte i (slicing-by-4: crc24Table[k][i]
-// advances the CRC of byte i by k more zero bytes).
-var crc24Table = func() (t [4][256]uint32) {
+// crc24Table[0][i] is the CRC24 of byte i; crc24Table[k][i] is that CRC
+// advanced by k more zero bytes. With it, eight input bytes are folded per
+// step ("slicing-by-8"), several times faster than a bit at a time.
+var crc24Table = func() (t [8][256]uint32) {
 	for i := range 256 {
 		crc := uint32(i) << 16
 		for range 8 {
@@ -31,7 +33,7 @@ var crc24Table = func() (t [4][256]uint32) {
 		t[0][i] = crc & 0xFFFFFF
 	}
 	for i := range 256 {
-		for k := 1; k < 4; k++ {
+		for k := 1; k < 8; k++ {
 			prev := t[k-1][i]
 			t[k][i] = ((prev << 8) ^ t[0][prev>>16]) & 0xFFFFFF
 		}
@@ -42,11 +44,13 @@ var crc24Table = func() (t [4][256]uint32) {
 // crc24Update returns the CRC24 of p continued from crc.
 func crc24Update(crc uint32, p []byte) uint32 {
 	t := &crc24Table
-	for len(p) >= 4 {
-		// Fold 4 input bytes at once; the 24-bit CRC occupies the top three.
-		x := crc<<8 ^ uint32(p[0])<<24 ^ uint32(p[1])<<16 ^ uint32(p[2])<<8 ^ uint32(p[3])
-		crc = t[3][x>>24] ^ t[2][(x>>16)&0xFF] ^ t[1][(x>>8)&0xFF] ^ t[0][x&0xFF]
-		p = p[4:]
+	for len(p) >= 8 {
+		// The 24-bit register lines up with the first three input bytes;
+		// by linearity each byte's contribution is looked up separately.
+		x := crc<<8 ^ binary.BigEndian.Uint32(p)
+		crc = t[7][x>>24] ^ t[6][(x>>16)&0xFF] ^ t[5][(x>>8)&0xFF] ^ t[4][x&0xFF] ^
+			t[3][p[4]] ^ t[2][p[5]] ^ t[1][p[6]] ^ t[0][p[7]]
+		p = p[8:]
 	}
 	for _, b := range p {
 		crc = ((crc << 8) ^ t[0][byte(crc>>16)^b]) & 0xFFFFFF
