@@ -95,10 +95,17 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		Rand:                   rnd,
 	}
 
-	entities := make([]*openpgp.Entity, len(to))
+	entities := make([]*openpgp.Entity, 0, len(to))
 	seipdV2 := true
-	for i, k := range to {
-		entities[i] = k.Entity
+	seen := make(map[string]bool, len(to))
+	for _, k := range to {
+		// Recipients may share a key (a static mapping, a team key): one
+		// session-key packet per key is enough.
+		if seen[k.Fingerprint] {
+			continue
+		}
+		seen[k.Fingerprint] = true
+		entities = append(entities, k.Entity)
 		sig, err := k.Entity.PrimarySelfSignature(now, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("key %s: no valid self-signature: %w", k.Fingerprint, err)
@@ -114,7 +121,9 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	inner := innerHeader(fields, opt.ProtectHeaders)
 
 	var out bytes.Buffer
-	out.Grow(armoredLen(len(inner)+len(body)+64*len(to)+1024) + 512)
+	// One allocation for the whole result: a session-key packet is at most
+	// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
+	out.Grow(armoredLen(len(inner)+len(body)+600*len(entities)+1024) + 512)
 	writeBodyHead(&out, boundary)
 	// RFC 9580 §6.2.2.3: no CRC24 after a v2 SEIPD packet; for v1 keep it,
 	// because GnuPG 2.2 rejects CRC-less armour.

@@ -329,3 +329,30 @@ func TestOuterChanges(t *testing.T) {
 // squash collapses folding and runs of white space, to compare header
 // values across parsers that unfold differently.
 func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func TestEncryptDeduplicatesKeys(t *testing.T) {
+	k, secret := testKey(t, testkeys.Curve25519, "alice@example.org")
+	fields, body := Split(corpus(false)[0].raw)
+	res, err := Encrypt(fields, body, []*keys.Key{k, k, k}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ct := openPGPMIME(t, delivered(t, fields, res))
+	blk, _ := armor.Decode(bytes.NewReader(ct))
+	raw, _ := io.ReadAll(blk.Body)
+	n := 0
+	for pr := packet.NewReader(bytes.NewReader(raw)); ; n++ {
+		p, err := pr.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := p.(*packet.EncryptedKey); !ok {
+			break
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d session-key packets for one distinct key", n)
+	}
+	inner, _ := decrypt(t, ct, secret)
+	checkInner(t, "dedup", inner, fields, body, false)
+}
