@@ -134,6 +134,9 @@ type Problem struct {
 }
 
 func (p Problem) String() string {
+	if p.Line > 0 && p.Key == "" {
+		return fmt.Sprintf("line %d: %s", p.Line, p.Msg)
+	}
 	if p.Line > 0 {
 		return fmt.Sprintf("line %d: %s: %s", p.Line, p.Key, p.Msg)
 	}
@@ -209,9 +212,19 @@ func parse(path string, src []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &Error{Path: path, Problems: []Problem{{
-				Key: pe.LastKey, Line: pe.Position.Line, Msg: pe.Message,
-			}}}
+			line := pe.Position.Line
+			// When the parser trips over the end of a line (an unclosed
+			// "[table"), it reports the next line; point at the culprit.
+			if strings.Contains(pe.Message, `got '\n'`) && line > 1 {
+				line--
+			}
+			// LastKey is the key being read, except in a broken "[table"
+			// header, where it is the previous table: leave it out there.
+			key := pe.LastKey
+			if strings.Contains(pe.Message, "table name") {
+				key = ""
+			}
+			return nil, &Error{Path: path, Problems: []Problem{{Key: key, Line: line, Msg: pe.Message}}}
 		}
 		return nil, &Error{Path: path, Problems: []Problem{{Msg: err.Error()}}}
 	}

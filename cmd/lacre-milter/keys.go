@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -317,6 +318,7 @@ func checkStatic(c *config.Config, s keys.Store, r *keys.Resolver) error {
 		check("static.domains", d, f)
 	}
 	if len(probs) > 0 {
+		sort.Strings(probs)
 		return fmt.Errorf("mail for these would wait in the queue:\n  %s", strings.Join(probs, "\n  "))
 	}
 	return nil

@@ -187,10 +187,11 @@ func checkConfig(e *env, args []string) error {
 	if src == "" {
 		src = "no file found; defaults"
 	}
-	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n", src, c.Milter.Listen, c.DatabasePath())
+	storeNote := "  (the key store does not exist yet; \"keys add\" creates it)\n"
 	if _, err := os.Stat(c.DatabasePath()); err == nil {
 		// With a store present, also check that every key the static maps
-		// name is in it: a missing one makes that mail wait.
+		// name is in it: a missing one makes that mail wait. This comes
+		// before the verdict, so "OK" is never followed by a failure.
 		s, r, err := openResolver(c)
 		if err != nil {
 			return err
@@ -199,13 +200,18 @@ func checkConfig(e *env, args []string) error {
 		if err := checkStatic(c, s, r); err != nil {
 			return err
 		}
-	} else {
-		fmt.Fprintf(e.stdout, "  (the key store does not exist yet; \"keys add\" creates it)\n")
+		storeNote = ""
 	}
+	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n%s", src, c.Milter.Listen, c.DatabasePath(), storeNote)
 	return nil
 }
 
 func printVersion(e *env, args []string) error {
+	if pos, err := parseFlags(e.flags("version"), args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
 	v := version
 	if v == "" {
 		v = "devel"
