@@ -7,6 +7,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/mail"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -355,4 +356,29 @@ func TestEncryptDeduplicatesKeys(t *testing.T) {
 	}
 	inner, _ := decrypt(t, ct, secret)
 	checkInner(t, "dedup", inner, fields, body, false)
+}
+
+// TestEncryptMemoryIsLinear fails if encryption starts copying the body
+// around: everything Encrypt allocates for an 8 MiB body must stay under
+// 1.6 × its size (the result alone is about 1.37 ×).
+func TestEncryptMemoryIsLinear(t *testing.T) {
+	k, _ := testKey(t, testkeys.Curve25519, "alice@example.org")
+	fields, _ := Split([]byte(crlf(stdHeader + "Subject: mem\n\n")))
+	for _, size := range []int{1 << 20, 8 << 20} {
+		body := pseudoRandom(size, 7)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		res, err := Encrypt(fields, body, []*keys.Key{k}, Options{})
+		runtime.ReadMemStats(&after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alloc := after.TotalAlloc - before.TotalAlloc
+		ratio := float64(alloc) / float64(size)
+		t.Logf("%d MiB body: %d bytes allocated (%.2f × the body), result %.2f ×", size>>20, alloc, ratio, float64(len(res.Body))/float64(size))
+		if ratio > 1.6 {
+			t.Errorf("%d MiB body: allocated %.2f × the body, want ≤ 1.6 ×", size>>20, ratio)
+		}
+	}
 }
