@@ -10,11 +10,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
 )
@@ -131,6 +136,10 @@ type Problem struct {
 	Key  string // dotted TOML key, e.g. "store.cache_ttl"
 	Line int    // 0 when unknown
 	Msg  string
+
+	// at is the TOML path of the entry at fault, when it is finer than Key
+	// (an address inside [static.addresses]); used to find the line.
+	at []string
 }
 
 func (p Problem) String() string {
@@ -200,7 +209,7 @@ func Load(path string) (*Config, error) {
 	}
 	src, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %v", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	return parse(path, src)
 }
@@ -212,19 +221,22 @@ func parse(path string, src []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			// The byte offset is exact; the reported line is sometimes the
+			// next one when the parser trips over a line end.
 			line := pe.Position.Line
-			// When the parser trips over the end of a line (an unclosed
-			// "[table"), it reports the next line; point at the culprit.
-			if strings.Contains(pe.Message, `got '\n'`) && line > 1 {
-				line--
+			if pe.Position.Start > 0 && pe.Position.Start <= len(src) {
+				line = 1 + bytes.Count(src[:pe.Position.Start], []byte("\n"))
 			}
 			// LastKey is the key being read, except in a broken "[table"
 			// header, where it is the previous table: leave it out there.
 			key := pe.LastKey
-			if strings.Contains(pe.Message, "table name") {
+			if strings.Contains(pe.Message, "table name") || strings.Contains(pe.Message, "table array name") {
 				key = ""
 			}
 			return nil, &Error{Path: path, Problems: []Problem{{Key: key, Line: line, Msg: pe.Message}}}
+		}
+		if p, ok := typeProblem(err); ok {
+			return nil, &Error{Path: path, Problems: []Problem{p}}
 		}
 		return nil, &Error{Path: path, Problems: []Problem{{Msg: err.Error()}}}
 	}
@@ -240,6 +252,9 @@ func parse(path string, src []byte) (*Config, error) {
 		var ce *Error
 		if errors.As(err, &ce) {
 			for _, p := range ce.Problems {
+				if p.Line == 0 && p.at != nil {
+					p.Line = lineOf(src, p.at)
+				}
 				if p.Line == 0 && p.Key != "" {
 					p.Line = lineOf(src, strings.Split(p.Key, "."))
 				}
@@ -254,11 +269,41 @@ func parse(path string, src []byte) (*Config, error) {
 	return c, nil
 }
 
+// typeMismatch matches the TOML library's error for a value of the wrong
+// type, which carries no structured position.
+var typeMismatch = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): incompatible types: TOML value has type (\w+); destination has type (\w+)`)
+
+func typeProblem(err error) (Problem, bool) {
+	m := typeMismatch.FindStringSubmatch(err.Error())
+	if m == nil {
+		return Problem{}, false
+	}
+	line, _ := strconv.Atoi(m[1])
+	want := map[string]string{"integer": "a number", "slice": "a list [ … ]", "string": "a string in quotes",
+		"bool": "true or false", "map": "a table", "struct": "a table"}[m[4]]
+	if want == "" {
+		want = "a " + m[4]
+	}
+	got := map[string]string{"string": "a string", "integer": "a number", "array": "a list",
+		"bool": "a boolean", "float": "a number", "map": "a table", "table": "a table"}[strings.ToLower(m[3])]
+	if got == "" {
+		got = "a " + m[3]
+	}
+	return Problem{Key: m[2], Line: line, Msg: fmt.Sprintf("must be %s, not %s", want, got)}, true
+}
+
 // Validate checks values that TOML types cannot express.
 func (c *Config) Validate() error {
 	var probs []Problem
 	add := func(key, format string, args ...any) {
 		probs = append(probs, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	// addAt is add for one entry of a map, so the message points at its line.
+	addAt := func(at []string) func(string, string, ...any) {
+		return func(key, format string, args ...any) {
+			add(key, format, args...)
+			probs[len(probs)-1].at = at
+		}
 	}
 	if _, _, err := ParseListen(c.Milter.Listen); err != nil {
 		add("milter.listen", "%v", err)
@@ -272,25 +317,28 @@ func (c *Config) Validate() error {
 	if c.Keys.MinRSABits < 1024 || c.Keys.MinRSABits > 16384 {
 		add("keys.min_rsa_bits", "%d is out of range (1024 to 16384; 2048 is the usual floor)", c.Keys.MinRSABits)
 	}
-	if s := c.Keys.SubaddressSeparator; len(s) > 1 || strings.ContainsAny(s, "@ \t\"") {
-		add("keys.subaddress_separator", "%q must be one character other than @, space or quote, or \"\" for none", s)
+	if s := c.Keys.SubaddressSeparator; len(s) > 1 || (s != "" && s[0] >= utf8.RuneSelf) || strings.ContainsAny(s, "@ \t\"") {
+		add("keys.subaddress_separator", "%q must be one ASCII character other than @, space or quote, or \"\" for none", s)
 	}
 	switch c.Encryption.UnusableKey {
 	case UnusableTempfail, UnusableReject, UnusableClear:
 	default:
 		add("encryption.unusable_key", "%q is not one of \"tempfail\", \"reject\", \"clear\"", c.Encryption.UnusableKey)
 	}
-	for addr, fprs := range c.Static.Addresses {
+	// Sorted, so that several problems come in the same order every run.
+	for _, addr := range slices.Sorted(maps.Keys(c.Static.Addresses)) {
+		at := addAt([]string{"static", "addresses", addr})
 		if !strings.Contains(addr, "@") {
-			add("static.addresses", "%q is not an address (domains go in [static.domains])", addr)
+			at("static.addresses", "%q is not an address (domains go in [static.domains])", addr)
 		}
-		checkFingerprints(add, "static.addresses", addr, fprs)
+		checkFingerprints(at, "static.addresses", addr, c.Static.Addresses[addr])
 	}
-	for dom, fprs := range c.Static.Domains {
+	for _, dom := range slices.Sorted(maps.Keys(c.Static.Domains)) {
+		at := addAt([]string{"static", "domains", dom})
 		if dom == "" || strings.Contains(dom, "@") {
-			add("static.domains", "%q is not a domain", dom)
+			at("static.domains", "%q is not a domain", dom)
 		}
-		checkFingerprints(add, "static.domains", dom, fprs)
+		checkFingerprints(at, "static.domains", dom, c.Static.Domains[dom])
 	}
 	for _, addr := range c.Static.NeverEncrypt {
 		if !strings.Contains(addr, "@") {
@@ -360,23 +408,29 @@ func (c *Config) resolve(p string) string {
 
 // lineOf finds the line where key is set in src, for error messages. The
 // TOML library reports positions only for syntax errors; this small scan
-// covers the common "key = value" and "[table]" forms and returns 0 if unsure.
+// covers "key = value", dotted keys, quoted keys and "[table]" headers.
+// When the key itself is not found (it sits in an inline table), the line
+// of the nearest enclosing key is returned; 0 if none is found.
 func lineOf(src []byte, key toml.Key) int {
-	if len(key) == 0 {
-		return 0
+	for n := len(key); n > 0; n-- {
+		if l := lineOfExact(src, strings.Join(key[:n], ".")); l > 0 {
+			return l
+		}
 	}
+	return 0
+}
+
+func lineOfExact(src []byte, want string) int {
 	table := ""
-	want := strings.Join(key[:len(key)-1], ".")
-	last := key[len(key)-1]
 	for i, line := range strings.Split(string(src), "\n") {
 		t := strings.TrimSpace(line)
 		if strings.HasPrefix(t, "[") {
-			name := strings.Trim(t, "[] \t")
-			if j := strings.Index(name, "#"); j >= 0 {
-				name = strings.TrimRight(name[:j], "] \t")
+			name := strings.TrimLeft(t, "[")
+			if j := strings.Index(name, "]"); j >= 0 {
+				name = name[:j]
 			}
-			table = name
-			if table == strings.Join(key, ".") {
+			table = unquoteKey(name)
+			if table == want {
 				return i + 1
 			}
 			continue
@@ -385,13 +439,23 @@ func lineOf(src []byte, key toml.Key) int {
 		if !ok {
 			continue
 		}
-		k = strings.Trim(strings.TrimSpace(k), `"'`)
-		if table == want && k == last {
-			return i + 1
+		full := unquoteKey(k)
+		if table != "" {
+			full = table + "." + full
 		}
-		if table == "" && k == strings.Join(key, ".") {
+		if full == want {
 			return i + 1
 		}
 	}
 	return 0
+}
+
+// unquoteKey turns a dotted TOML key as written (`a. "b.c" .d`) into the
+// pieces joined by dots (a.b.c.d), which is how toml.Key prints unquoted.
+func unquoteKey(k string) string {
+	var parts []string
+	for _, p := range strings.Split(strings.TrimSpace(k), ".") {
+		parts = append(parts, strings.Trim(strings.TrimSpace(p), `"'`))
+	}
+	return strings.Join(parts, ".")
 }

@@ -2,6 +2,7 @@ package crypto
 
 import (
 	"bytes"
+	"mime"
 	"strings"
 )
 
@@ -22,16 +23,20 @@ func EncryptedByHeader(fields []Field) bool {
 	case "multipart/encrypted":
 		return true
 	case "application/pkcs7-mime", "application/x-pkcs7-mime":
-		st := strings.ToLower(params["smime-type"])
 		// A signed-only S/MIME message is readable by anyone: encrypt it.
-		return st != "signed-data" && st != "certs-only"
+		// Look at the raw value, not only the parsed parameter: a malformed
+		// or repeated parameter must not hide "signed-data" and let a
+		// readable message pass as encrypted.
+		raw := strings.ToLower(unfold(ct))
+		return !strings.Contains(raw, "signed-data") && !strings.Contains(raw, "certs-only")
 	}
-	if strings.HasSuffix(strings.ToLower(params["name"]), ".p7m") {
+	// A file name only counts when the field parses cleanly: a malformed
+	// header may lead to more encryption, never to less.
+	if _, _, err := mime.ParseMediaType(unfold(ct)); err == nil && strings.HasSuffix(strings.ToLower(params["name"]), ".p7m") {
 		return true
 	}
 	if cd, ok := get(fields, "Content-Disposition"); ok {
-		_, dp := mediaType(cd)
-		if strings.HasSuffix(strings.ToLower(dp["filename"]), ".p7m") {
+		if _, dp, err := mime.ParseMediaType(unfold(cd)); err == nil && strings.HasSuffix(strings.ToLower(dp["filename"]), ".p7m") {
 			return true
 		}
 	}
@@ -66,6 +71,8 @@ func AlreadyEncrypted(fields []Field, body []byte) bool {
 		}
 	}
 	b := bytes.TrimSpace(body)
+	// Exactly one block: text between a second pair of markers would be
+	// clear text passing as encrypted.
 	return bytes.HasPrefix(b, pgpBegin) && bytes.HasSuffix(b, pgpEnd) &&
-		bytes.Count(b, pgpBegin) == 1
+		bytes.Count(b, pgpBegin) == 1 && bytes.Count(b, pgpEnd) == 1
 }

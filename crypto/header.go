@@ -184,15 +184,26 @@ func unfold(v string) string {
 
 // mediaType returns the lower-cased media type and parameters of a
 // Content-Type value. A value that mime cannot parse still yields its type
-// (the part before ';'), since mail in the wild is often sloppy.
+// and its parameters, read leniently, since mail in the wild is sloppy.
 func mediaType(value string) (string, map[string]string) {
 	v := unfold(value)
 	mt, params, err := mime.ParseMediaType(v)
-	if err != nil {
-		t, _, _ := strings.Cut(v, ";")
-		return strings.ToLower(strings.TrimSpace(t)), params
+	if err == nil {
+		return mt, params
 	}
-	return mt, params
+	parts := strings.Split(v, ";")
+	params = map[string]string{}
+	for _, p := range parts[1:] {
+		k, val, ok := strings.Cut(p, "=")
+		if !ok {
+			continue
+		}
+		k = strings.ToLower(strings.TrimSpace(k))
+		if _, dup := params[k]; !dup {
+			params[k] = strings.Trim(strings.TrimSpace(val), `"`)
+		}
+	}
+	return strings.ToLower(strings.TrimSpace(parts[0])), params
 }
 
 // get returns the value of the first field called name, and whether it exists.
