@@ -33,6 +33,7 @@ var SearchPaths = []string{"/etc/lacre/lacre.toml", "/usr/local/etc/lacre/lacre.
 // Config is the whole of lacre.toml.
 type Config struct {
 	Milter     Milter     `toml:"milter"`
+	Log        Log        `toml:"log"`
 	Store      Store      `toml:"store"`
 	Keys       Keys       `toml:"keys"`
 	Encryption Encryption `toml:"encryption"`
@@ -43,11 +44,40 @@ type Config struct {
 	Path string `toml:"-"`
 }
 
-// Milter holds the options of the milter listener.
+// Milter holds the options of the milter daemon.
 type Milter struct {
 	// Listen is "inet:HOST:PORT" or "unix:PATH".
 	Listen string `toml:"listen"`
+	// MaxMessageSize caps, in bytes, a message with encrypted recipients
+	// (it is held in memory); larger ones get 552 5.3.4.
+	MaxMessageSize int64 `toml:"max_message_size"`
+	// TraceHeader is added to every message the milter encrypted
+	// ("X-Lacre: encrypted"); "" adds none.
+	TraceHeader string `toml:"trace_header"`
+	// MixedLocal says what to do with mail that did not arrive over SMTP
+	// (Postfix non_smtpd_milters) whose recipients need different
+	// treatment: "hold" (the MTA's hold queue) or "encrypt" (every
+	// recipient gets the ciphertext).
+	MixedLocal string `toml:"mixed_local"`
+	// ShutdownTimeout bounds how long SIGTERM waits for messages in flight.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// LookupTimeout bounds one key lookup at RCPT time.
+	LookupTimeout Duration `toml:"lookup_timeout"`
 }
+
+// Log holds the logging options.
+type Log struct {
+	// Level is "debug", "info", "warn" or "error".
+	Level string `toml:"level"`
+	// Format is "text" (key=value) or "json".
+	Format string `toml:"format"`
+}
+
+// The values of Milter.MixedLocal.
+const (
+	MixedLocalHold    = "hold"
+	MixedLocalEncrypt = "encrypt"
+)
 
 // Store holds the options of the key store.
 type Store struct {
@@ -101,7 +131,15 @@ const (
 // Default returns the configuration used for every option the file leaves out.
 func Default() *Config {
 	return &Config{
-		Milter: Milter{Listen: "inet:127.0.0.1:8891"},
+		Milter: Milter{
+			Listen:          "inet:127.0.0.1:8891",
+			MaxMessageSize:  64 << 20,
+			TraceHeader:     "X-Lacre",
+			MixedLocal:      MixedLocalHold,
+			ShutdownTimeout: Duration(30 * time.Second),
+			LookupTimeout:   Duration(5 * time.Second),
+		},
+		Log:    Log{Level: "info", Format: "text"},
 		Store:  Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
 		Keys: Keys{
 			MinRSABits:          2048,
@@ -308,6 +346,33 @@ func (c *Config) Validate() error {
 	if _, _, err := ParseListen(c.Milter.Listen); err != nil {
 		add("milter.listen", "%v", err)
 	}
+	if c.Milter.MaxMessageSize < 1<<20 || c.Milter.MaxMessageSize > 1<<30 {
+		add("milter.max_message_size", "%d is out of range (1 MiB to 1 GiB, in bytes)", c.Milter.MaxMessageSize)
+	}
+	if h := c.Milter.TraceHeader; h != "" && !validHeaderName(h) {
+		add("milter.trace_header", "%q is not a header field name (letters, digits and '-')", h)
+	}
+	switch c.Milter.MixedLocal {
+	case MixedLocalHold, MixedLocalEncrypt:
+	default:
+		add("milter.mixed_local", "%q is not one of \"hold\", \"encrypt\"", c.Milter.MixedLocal)
+	}
+	if d := c.Milter.ShutdownTimeout.D(); d < time.Second || d > 10*time.Minute {
+		add("milter.shutdown_timeout", "%s is out of range (1s to 10m)", d)
+	}
+	if d := c.Milter.LookupTimeout.D(); d < 100*time.Millisecond || d > 25*time.Second {
+		add("milter.lookup_timeout", "%s is out of range (100ms to 25s; Postfix waits 30s for a RCPT reply)", d)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "%q is not one of \"debug\", \"info\", \"warn\", \"error\"", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log.format", "%q is not one of \"text\", \"json\"", c.Log.Format)
+	}
 	if c.Store.Database == "" {
 		add("store.database", "must name a file, e.g. \"lacre.db\"")
 	}
@@ -360,6 +425,15 @@ func checkFingerprints(add func(string, string, ...any), key, name string, fprs 
 			add(key, "%q: %q is not a fingerprint (40 or 64 hex digits; key IDs are too short to be safe)", name, f)
 		}
 	}
+}
+
+func validHeaderName(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // IsFingerprint reports whether s is a v4 (40 hex digits) or v6 (64 hex

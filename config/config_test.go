@@ -102,6 +102,15 @@ func TestLoadEveryOption(t *testing.T) {
 		`# every option, none at its default`,
 		`[milter]`,
 		`listen = "unix:/run/lacre/milter.sock"`,
+		`max_message_size = 10485760`,
+		`trace_header = "X-Encrypted-By"`,
+		`mixed_local = "encrypt"`,
+		`shutdown_timeout = "1m"`,
+		`lookup_timeout = "2s"`,
+		``,
+		`[log]`,
+		`level = "debug"`,
+		`format = "json"`,
 		``,
 		`[store]`,
 		`database = "/var/lib/lacre/keys.db"`,
@@ -133,9 +142,11 @@ func TestLoadEveryOption(t *testing.T) {
 		t.Fatalf("Load: %v", err)
 	}
 	want := &Config{
-		Milter: Milter{Listen: "unix:/run/lacre/milter.sock"},
-		Store:  Store{Database: "/var/lib/lacre/keys.db", CacheTTL: Duration(5 * time.Minute)},
-		Keys:   Keys{MinRSABits: 3072, FoldLocalPartCase: false, SubaddressSeparator: "-"},
+		Milter: Milter{Listen: "unix:/run/lacre/milter.sock", MaxMessageSize: 10 << 20, TraceHeader: "X-Encrypted-By",
+			MixedLocal: "encrypt", ShutdownTimeout: Duration(time.Minute), LookupTimeout: Duration(2 * time.Second)},
+		Log:   Log{Level: "debug", Format: "json"},
+		Store: Store{Database: "/var/lib/lacre/keys.db", CacheTTL: Duration(5 * time.Minute)},
+		Keys:  Keys{MinRSABits: 3072, FoldLocalPartCase: false, SubaddressSeparator: "-"},
 		Encryption: Encryption{
 			HideRecipients: true,
 			ProtectHeaders: true,

@@ -45,6 +45,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"serve", "", "run the milter on [milter] listen (the default command)", serve},
 		{"keys add", "[-replace] ADDRESS FILE|-", "validate the public key(s) in FILE (or stdin) and bind them to ADDRESS", keysAdd},
 		{"keys list", "", "list every address and its keys, with their state now", keysList},
 		{"keys show", "[-export] ADDRESS", "show how mail to ADDRESS is encrypted, and why", keysShow},
@@ -69,13 +70,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	args = global.Args()
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
+		args = []string{"serve"} // the daemon is what runs without a command
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		usage(stdout)
-		if len(args) == 0 {
-			// serve is the default command once the milter exists; until
-			// then, say what there is.
-			return 2
-		}
 		return 0
 	}
 	for _, c := range commands() {

@@ -208,8 +208,9 @@ func TestTopLevel(t *testing.T) {
 			stderr: append([]string{"usage: lacre-milter [-config FILE] COMMAND [ARGS]"}, allCommands...), quiet: "stdout"},
 		{name: "-h", args: []string{"-h"}, code: 0,
 			stderr: append([]string{"usage: lacre-milter [-config FILE] COMMAND [ARGS]"}, allCommands...), quiet: "stdout"},
-		{name: "no arguments", args: nil, code: 2,
-			stdout: append([]string{"usage: lacre-milter [-config FILE] COMMAND [ARGS]"}, allCommands...)},
+		// No arguments runs serve (tested in integration/); serve takes none.
+		{name: "serve with an argument", args: []string{"serve", "now"}, code: 2,
+			stderr: []string{"usage: lacre-milter serve", `unexpected argument "now"`}, quiet: "stdout"},
 		{name: "unknown command", args: []string{"frobnicate", "now"}, code: 2,
 			stderr: []string{`lacre-milter: unknown command "frobnicate now" (try "lacre-milter help")`}, quiet: "stdout"},
 		{name: "unknown global flag", args: []string{"-nope", "version"}, code: 2,

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	gomilter "github.com/emersion/go-milter"
+
+	"lacre.io/milter/config"
+	"lacre.io/milter/keys"
+	"lacre.io/milter/milter"
+)
+
+func newLogger(c *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(c.Log.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
+// configuration and drops cached key lookups without dropping sessions.
+func serve(e *env, args []string) error {
+	fs := e.flags("serve")
+	if pos, err := parseFlags(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
+	c, err := e.loadConfig()
+	if err != nil {
+		return err
+	}
+	log := newLogger(c, e.stderr)
+	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	res, err := keys.NewResolver(store, c, nil)
+	if err != nil {
+		return err
+	}
+	srv := milter.New(milter.SettingsFrom(c, res), log)
+
+	ln, err := milter.Listen(c.Milter.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.Milter.Listen, err)
+	}
+	if ul, ok := ln.(*net.UnixListener); ok {
+		// The MTA (user postfix, or smmsp) must reach the socket; other
+		// local users must not, since the milter protocol has no login.
+		os.Chmod(ul.Addr().String(), 0o660)
+	}
+	src := c.Path
+	if src == "" {
+		src = "defaults"
+	}
+	log.Info("lacre-milter started", "listen", c.Milter.Listen, "store", c.DatabasePath(), "config", src)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	for {
+		select {
+		case err := <-served:
+			if errors.Is(err, gomilter.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("serve: %w", err)
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if next, err := reload(e, c, store, srv); err != nil {
+					log.Error("reload failed; keeping the running configuration", "error", err)
+				} else {
+					c = next
+					log.Info("configuration reloaded", "config", c.Path)
+				}
+				continue
+			}
+			log.Info("shutting down", "signal", sig.String(), "in_flight", srv.InFlight(), "timeout", c.Milter.ShutdownTimeout.D().String())
+			ctx, cancel := context.WithTimeout(context.Background(), c.Milter.ShutdownTimeout.D())
+			err := srv.Shutdown(ctx)
+			cancel()
+			if err != nil {
+				log.Warn("shutdown timed out", "error", err)
+			}
+			log.Info("stopped")
+			return nil
+		}
+	}
+}
+
+// reload re-reads the configuration and swaps the milter's settings.
+// The listener and the store stay: changing them needs a restart, and the
+// reload says so rather than half-applying it.
+func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server) (*config.Config, error) {
+	c, err := e.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	if c.Milter.Listen != old.Milter.Listen {
+		return nil, fmt.Errorf("milter.listen changed from %q to %q: restart lacre-milter to apply it", old.Milter.Listen, c.Milter.Listen)
+	}
+	if c.DatabasePath() != old.DatabasePath() {
+		return nil, fmt.Errorf("store.database changed from %q to %q: restart lacre-milter to apply it", old.DatabasePath(), c.DatabasePath())
+	}
+	res, err := keys.NewResolver(store, c, nil)
+	if err != nil {
+		return nil, err
+	}
+	srv.Reload(milter.SettingsFrom(c, res))
+	return c, nil
+}

@@ -1,0 +1,83 @@
+package milter
+
+import (
+	"errors"
+	"fmt"
+
+	gomilter "github.com/emersion/go-milter"
+)
+
+// Reply is an SMTP reply the milter asks the MTA to give. Every reply the
+// milter sends is one of the values below: fixed, generic text plus the
+// queue id, so that the reply never carries an internal error string and
+// the operator finds the detail in the log line with the same queue id.
+type Reply struct {
+	Code     int    // RFC 5321 §4.2 reply code
+	Enhanced string // RFC 3463 enhanced status code
+	Text     string
+}
+
+// The replies. Temporary ones (4xx) keep the mail in the sender's queue:
+// "fail closed, lose nothing".
+var (
+	// ReplyMixedClass answers a recipient that needs other treatment than
+	// the transaction's first one. 452 is "too many recipients" (RFC 5321
+	// §4.5.3.1.10): senders deliver the rest in a later transaction.
+	ReplyMixedClass = Reply{452, "4.5.3", "Please send to this recipient in a separate transaction"}
+	// ReplyLookupFailed: the recipient's keys could not be looked up.
+	ReplyLookupFailed = Reply{451, "4.3.0", "Encryption key lookup failed, try again later"}
+	// ReplyKeyUnusableTemp: every key of the recipient has expired or been
+	// revoked, and encryption.unusable_key = "tempfail".
+	ReplyKeyUnusableTemp = Reply{450, "4.7.1", "Recipient's encryption key is unusable, try again later"}
+	// ReplyKeyUnusableReject: the same with unusable_key = "reject".
+	ReplyKeyUnusableReject = Reply{550, "5.7.1", "Recipient's encryption key has expired or was revoked"}
+	// ReplyEncryptFailed: encryption for a keyed recipient failed.
+	ReplyEncryptFailed = Reply{451, "4.3.0", "Encryption failed, try again later"}
+	// ReplyTooBig: larger than milter.max_message_size with keyed recipients.
+	ReplyTooBig = Reply{552, "5.3.4", "Message too big to encrypt"}
+	// ReplyInternal: anything else that went wrong on our side.
+	ReplyInternal = Reply{451, "4.3.0", "Internal error, try again later"}
+)
+
+// Temporary reports whether the reply is a temporary failure.
+func (r Reply) Temporary() bool { return r.Code >= 400 && r.Code < 500 }
+
+// String is the reply line, e.g. "452 4.5.3 Please send … (queue id 4AbC)".
+func (r Reply) String() string { return r.line("") }
+
+func (r Reply) line(queueID string) string {
+	s := fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)
+	if queueID != "" {
+		s += " (queue id " + queueID + ")"
+	}
+	return s
+}
+
+// response makes the milter packet for r. SMFIR_REPLYCODE ('y') is used for
+// every reply, never SMFIR_TEMPFAIL/REJECT: go-milter replaces the session's
+// backend after those, losing the transaction's sender and recipients.
+func (r Reply) response(queueID string) gomilter.Response {
+	return gomilter.NewResponseStr('y', r.line(queueID)) // SMFIR_REPLYCODE
+}
+
+// replyError is an error that knows the SMTP reply it maps to.
+type replyError struct {
+	reply Reply
+	err   error
+}
+
+func (e *replyError) Error() string { return e.err.Error() }
+func (e *replyError) Unwrap() error { return e.err }
+
+// withReply attaches the reply to err.
+func withReply(r Reply, err error) error { return &replyError{reply: r, err: err} }
+
+// ReplyFor maps an error to its SMTP reply: the attached reply, or
+// ReplyInternal for errors nobody classified.
+func ReplyFor(err error) Reply {
+	var re *replyError
+	if errors.As(err, &re) {
+		return re.reply
+	}
+	return ReplyInternal
+}

@@ -1,0 +1,256 @@
+// Package milter is the MTA-facing part of Lacre: a go-milter backend that
+// classifies recipients at RCPT time, collects the message, encrypts it
+// once per transaction at end of message and hands the MTA the new body
+// and header changes. It maps every failure to an SMTP reply (reply.go)
+// and knows nothing of OpenPGP packets (that is package crypto).
+package milter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+
+	"lacre.io/milter/config"
+	"lacre.io/milter/keys"
+)
+
+// Resolver answers "how must mail to this address be encrypted?"; in
+// production it is *keys.Resolver.
+type Resolver interface {
+	Lookup(ctx context.Context, address string) (*keys.Lookup, error)
+}
+
+// Settings are the options a session reads; they can be swapped on reload.
+type Settings struct {
+	Resolver       Resolver
+	HideRecipients bool
+	MinRSABits     int
+	UnusableKey    string // config.Unusable*
+	MaxMessageSize int64
+	TraceHeader    string
+	MixedLocal     string // config.MixedLocal*
+	LookupTimeout  time.Duration
+}
+
+// SettingsFrom builds Settings from a configuration and a resolver.
+func SettingsFrom(c *config.Config, r Resolver) *Settings {
+	return &Settings{
+		Resolver:       r,
+		HideRecipients: c.Encryption.HideRecipients,
+		MinRSABits:     c.Keys.MinRSABits,
+		UnusableKey:    c.Encryption.UnusableKey,
+		MaxMessageSize: c.Milter.MaxMessageSize,
+		TraceHeader:    c.Milter.TraceHeader,
+		MixedLocal:     c.Milter.MixedLocal,
+		LookupTimeout:  c.Milter.LookupTimeout.D(),
+	}
+}
+
+// Server runs milter sessions. Create it with New, feed it listeners with
+// Serve, stop it with Shutdown.
+type Server struct {
+	log      *slog.Logger
+	settings atomic.Pointer[Settings]
+	now      func() time.Time
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	conns     map[*connState]struct{}
+	closing   bool
+	idle      chan struct{} // signalled when a connection ends or goes idle
+}
+
+// New returns a server with the given settings. log receives one line per
+// message and the errors.
+func New(s *Settings, log *slog.Logger) *Server {
+	srv := &Server{log: log, now: time.Now, conns: map[*connState]struct{}{}, idle: make(chan struct{}, 1)}
+	srv.settings.Store(s)
+	return srv
+}
+
+// Reload swaps the settings. Messages in flight finish with the settings
+// they started with; the next MAIL FROM uses the new ones.
+func (s *Server) Reload(st *Settings) { s.settings.Store(st) }
+
+// The milter protocol options: we change headers and the body, and may ask
+// for quarantine (Postfix's hold queue). We need every stage.
+const (
+	actions = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
+)
+
+// connState is what the server knows about one MTA connection, for its
+// whole life. go-milter replaces the session's backend after every
+// accept/reject/tempfail reply (so after each message); keeping these
+// facts here, outside the backend, means they survive that reset.
+type connState struct {
+	conn    net.Conn
+	busy    atomic.Bool // between MAIL FROM and the end of that message
+	client  string      // "host [addr]:port", from Connect
+	nonSMTP bool        // Postfix non_smtpd_milters: sendmail(1)/pickup
+	seen    bool        // Connect was received
+}
+
+// Serve accepts MTA connections on ln until Shutdown. Each connection gets
+// its own go-milter server whose backend factory is bound to that
+// connection's connState.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return gomilter.ErrServerClosed
+	}
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return gomilter.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		cs := &connState{}
+		done := make(chan struct{})
+		cs.conn = &trackedConn{Conn: c, done: done}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[cs] = struct{}{}
+		s.mu.Unlock()
+		ms := &gomilter.Server{
+			NewMilter: func() gomilter.Milter { return newSession(s, cs) },
+			Actions:   actions,
+		}
+		go func() {
+			ms.Serve(&oneConnListener{conn: cs.conn, done: done})
+			s.mu.Lock()
+			delete(s.conns, cs)
+			s.mu.Unlock()
+			s.signalIdle()
+		}()
+	}
+}
+
+func (s *Server) signalIdle() {
+	select {
+	case s.idle <- struct{}{}:
+	default:
+	}
+}
+
+// Shutdown stops accepting connections, closes idle ones, waits until the
+// messages in flight are done or ctx ends, then closes the rest. An MTA
+// that finds the milter gone answers with milter_default_action (tempfail
+// in our documentation), so nothing is lost or passed in clear.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	for {
+		s.mu.Lock()
+		busy := 0
+		for cs := range s.conns {
+			if cs.busy.Load() {
+				busy++
+			} else {
+				cs.conn.Close()
+			}
+		}
+		s.mu.Unlock()
+		if busy == 0 {
+			return nil
+		}
+		select {
+		case <-s.idle:
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			s.mu.Lock()
+			for cs := range s.conns {
+				cs.conn.Close()
+			}
+			s.mu.Unlock()
+			return fmt.Errorf("%d message(s) still in flight at shutdown: %w", busy, ctx.Err())
+		}
+	}
+}
+
+// InFlight returns how many connections are in the middle of a message.
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for cs := range s.conns {
+		if cs.busy.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// trackedConn closes done when the connection is closed, so the
+// connection's listener can stop.
+type trackedConn struct {
+	net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return c.Conn.Close()
+}
+
+// oneConnListener hands out one connection, then blocks until it is
+// closed; go-milter's Serve then returns.
+type oneConnListener struct {
+	conn   net.Conn
+	served bool
+	done   chan struct{}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.served {
+		l.served = true
+		return l.conn, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// Listen opens the listener for a "inet:HOST:PORT" or "unix:PATH" address.
+// A stale unix socket file is removed first.
+func Listen(address string) (net.Listener, error) {
+	network, addr, err := config.ParseListen(address)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		removeStaleSocket(addr)
+	}
+	return net.Listen(network, addr)
+}

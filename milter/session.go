@@ -1,0 +1,427 @@
+package milter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/textproto"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+
+	"lacre.io/milter/config"
+	"lacre.io/milter/crypto"
+	"lacre.io/milter/keys"
+)
+
+// class is how a recipient's copy of a message must look. Recipients of
+// one class share one message body; one transaction carries one class.
+type class struct {
+	encrypt bool
+	protect bool // header protection (RFC 9788)
+}
+
+func (c class) String() string {
+	switch {
+	case !c.encrypt:
+		return "clear"
+	case c.protect:
+		return "pgp-mime+hp"
+	default:
+		return "pgp-mime"
+	}
+}
+
+// recipient is one accepted envelope recipient and its lookup.
+type recipient struct {
+	addr   string
+	lookup *keys.Lookup
+	class  class
+}
+
+// session is the go-milter backend for one message at a time on one MTA
+// connection. go-milter calls it from one goroutine, one callback at a
+// time, and replaces it after any reply that ends the message; state that
+// must outlive that lives in conn.
+type session struct {
+	srv  *Server
+	conn *connState
+	st   *Settings
+
+	// Per message; reset by MAIL FROM and Abort.
+	queueID   string
+	started   time.Time
+	rcpts     []recipient
+	txClass   *class
+	localMix  []string // non-SMTP mail: why the message cannot be delivered as one class
+	fields    []crypto.Field
+	headerLen int
+	body      []byte
+	tooBig    bool
+	decided   bool // the message's action has been logged
+}
+
+func newSession(srv *Server, cs *connState) *session {
+	return &session{srv: srv, conn: cs, st: srv.settings.Load()}
+}
+
+var _ gomilter.Milter = (*session)(nil)
+
+func (s *session) reset() {
+	*s = session{srv: s.srv, conn: s.conn, st: s.srv.settings.Load()}
+}
+
+// macros keeps the queue id, which Postfix sends with RCPT (SMTP) or MAIL
+// (non-SMTP) and again at end of message; go-milter replaces the macro
+// map with every packet, so it is read where it arrives.
+func (s *session) macros(m *gomilter.Modifier) {
+	if m != nil && m.Macros != nil {
+		if id := m.Macros["i"]; id != "" {
+			s.queueID = id
+		}
+	}
+}
+
+// guard recovers a panic in a callback: log the stack with the queue id
+// and answer a temporary failure, so the mail stays in the queue.
+func (s *session) guard(resp *gomilter.Response, err *error) {
+	if v := recover(); v != nil {
+		s.srv.log.Error("panic in milter session", "queue_id", s.queueID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		*resp = ReplyInternal.response(s.queueID)
+		*err = nil
+		s.conn.busy.Store(false)
+	}
+}
+
+// Connect records the client. Postfix hands mail from sendmail(1) and
+// pickup (non_smtpd_milters) over as a connection from 127.0.0.1 with
+// port 0; such mail cannot have single recipients refused.
+func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.conn.seen = true
+	s.conn.client = fmt.Sprintf("%s [%s]:%d", host, addr, port)
+	s.conn.nonSMTP = port == 0 && addr != nil && addr.IsLoopback() && (family == "tcp4" || family == "tcp6")
+	return gomilter.RespContinue, nil
+}
+
+// Helo is not needed.
+func (s *session) Helo(name string, m *gomilter.Modifier) (gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+// MailFrom starts a message: fresh state and the current settings.
+func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.reset()
+	s.started = s.srv.now()
+	s.macros(m)
+	s.conn.busy.Store(true)
+	return gomilter.RespContinue, nil
+}
+
+// RcptTo classifies the recipient. The first accepted recipient fixes the
+// transaction's class; a recipient of another class gets 452 4.5.3 and
+// the sender delivers it in another transaction. Over SMTP, problems are
+// answered per recipient with SMFIR_REPLYCODE (which keeps the session's
+// state); mail from non_smtpd_milters must not see recipient rejections,
+// so its problems are decided at end of message.
+func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.macros(m)
+	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
+	defer cancel()
+	l, lerr := s.st.Resolver.Lookup(ctx, rcpt)
+	var c class
+	switch {
+	case lerr != nil:
+		s.srv.log.Warn("key lookup failed", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
+		if s.conn.nonSMTP {
+			s.localMix = append(s.localMix, "key lookup failed for "+rcpt)
+			return gomilter.RespContinue, nil
+		}
+		return ReplyLookupFailed.response(s.queueID), nil
+	case l.AllUnusable():
+		s.srv.log.Warn("recipient's keys are unusable", "queue_id", s.queueID, "rcpt", rcpt,
+			"policy", s.st.UnusableKey, "reason", l.Unusable[0].Error())
+		switch s.st.UnusableKey {
+		case config.UnusableClear:
+			c = class{}
+		default:
+			if s.conn.nonSMTP {
+				s.localMix = append(s.localMix, "every key of "+rcpt+" is unusable")
+				return gomilter.RespContinue, nil
+			}
+			if s.st.UnusableKey == config.UnusableReject {
+				return ReplyKeyUnusableReject.response(s.queueID), nil
+			}
+			return ReplyKeyUnusableTemp.response(s.queueID), nil
+		}
+	default:
+		c = class{encrypt: l.Encrypt(), protect: l.Encrypt() && l.ProtectHeaders}
+	}
+	if s.txClass != nil && *s.txClass != c {
+		if !s.conn.nonSMTP {
+			s.srv.log.Info("recipient deferred to another transaction", "queue_id", s.queueID,
+				"rcpt", rcpt, "class", c.String(), "transaction_class", s.txClass.String())
+			return ReplyMixedClass.response(s.queueID), nil
+		}
+		s.localMix = append(s.localMix, fmt.Sprintf("%s is %s, an earlier recipient %s", rcpt, c, s.txClass))
+	}
+	if s.txClass == nil {
+		s.txClass = &c
+	}
+	s.rcpts = append(s.rcpts, recipient{addr: rcpt, lookup: l, class: c})
+	return gomilter.RespContinue, nil
+}
+
+// needsWork reports whether any accepted recipient needs encryption (or a
+// decision at end of message).
+func (s *session) needsWork() bool {
+	if len(s.localMix) > 0 {
+		return true
+	}
+	for _, r := range s.rcpts {
+		if r.class.encrypt {
+			return true
+		}
+	}
+	return false
+}
+
+// Header collects the header section. At the first field of a message no
+// recipient needs encrypted, the message is accepted: clear mail costs the
+// MTA one round trip per header field less.
+func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.macros(m)
+	if !s.needsWork() {
+		return s.accept("clear", nil), nil
+	}
+	if s.tooBig {
+		return gomilter.RespContinue, nil
+	}
+	s.headerLen += len(name) + len(value) + 4
+	if int64(s.headerLen) > s.st.MaxMessageSize {
+		return s.tooBigReply(), nil
+	}
+	s.fields = append(s.fields, crypto.Field{Name: name, Value: value})
+	return gomilter.RespContinue, nil
+}
+
+// Headers (end of header section) lets already-encrypted mail through
+// before its body is sent.
+func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.macros(m)
+	if !s.needsWork() {
+		return s.accept("clear", nil), nil
+	}
+	if len(s.localMix) == 0 && crypto.EncryptedByHeader(s.fields) {
+		return s.accept("already-encrypted", nil), nil
+	}
+	return gomilter.RespContinue, nil
+}
+
+// BodyChunk collects the body (Postfix sends chunks of up to 64 KiB).
+// Growth is by a quarter, not doubling, so a large body does not hold
+// twice its size in spare capacity.
+func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	if s.tooBig {
+		return gomilter.RespContinue, nil
+	}
+	if int64(s.headerLen+len(s.body)+len(chunk)) > s.st.MaxMessageSize {
+		return s.tooBigReply(), nil
+	}
+	if need := len(s.body) + len(chunk); need > cap(s.body) {
+		grown := make([]byte, len(s.body), need+max(need/4, 256<<10))
+		copy(grown, s.body)
+		s.body = grown
+	}
+	s.body = append(s.body, chunk...)
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) tooBigReply() gomilter.Response {
+	s.tooBig = true
+	s.body, s.fields = nil, nil
+	s.logResult("rejected", ReplyTooBig, nil)
+	return ReplyTooBig.response(s.queueID)
+}
+
+// Body is the end of the message: encrypt once for the transaction's
+// class and hand the MTA the changes.
+func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.macros(m)
+	defer s.conn.busy.Store(false)
+	if s.tooBig {
+		return ReplyTooBig.response(s.queueID), nil
+	}
+	if len(s.localMix) > 0 {
+		return s.decideLocalMix(m)
+	}
+	if !s.needsWork() {
+		return s.accept("clear", nil), nil
+	}
+	if crypto.AlreadyEncrypted(s.fields, s.body) {
+		return s.accept("already-encrypted", nil), nil
+	}
+	return s.encrypt(m, s.rcpts[0].class.protect)
+}
+
+// decideLocalMix applies milter.mixed_local to non-SMTP mail whose
+// recipients could not all be served with one body.
+func (s *session) decideLocalMix(m *gomilter.Modifier) (gomilter.Response, error) {
+	reason := strings.Join(s.localMix, "; ")
+	unsplittable := true
+	for _, why := range s.localMix {
+		if !strings.Contains(why, ", an earlier recipient ") {
+			unsplittable = false // a lookup failure or unusable key, not only mixed classes
+		}
+	}
+	if unsplittable && s.st.MixedLocal == config.MixedLocalEncrypt {
+		return s.encrypt(m, false)
+	}
+	// SMFIR_QUARANTINE: Postfix puts the message in its hold queue.
+	if err := m.Quarantine("lacre: " + reason); err != nil {
+		return nil, err
+	}
+	return s.accept("held", fmt.Errorf("%s", reason)), nil
+}
+
+// encrypt encrypts the message to every keyed recipient and applies the
+// result: header changes first, then the body in packets of at most 64 KiB
+// (consecutive SMFIR_REPLBODY packets append; nothing may come between).
+func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response, error) {
+	var to []*keys.Key
+	for _, r := range s.rcpts {
+		if r.class.encrypt {
+			to = append(to, r.lookup.Keys...)
+		}
+	}
+	if len(to) == 0 {
+		return s.accept("clear", nil), nil
+	}
+	res, err := crypto.Encrypt(s.fields, s.body, to, crypto.Options{
+		HideRecipients: s.st.HideRecipients,
+		ProtectHeaders: protect,
+		MinRSABits:     s.st.MinRSABits,
+		Now:            s.srv.now(),
+	})
+	if err != nil {
+		err = withReply(ReplyEncryptFailed, err)
+		s.logResult("tempfail", ReplyFor(err), err)
+		return ReplyFor(err).response(s.queueID), nil
+	}
+	outLen := len(res.Body)
+	if err := apply(m, res, s.st.TraceHeader); err != nil {
+		// The MTA connection broke mid-change: closing the session makes
+		// the MTA apply milter_default_action (tempfail).
+		s.logResult("error", ReplyInternal, err)
+		return nil, err
+	}
+	s.logResult("encrypted", Reply{}, nil, "keys", len(to), "size_out", outLen)
+	s.decided = true
+	return gomilter.RespAccept, nil
+}
+
+// maxBodyPacket is the largest SMFIR_REPLBODY payload sent at once; Postfix
+// and Sendmail accept 64 KiB.
+const maxBodyPacket = 65535
+
+func apply(m *gomilter.Modifier, res *crypto.Result, trace string) error {
+	for _, c := range res.Changes {
+		var err error
+		switch c.Op {
+		case crypto.Set:
+			err = m.ChangeHeader(c.Index, c.Name, c.Value) // SMFIR_CHGHEADER
+		case crypto.Delete:
+			err = m.ChangeHeader(c.Index, c.Name, "") // an empty value deletes
+		case crypto.Add:
+			err = m.AddHeader(c.Name, c.Value) // SMFIR_ADDHEADER
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if trace != "" {
+		if err := m.AddHeader(trace, "encrypted"); err != nil {
+			return err
+		}
+	}
+	for b := res.Body; len(b) > 0; {
+		n := min(len(b), maxBodyPacket)
+		// go-milter turns CRLF into LF for Postfix; never split a CRLF pair
+		// across packets, or a lone CR would survive.
+		if n < len(b) && b[n-1] == '\r' {
+			n--
+		}
+		if err := m.ReplaceBody(b[:n]); err != nil { // SMFIR_REPLBODY
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// accept ends the message unchanged.
+func (s *session) accept(action string, reason error) gomilter.Response {
+	s.conn.busy.Store(false)
+	s.logResult(action, Reply{}, reason)
+	return gomilter.RespAccept
+}
+
+// Abort ends the message without a decision (the client quit or RSET).
+func (s *session) Abort(m *gomilter.Modifier) error {
+	if !s.decided && s.started != (time.Time{}) && s.srv.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.srv.log.Debug("message aborted", "queue_id", s.queueID)
+	}
+	s.conn.busy.Store(false)
+	s.reset()
+	return nil
+}
+
+// logResult writes the one line per message: queue id, classes, action,
+// sizes, time. Never content, never key material.
+func (s *session) logResult(action string, r Reply, err error, extra ...any) {
+	if s.decided {
+		return
+	}
+	s.decided = true
+	classes := map[string]int{}
+	for _, rc := range s.rcpts {
+		classes[rc.class.String()]++
+	}
+	args := []any{"queue_id", s.queueID, "action", action, "rcpts", len(s.rcpts), "classes", classList(classes),
+		"size_in", s.headerLen + len(s.body), "ms", s.srv.now().Sub(s.started).Milliseconds()}
+	if s.conn.nonSMTP {
+		args = append(args, "local", true)
+	}
+	if r.Code != 0 {
+		args = append(args, "reply", r.String())
+	}
+	if err != nil {
+		args = append(args, "reason", err.Error())
+	}
+	args = append(args, extra...)
+	level := slog.LevelInfo
+	if r.Code != 0 || errors.Is(err, context.DeadlineExceeded) {
+		level = slog.LevelWarn
+	}
+	s.srv.log.Log(context.Background(), level, "message", args...)
+}
+
+func classList(m map[string]int) string {
+	var parts []string
+	for _, c := range []string{"clear", "pgp-mime", "pgp-mime+hp"} {
+		if n := m[c]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s:%d", c, n))
+		}
+	}
+	return strings.Join(parts, ",")
+}

@@ -1,0 +1,570 @@
+package milter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/mail"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+
+	"lacre.io/milter/config"
+	"lacre.io/milter/crypto"
+	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
+)
+
+// fixture is a milter server on loopback over a MemoryStore with keys for
+// alice@ and bob@ (Curve25519) and carol@ (protect-headers on).
+type fixture struct {
+	srv     *Server
+	addr    string
+	store   *keys.MemoryStore
+	cfg     *config.Config
+	secrets map[string]*openpgp.Entity
+	logs    *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newFixture(t testing.TB, tweak func(*config.Config)) *fixture {
+	t.Helper()
+	f := &fixture{store: keys.NewMemoryStore(), cfg: config.Default(), secrets: map[string]*openpgp.Entity{}, logs: &syncBuffer{}}
+	ctx := context.Background()
+	for _, a := range []string{"alice@example.org", "bob@example.org", "carol@example.org"} {
+		e := testkeys.Generate(t, testkeys.Curve25519, a)
+		ks, err := keys.Parse(testkeys.Public(t, e))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.store.Add(ctx, a, ks, false); err != nil {
+			t.Fatal(err)
+		}
+		f.secrets[a] = e
+	}
+	on := true
+	f.store.SetPrefs(ctx, "carol@example.org", keys.Prefs{ProtectHeaders: &on})
+	exp, _ := keys.Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")))
+	f.store.Add(ctx, "old@example.org", exp, false)
+	if tweak != nil {
+		tweak(f.cfg)
+	}
+	f.start(t)
+	return f
+}
+
+func (f *fixture) start(t testing.TB) {
+	t.Helper()
+	res, err := keys.NewResolver(f.store, f.cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.srv = New(SettingsFrom(f.cfg, res), log)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.addr = ln.Addr().String()
+	go f.srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		f.srv.Shutdown(ctx)
+		if t.Failed() {
+			t.Logf("milter log:\n%s", f.logs.String())
+		}
+	})
+}
+
+// mta is one MTA-side milter connection (go-milter's client).
+type mta struct {
+	t *testing.T
+	s *gomilter.ClientSession
+}
+
+// The client's default masks ask for actions a v2 server does not offer;
+// ask for exactly what lacre-milter negotiates.
+var clientOptions = gomilter.ClientOptions{
+	ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+	ActionMask: actions,
+}
+
+func (f *fixture) connect(t *testing.T, nonSMTP bool) *mta {
+	t.Helper()
+	s, err := gomilter.NewClientWithOptions("tcp", f.addr, clientOptions).Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	port := uint16(41234)
+	host := "client.example"
+	if nonSMTP {
+		port, host = 0, "localhost"
+	}
+	act, err := s.Conn(host, gomilter.FamilyInet, port, "127.0.0.1")
+	if err != nil || act.Code != gomilter.ActContinue {
+		t.Fatalf("connect: %v %v", act, err)
+	}
+	return &mta{t: t, s: s}
+}
+
+// result is what the MTA did with one message.
+type result struct {
+	rcptReplies map[string]*gomilter.Action // non-continue replies to RCPT
+	final       *gomilter.Action            // the reply that ended the message
+	endedAt     string                      // "header", "eoh", "body", "eom"
+	mods        []gomilter.ModifyAction
+	delivered   []byte // the message after the modifications
+	quarantine  string
+}
+
+// send runs one message through the milter like Postfix does: MAIL, the
+// RCPTs, the header fields, end of header, the body in 64 KiB chunks, end
+// of message; stopping where the milter ends the message.
+func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
+	t := m.t
+	t.Helper()
+	r := &result{rcptReplies: map[string]*gomilter.Action{}}
+	s := m.s
+	must := func(a *gomilter.Action, err error) *gomilter.Action {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	must(s.Mail("sender@example.net", nil))
+	accepted := 0
+	for _, rc := range rcpts {
+		s.Macros(gomilter.CodeRcpt, "i", queueID)
+		a := must(s.Rcpt(rc, nil))
+		if a.Code != gomilter.ActContinue {
+			r.rcptReplies[rc] = a
+			continue
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		s.Abort()
+		return r
+	}
+	fields, body := crypto.Split(msg)
+	for _, fl := range fields {
+		a := must(s.HeaderField(fl.Name, fl.Value))
+		if a.Code != gomilter.ActContinue {
+			r.final, r.endedAt = a, "header"
+			r.delivered = msg
+			return r
+		}
+	}
+	if a := must(s.HeaderEnd()); a.Code != gomilter.ActContinue {
+		r.final, r.endedAt = a, "eoh"
+		r.delivered = msg
+		return r
+	}
+	for b := body; len(b) > 0; {
+		n := min(len(b), gomilter.MaxBodyChunk)
+		a := must(s.BodyChunk(b[:n]))
+		if a.Code != gomilter.ActContinue {
+			r.final, r.endedAt = a, "body"
+			return r
+		}
+		b = b[n:]
+	}
+	s.Macros(gomilter.CodeEOB, "i", queueID)
+	mods, a, err := s.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.final, r.endedAt, r.mods = a, "eom", mods
+	r.delivered = applyMods(t, fields, body, mods, &r.quarantine)
+	return r
+}
+
+// applyMods does what the MTA does with the modification actions.
+func applyMods(t *testing.T, fields []crypto.Field, body []byte, mods []gomilter.ModifyAction, quarantine *string) []byte {
+	var changes []crypto.Change
+	var newBody []byte
+	replaced := false
+	for _, m := range mods {
+		switch m.Code {
+		case gomilter.ActChangeHeader:
+			op := crypto.Set
+			if m.HeaderValue == "" {
+				op = crypto.Delete
+			}
+			changes = append(changes, crypto.Change{Op: op, Name: m.HeaderName, Index: int(m.HeaderIndex), Value: m.HeaderValue})
+		case gomilter.ActAddHeader:
+			changes = append(changes, crypto.Change{Op: crypto.Add, Name: m.HeaderName, Value: m.HeaderValue})
+		case gomilter.ActReplBody:
+			if len(m.Body) > 65535 {
+				t.Errorf("body replacement packet of %d bytes", len(m.Body))
+			}
+			replaced = true
+			newBody = append(newBody, m.Body...)
+		case gomilter.ActQuarantine:
+			*quarantine = m.Reason
+		default:
+			t.Errorf("unexpected modification %c", m.Code)
+		}
+	}
+	if replaced {
+		body = newBody
+	}
+	var b bytes.Buffer
+	crypto.WriteMessage(&b, crypto.Apply(fields, changes), body)
+	return b.Bytes()
+}
+
+const plainMsg = "From: Sender <sender@example.net>\r\nTo: alice@example.org\r\nSubject: hello\r\n" +
+	"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.net>\r\nMIME-Version: 1.0\r\n" +
+	"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße,\r\nthe body.\r\n"
+
+// decryptDelivered checks the PGP/MIME structure with the standard
+// library, decrypts with secret and returns the inner entity.
+func decryptDelivered(t *testing.T, msg []byte, secret *openpgp.Entity) []byte {
+	t.Helper()
+	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	if err != nil {
+		t.Fatalf("delivered message does not parse: %v", err)
+	}
+	mt, params, _ := mime.ParseMediaType(m.Header.Get("Content-Type"))
+	if mt != "multipart/encrypted" || params["protocol"] != "application/pgp-encrypted" {
+		t.Fatalf("delivered Content-Type %q", m.Header.Get("Content-Type"))
+	}
+	mr := multipart.NewReader(m.Body, params["boundary"])
+	if _, err := mr.NextPart(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := mr.NextPart()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, err := armor.Decode(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
+	if err != nil {
+		t.Fatalf("decrypt: %v", err)
+	}
+	inner, err := io.ReadAll(md.UnverifiedBody)
+	if err != nil {
+		t.Fatalf("decrypt: %v", err)
+	}
+	return inner
+}
+
+// innerBody returns the body of the decrypted entity.
+func innerBody(t *testing.T, inner []byte) []byte {
+	t.Helper()
+	_, b := crypto.Split(inner)
+	return b
+}
+
+func TestKeyedRecipientIsEncrypted(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	r := m.send("Q1", []string{"<alice@example.org>"}, []byte(plainMsg))
+	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept {
+		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
+	}
+	inner := decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+	_, origBody := crypto.Split([]byte(plainMsg))
+	if !bytes.Equal(innerBody(t, inner), origBody) {
+		t.Fatalf("inner body %q, want %q", innerBody(t, inner), origBody)
+	}
+	if !bytes.Contains(r.delivered, []byte("\r\nX-Lacre: encrypted\r\n")) {
+		t.Errorf("no trace header:\n%s", r.delivered[:400])
+	}
+	if !strings.Contains(f.logs.String(), "queue_id=Q1 action=encrypted rcpts=1 classes=pgp-mime:1") {
+		t.Errorf("log line missing:\n%s", f.logs.String())
+	}
+}
+
+func TestClearMailIsAcceptedAtFirstHeader(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	r := m.send("Q2", []string{"nobody@example.org", "other@example.net"}, []byte(plainMsg))
+	if r.endedAt != "header" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+		t.Fatalf("ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
+	}
+}
+
+func TestMixedRecipientsSplit(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	// Keyed first: the unkeyed recipient is deferred, the message encrypted.
+	r := m.send("Q3", []string{"alice@example.org", "nobody@example.org", "bob@example.org", "carol@example.org"}, []byte(plainMsg))
+	for rc, want := range map[string]int{"nobody@example.org": 452, "carol@example.org": 452} {
+		a := r.rcptReplies[rc]
+		if a == nil || a.Code != gomilter.ActReplyCode || a.SMTPCode != want || !strings.HasPrefix(a.SMTPText, "4.5.3 ") {
+			t.Errorf("%s: reply %+v, want %d 4.5.3", rc, a, want)
+		}
+	}
+	if len(r.rcptReplies) != 2 {
+		t.Errorf("replies %v", r.rcptReplies)
+	}
+	// One ciphertext both keyed recipients can read.
+	for _, who := range []string{"alice@example.org", "bob@example.org"} {
+		inner := decryptDelivered(t, r.delivered, f.secrets[who])
+		_, origBody := crypto.Split([]byte(plainMsg))
+		if !bytes.Equal(innerBody(t, inner), origBody) {
+			t.Errorf("%s: inner body differs", who)
+		}
+	}
+	// The deferred ones come back in a new transaction on the same
+	// connection; the state of the first did not leak into it.
+	r = m.send("Q4", []string{"nobody@example.org"}, []byte(plainMsg))
+	if r.endedAt != "header" || r.final.Code != gomilter.ActAccept {
+		t.Fatalf("second transaction ended at %s with %+v", r.endedAt, r.final)
+	}
+	r = m.send("Q5", []string{"carol@example.org"}, []byte(plainMsg))
+	inner := decryptDelivered(t, r.delivered, f.secrets["carol@example.org"])
+	if fields, _ := crypto.Split(inner); !strings.Contains(fmt.Sprint(fields), "hello") {
+		t.Errorf("carol's protected headers missing: %v", fields)
+	}
+	if !bytes.Contains(r.delivered, []byte("Subject: [...]")) {
+		t.Errorf("carol's outer subject not obscured")
+	}
+	// Unkeyed first: the keyed recipient is deferred, the message clear.
+	r = m.send("Q6", []string{"nobody@example.org", "alice@example.org"}, []byte(plainMsg))
+	if a := r.rcptReplies["alice@example.org"]; a == nil || a.SMTPCode != 452 {
+		t.Errorf("keyed after unkeyed: %+v", a)
+	}
+	if r.endedAt != "header" {
+		t.Errorf("clear transaction ended at %s", r.endedAt)
+	}
+}
+
+func TestAlreadyEncryptedPassesUnchanged(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	msg := "From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\n...\r\n--x--\r\n"
+	r := m.send("Q7", []string{"alice@example.org"}, []byte(msg))
+	if r.endedAt != "eoh" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
+	}
+	inline := "From: a@example.net\r\nTo: alice@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n"
+	r = m.send("Q8", []string{"alice@example.org"}, []byte(inline))
+	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+		t.Fatalf("inline: ended at %s with %+v, %d mods", r.endedAt, r.final, len(r.mods))
+	}
+}
+
+func TestStoreDownFailsClosed(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	f.store.SetFail(errors.New("disk on fire"))
+	r := m.send("Q9", []string{"alice@example.org", "nobody@example.org"}, []byte(plainMsg))
+	for _, rc := range []string{"alice@example.org", "nobody@example.org"} {
+		if a := r.rcptReplies[rc]; a == nil || a.SMTPCode != 451 || !strings.HasPrefix(a.SMTPText, "4.3.0 ") {
+			t.Errorf("%s: %+v, want 451 4.3.0", rc, a)
+		}
+	}
+	if strings.Contains(fmt.Sprint(r.rcptReplies), "disk on fire") {
+		t.Error("an internal error reached the SMTP reply")
+	}
+	f.store.SetFail(nil)
+	r = m.send("Q10", []string{"alice@example.org"}, []byte(plainMsg))
+	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+}
+
+func TestUnusableKeyPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		policy string
+		code   int
+		clear  bool
+	}{{config.UnusableTempfail, 450, false}, {config.UnusableReject, 550, false}, {config.UnusableClear, 0, true}} {
+		t.Run(tc.policy, func(t *testing.T) {
+			f := newFixture(t, func(c *config.Config) { c.Encryption.UnusableKey = tc.policy })
+			r := f.connect(t, false).send("Q11", []string{"old@example.org"}, []byte(plainMsg))
+			if tc.clear {
+				if r.endedAt != "header" || r.final.Code != gomilter.ActAccept {
+					t.Fatalf("clear policy: ended at %s %+v", r.endedAt, r.final)
+				}
+				return
+			}
+			if a := r.rcptReplies["old@example.org"]; a == nil || a.SMTPCode != tc.code {
+				t.Fatalf("reply %+v, want %d", a, tc.code)
+			}
+		})
+	}
+}
+
+func TestTooBigWithKeyedRecipient(t *testing.T) {
+	f := newFixture(t, func(c *config.Config) { c.Milter.MaxMessageSize = 1 << 20 })
+	m := f.connect(t, false)
+	big := []byte(plainMsg + strings.Repeat("x", 2<<20))
+	r := m.send("Q12", []string{"alice@example.org"}, big)
+	if r.endedAt != "body" || r.final.SMTPCode != 552 || !strings.HasPrefix(r.final.SMTPText, "5.3.4 ") {
+		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
+	}
+	m.s.Abort()
+	// The same size to an unkeyed recipient passes: it is never buffered.
+	r = m.send("Q13", []string{"nobody@example.org"}, big)
+	if r.final.Code != gomilter.ActAccept {
+		t.Fatalf("clear big message: %+v", r.final)
+	}
+}
+
+func TestNonSMTPMixedIsHeld(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, true)
+	r := m.send("Q14", []string{"alice@example.org", "nobody@example.org"}, []byte(plainMsg))
+	if len(r.rcptReplies) != 0 {
+		t.Fatalf("non-SMTP mail got recipient replies: %v", r.rcptReplies)
+	}
+	if r.final.Code != gomilter.ActAccept || !strings.Contains(r.quarantine, "nobody@example.org is clear") {
+		t.Fatalf("final %+v, quarantine %q", r.final, r.quarantine)
+	}
+	if !bytes.Equal(r.delivered, []byte(plainMsg)) {
+		t.Fatal("held message was changed")
+	}
+	// A second message on the same connection is still non-SMTP, although
+	// go-milter replaced the backend after the accept.
+	r = m.send("Q15", []string{"nobody@example.org", "alice@example.org"}, []byte(plainMsg))
+	if len(r.rcptReplies) != 0 || r.quarantine == "" {
+		t.Fatalf("second message: replies %v, quarantine %q", r.rcptReplies, r.quarantine)
+	}
+}
+
+func TestNonSMTPMixedEncryptPolicy(t *testing.T) {
+	f := newFixture(t, func(c *config.Config) { c.Milter.MixedLocal = config.MixedLocalEncrypt })
+	r := f.connect(t, true).send("Q16", []string{"nobody@example.org", "alice@example.org"}, []byte(plainMsg))
+	if r.quarantine != "" || len(r.rcptReplies) != 0 {
+		t.Fatalf("quarantine %q replies %v", r.quarantine, r.rcptReplies)
+	}
+	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+}
+
+func TestAbortResetsState(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	must := func(a *gomilter.Action, err error) {
+		if err != nil || a.Code != gomilter.ActContinue {
+			t.Fatalf("%+v %v", a, err)
+		}
+	}
+	must(m.s.Mail("a@example.net", nil))
+	must(m.s.Rcpt("alice@example.org", nil))
+	if err := m.s.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	// After RSET, an unkeyed recipient starts a clear transaction.
+	r := m.send("Q17", []string{"nobody@example.org"}, []byte(plainMsg))
+	if r.endedAt != "header" {
+		t.Fatalf("ended at %s", r.endedAt)
+	}
+}
+
+// panicResolver stands in for a bug anywhere below the session.
+type panicResolver struct{}
+
+func (panicResolver) Lookup(context.Context, string) (*keys.Lookup, error) { panic("boom") }
+
+func TestPanicBecomesTempfail(t *testing.T) {
+	f := newFixture(t, nil)
+	f.srv.Reload(&Settings{Resolver: panicResolver{}, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
+	m := f.connect(t, false)
+	r := m.send("Q18", []string{"alice@example.org"}, []byte(plainMsg))
+	if a := r.rcptReplies["alice@example.org"]; a == nil || a.SMTPCode != 451 {
+		t.Fatalf("reply %+v", a)
+	}
+	if !strings.Contains(f.logs.String(), "panic in milter session") {
+		t.Error("panic not logged")
+	}
+}
+
+func TestShutdownDrainsMessagesInFlight(t *testing.T) {
+	f := newFixture(t, nil)
+	busy := f.connect(t, false)
+	f.connect(t, false) // an idle connection: closed at once
+	if a, err := busy.s.Mail("a@example.net", nil); err != nil || a.Code != gomilter.ActContinue {
+		t.Fatal(err)
+	}
+	busy.s.Rcpt("alice@example.org", nil)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- f.srv.Shutdown(ctx)
+	}()
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("shutdown returned with a message in flight: %v", err)
+	default:
+	}
+	if _, err := net.DialTimeout("tcp", f.addr, time.Second); err == nil {
+		t.Error("still accepting connections while draining")
+	}
+	// The message in flight completes and is encrypted.
+	fields, body := crypto.Split([]byte(plainMsg))
+	for _, fl := range fields {
+		busy.s.HeaderField(fl.Name, fl.Value)
+	}
+	busy.s.HeaderEnd()
+	busy.s.BodyChunk(body)
+	mods, a, err := busy.s.End()
+	if err != nil || a.Code != gomilter.ActAccept || len(mods) == 0 {
+		t.Fatalf("end: %+v %d mods %v", a, len(mods), err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not return after the message completed")
+	}
+}
+
+func TestReplies(t *testing.T) {
+	for _, r := range []Reply{ReplyMixedClass, ReplyLookupFailed, ReplyKeyUnusableTemp, ReplyKeyUnusableReject,
+		ReplyEncryptFailed, ReplyTooBig, ReplyInternal} {
+		class := fmt.Sprint(r.Code / 100)
+		if !strings.HasPrefix(r.Enhanced, class+".") || (class != "4" && class != "5") {
+			t.Errorf("%v: enhanced code does not match the reply code", r)
+		}
+		if strings.ContainsAny(r.Text, "%\r\n") {
+			t.Errorf("%v: text must not contain %% or line breaks", r)
+		}
+	}
+	wrapped := fmt.Errorf("context: %w", withReply(ReplyTooBig, errors.New("x")))
+	if ReplyFor(wrapped) != ReplyTooBig || ReplyFor(errors.New("other")) != ReplyInternal {
+		t.Error("ReplyFor does not unwrap")
+	}
+	if got := ReplyMixedClass.line("4ABC"); got != "452 4.5.3 Please send to this recipient in a separate transaction (queue id 4ABC)" {
+		t.Errorf("line = %q", got)
+	}
+}
