@@ -139,8 +139,8 @@ func Default() *Config {
 			ShutdownTimeout: Duration(30 * time.Second),
 			LookupTimeout:   Duration(5 * time.Second),
 		},
-		Log:    Log{Level: "info", Format: "text"},
-		Store:  Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
+		Log:   Log{Level: "info", Format: "text"},
+		Store: Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
 		Keys: Keys{
 			MinRSABits:          2048,
 			FoldLocalPartCase:   true,

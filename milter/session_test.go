@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+	gomilter "github.com/emersion/go-milter"
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
