@@ -1,8 +1,16 @@
 package crypto
 
 import (
+	"bytes"
+	"io"
 	"strings"
 	"testing"
+
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+
+	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
 )
 
 // detectArmour is a syntactically plausible inline OpenPGP message.
@@ -54,7 +62,10 @@ func TestEncryptedByHeader(t *testing.T) {
 		{name: "pkcs7-mime enveloped-data", header: []string{`Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name="smime.p7m"`}, want: true},
 		{name: "pkcs7-mime authEnveloped-data", header: []string{`Content-Type: application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m`}, want: true},
 		{name: "pkcs7-mime without smime-type", header: []string{`Content-Type: application/pkcs7-mime`}, want: true},
-		{name: "pkcs7-mime compressed-data", header: []string{`Content-Type: application/pkcs7-mime; smime-type=compressed-data`}, want: true},
+		// Compressed data is readable by anyone (RFC 8551 §3.6): encrypt it.
+		{name: "pkcs7-mime compressed-data", header: []string{`Content-Type: application/pkcs7-mime; smime-type=compressed-data`}, want: false},
+		{name: "text/plain named .p7m", header: []string{`Content-Type: text/plain; name="x.p7m"`}, want: false},
+		{name: "text/plain with a .p7m disposition", header: []string{`Content-Type: text/plain`, `Content-Disposition: attachment; filename=x.p7m`}, want: false},
 		{name: "pkcs7-mime signed-data", header: []string{`Content-Type: application/pkcs7-mime; smime-type=signed-data; name="smime.p7m"`}, want: false},
 		{name: "pkcs7-mime signed-data upper case", header: []string{`Content-Type: Application/PKCS7-MIME; SMIME-Type="Signed-Data"`}, want: false},
 		{name: "pkcs7-mime signed-data folded", header: []string{
@@ -171,7 +182,8 @@ func TestAlreadyEncrypted(t *testing.T) {
 		{name: "CRLF with blank lines", header: textPlain, body: "\r\n\r\n" + crlfBody + "\r\n\r\n", want: true},
 		{name: "7bit", header: append([]string{"Content-Transfer-Encoding: 7bit"}, textPlain...), body: detectArmour, want: true},
 		{name: "quoted-printable keeps the markers", header: append([]string{"Content-Transfer-Encoding: quoted-printable"}, textPlain...), body: detectArmour, want: true},
-		{name: "empty armour", header: textPlain, body: "-----BEGIN PGP MESSAGE-----\n-----END PGP MESSAGE-----\n", want: true},
+		// An armour block without a session-key packet is not encrypted.
+		{name: "empty armour", header: textPlain, body: "-----BEGIN PGP MESSAGE-----\n-----END PGP MESSAGE-----\n", want: false},
 
 		// Anything more or less is encrypted again.
 		{name: "text before", header: textPlain, body: "Hi Alice, see below.\n\n" + detectArmour + "\n", want: false},
@@ -240,5 +252,53 @@ func TestAlreadyEncryptedHeaderDecides(t *testing.T) {
 	}
 	if AlreadyEncrypted([]Field{{Name: "Content-Type", Value: "text/plain"}}, nil) {
 		t.Error("text/plain with nil body: AlreadyEncrypted = true")
+	}
+}
+
+// TestAlreadyEncryptedLooksInside uses real OpenPGP messages: a signed-only
+// message carries the same "BEGIN PGP MESSAGE" armour as an encrypted one
+// but is readable by anyone, so it must be encrypted.
+func TestAlreadyEncryptedLooksInside(t *testing.T) {
+	e := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
+	k, _ := testKey(t, testkeys.Curve25519, "alice@example.org")
+	var signed bytes.Buffer
+	aw, _ := armor.Encode(&signed, "PGP MESSAGE", nil)
+	sw, err := openpgp.Sign(aw, []*openpgp.Entity{e}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(sw, "The launch code is 1234.\n")
+	sw.Close()
+	aw.Close()
+
+	fields, body := Split([]byte("From: a@example.net\r\nSubject: x\r\n\r\nsecret\r\n"))
+	res, err := Encrypt(fields, body, []*keys.Key{k}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ct := openPGPMIME(t, delivered(t, fields, res))
+
+	// A Marker packet (RFC 9580 §5.8) may precede the session-key packet.
+	blk, _ := armor.Decode(bytes.NewReader(ct))
+	raw, _ := io.ReadAll(blk.Body)
+	var marked bytes.Buffer
+	mw, _ := armor.Encode(&marked, "PGP MESSAGE", nil)
+	mw.Write([]byte{0xCA, 0x03, 'P', 'G', 'P'})
+	mw.Write(raw)
+	mw.Close()
+
+	textPlain := []Field{{"Content-Type", "text/plain"}}
+	for _, tc := range []struct {
+		name string
+		body []byte
+		want bool
+	}{
+		{"signed only", signed.Bytes(), false},
+		{"encrypted", ct, true},
+		{"marker then encrypted", marked.Bytes(), true},
+	} {
+		if got := AlreadyEncrypted(textPlain, tc.body); got != tc.want {
+			t.Errorf("%s: AlreadyEncrypted = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -210,7 +210,7 @@ func outerChanges(fields []Field, boundary string, protect bool) []Change {
 	var changes []Change
 	seen := map[string]int{}
 	var deletes []Change
-	hasType, hasVersion, subjectDone := false, false, false
+	hasType, hasVersion := false, false
 	// One line (about 100 characters, well under RFC 5322's 998): MTAs
 	// differ in how they take folded values through the milter protocol.
 	newType := `multipart/encrypted; protocol="application/pgp-encrypted"; boundary="` + boundary + `"`
@@ -226,8 +226,8 @@ func outerChanges(fields []Field, boundary string, protect bool) []Change {
 			deletes = append(deletes, Change{Op: Delete, Name: f.Name, Index: idx})
 		case key == "mime-version":
 			hasVersion = true
-		case key == "subject" && protect && !subjectDone:
-			subjectDone = true
+		case key == "subject" && protect:
+			// Every Subject field: a second one would stay readable outside.
 			changes = append(changes, Change{Op: Set, Name: f.Name, Index: idx, Value: ObscuredSubject})
 		}
 	}
@@ -298,6 +298,12 @@ func encryptV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config,
 		k, err := e.EncryptionKeyWithError(now, cfg)
 		if err != nil {
 			return err
+		}
+		// go-crypto does not check RSA encrypt-only (algorithm 2) sizes.
+		if k.PublicKey.PubKeyAlgo == packet.PubKeyAlgoRSAEncryptOnly {
+			if bits, err := k.PublicKey.BitLength(); err != nil || int(bits) < int(cfg.MinimumRSABits()) {
+				return fmt.Errorf("key %X: RSA encryption subkey of %d bits is below the minimum of %d", e.PrimaryKey.Fingerprint, bits, cfg.MinimumRSABits())
+			}
 		}
 		if err := packet.SerializeEncryptedKeyAEADwithHiddenOption(w, k.PublicKey, cipherFunc, false, sessionKey, hide, cfg); err != nil {
 			return err

@@ -59,7 +59,7 @@ func writeSEIPDv1(w io.Writer, sessionKey []byte, rnd io.Reader, parts ...[]byte
 	// (RFC 9580 §5.9: the name and date are not integrity-protected, so
 	// say nothing).
 	litBody := 1 + 1 + 4 + dataLen
-	if litBody > 1<<31 {
+	if int64(litBody) > 1<<31 { // int64: 1<<31 overflows int on 32-bit systems
 		return errors.New("message too large for one literal packet")
 	}
 	lit := []byte{0xC0 | tagLiteral}

@@ -35,16 +35,23 @@ var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.S
 func (n Normalizer) Normalize(addr string) (string, error) {
 	a := strings.TrimSpace(addr)
 	a = strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">")
+	// A source route ("@relay1,@relay2:user@domain", RFC 5321 §4.1.2) is
+	// obsolete and ignored by MTAs when delivering: drop it.
+	if strings.HasPrefix(a, "@") {
+		if i := strings.IndexByte(a, ':'); i > 0 {
+			a = a[i+1:]
+		}
+	}
 	at := strings.LastIndexByte(a, '@')
 	if at <= 0 || at == len(a)-1 {
-		return "", fmt.Errorf("%q is not an e-mail address (want local@domain)", addr)
+		return "", &AddressError{fmt.Sprintf("%q is not an e-mail address (want local@domain)", addr)}
 	}
 	local, domain := a[:at], a[at+1:]
 	// Spaces and brackets may only appear inside a properly quoted local
 	// part (RFC 5321 §4.1.2 Quoted-string); never in the domain.
 	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
 	if strings.ContainsAny(domain, " \t\r\n<>\"") || (!quoted && strings.ContainsAny(local, " \t\r\n<>\"")) {
-		return "", fmt.Errorf("%q is not an e-mail address (contains a space, quote or bracket)", addr)
+		return "", &AddressError{fmt.Sprintf("%q is not an e-mail address (contains a space, quote or bracket)", addr)}
 	}
 	if strings.HasPrefix(domain, "[") {
 		// An address literal (RFC 5321 §4.1.3) is not a name: keep it as is.
@@ -52,18 +59,47 @@ func (n Normalizer) Normalize(addr string) (string, error) {
 	} else {
 		d, err := idnaProfile.ToASCII(strings.TrimSuffix(domain, "."))
 		if err != nil {
-			return "", fmt.Errorf("%q: domain %q is not valid: %v", addr, domain, err)
+			return "", &AddressError{fmt.Sprintf("%q: domain %q is not valid: %v", addr, domain, err)}
 		}
 		if d == "" {
-			return "", fmt.Errorf("%q: the domain is empty", addr)
+			return "", &AddressError{fmt.Sprintf("%q: the domain is empty", addr)}
 		}
 		domain = strings.ToLower(d)
+	}
+	if quoted {
+		// "alice"@example.org is alice@example.org: drop quotes that are
+		// not needed (RFC 5321 §4.1.2), so both find the same key.
+		if inner := local[1 : len(local)-1]; isDotAtom(inner) {
+			local = inner
+		}
 	}
 	if n.FoldLocalPartCase {
 		local = strings.ToLower(local)
 	}
 	return local + "@" + domain, nil
 }
+
+// isDotAtom reports whether s is an RFC 5322 §3.2.3 dot-atom, i.e. a local
+// part that needs no quotes.
+func isDotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x80 && !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+			strings.ContainsRune("!#$%&'*+-/=?^_`{|}~.", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// AddressError says an address could not be normalised. Such an address
+// (e.g. "<postmaster>" without a domain, which RFC 5321 §4.5.1 allows)
+// can have no key: nothing can be registered for it.
+type AddressError struct{ msg string }
+
+func (e *AddressError) Error() string { return e.msg }
 
 // Candidates returns the normalised forms of addr to look up, most specific
 // first: the address itself, then, for "user+tag@domain", "user@domain".

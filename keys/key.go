@@ -166,6 +166,11 @@ func Parse(data []byte) ([]*Key, error) {
 			if err := serialize(&raw, e); err != nil {
 				return nil, reject(e, RuleFormat, "cannot be re-encoded: %v", err)
 			}
+			// Re-encoding can lengthen packets (old one-byte lengths become
+			// two); what is stored must stay readable by Parse.
+			if raw.Len() > MaxKeyBytes {
+				return nil, reject(e, RuleTooLarge, "the key is %d bytes once re-encoded, more than the %d allowed (too many signatures?)", raw.Len(), MaxKeyBytes)
+			}
 			out = append(out, &Key{
 				Entity:      e,
 				Fingerprint: strings.ToUpper(hex.EncodeToString(e.PrimaryKey.Fingerprint)),
@@ -289,10 +294,67 @@ func (p Policy) Usable(k *Key, now time.Time) error {
 	if err := p.checkStrength(e.PrimaryKey, cfg); err != nil {
 		return reject(e, RuleStrength, "the primary key %s", err)
 	}
-	if _, err := e.EncryptionKeyWithError(now, cfg); err != nil {
+	ek, err := e.EncryptionKeyWithError(now, cfg)
+	if err != nil {
 		return reject(e, RuleEncryption, "%s", p.explainNoEncryptionKey(e, now, cfg))
 	}
+	// go-crypto checks RSA sizes only for RSA sign-and-encrypt keys, not
+	// for RSA encrypt-only (algorithm 2) subkeys: check the one it chose.
+	if err := p.checkStrength(ek.PublicKey, cfg); err != nil {
+		return reject(e, RuleStrength, "the encryption subkey 0x%s %s", strings.ToUpper(ek.PublicKey.KeyIdString()), err)
+	}
 	return nil
+}
+
+// CheckUpdate decides whether submitted may replace stored, a copy of the
+// same key already in the store. Storing replaces the copy, so an older
+// export would silently drop a revocation or an extended expiry that the
+// store has: refuse copies that are older or lack a revocation.
+func (p Policy) CheckUpdate(stored, submitted *Key, now time.Time) error {
+	if stored.Entity.Revoked(now) && !submitted.Entity.Revoked(now) {
+		return reject(submitted.Entity, RuleRevoked, "the key store holds a revoked copy of this key; a copy without the revocation cannot replace it")
+	}
+	if s, n := latestSelfSignature(stored.Entity), latestSelfSignature(submitted.Entity); n.Before(s) {
+		return reject(submitted.Entity, RuleSelfSig, "the key store holds a newer copy of this key (signed %s, this one %s); export the current key (gpg --export --armor) and submit that",
+			s.UTC().Format("2006-01-02"), n.UTC().Format("2006-01-02"))
+	}
+	return nil
+}
+
+// latestSelfSignature returns the creation time of the newest signature
+// the key made on itself (on its User IDs, subkeys, or revocations).
+func latestSelfSignature(e *openpgp.Entity) time.Time {
+	var t time.Time
+	later := func(sig *packet.Signature) {
+		// go-crypto keeps third-party certifications apart
+		// (Identity.OtherCertifications): these lists are self-signatures.
+		if sig != nil && sig.CreationTime.After(t) {
+			t = sig.CreationTime
+		}
+	}
+	for _, r := range e.Revocations {
+		later(r.Packet)
+	}
+	for _, d := range e.DirectSignatures {
+		later(d.Packet)
+	}
+	for _, id := range e.Identities {
+		for _, s := range id.SelfCertifications {
+			later(s.Packet)
+		}
+		for _, s := range id.Revocations {
+			later(s.Packet)
+		}
+	}
+	for _, sk := range e.Subkeys {
+		for _, s := range sk.Bindings {
+			later(s.Packet)
+		}
+		for _, s := range sk.Revocations {
+			later(s.Packet)
+		}
+	}
+	return t
 }
 
 // checkStrength repeats go-crypto's key requirements in words an operator
@@ -370,6 +432,7 @@ func (p Policy) explainNoEncryptionKey(e *openpgp.Entity, now time.Time, cfg *pa
 func (p Policy) checkUserID(k *Key, address string, now time.Time) error {
 	cfg := p.packetConfig(now)
 	var seen []string
+	invalid := false
 	for name, id := range k.Entity.Identities {
 		email := userIDAddress(id.UserId, name)
 		if email == "" {
@@ -386,6 +449,9 @@ func (p Policy) checkUserID(k *Key, address string, now time.Time) error {
 		if sig, err := id.Verify(now, cfg); err == nil && sig != nil {
 			return nil
 		}
+		invalid = true // another User ID with the same address may still be valid
+	}
+	if invalid {
 		return reject(k.Entity, RuleUserID, "the User ID for %s has no valid self-signature now (revoked or expired)", address)
 	}
 	sort.Strings(seen)

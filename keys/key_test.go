@@ -491,7 +491,10 @@ func TestCandidates(t *testing.T) {
 		{"other separator", Normalizer{SubaddressSeparator: "-"}, "user-tag@example.org", []string{"user-tag@example.org", "user@example.org"}},
 		{"other separator ignores +", Normalizer{SubaddressSeparator: "-"}, "user+tag@example.org", []string{"user+tag@example.org"}},
 		{"leading separator", plus, "+tag@example.org", []string{"+tag@example.org"}},
-		{"quoted local part", plus, `"user+tag"@example.org`, []string{`"user+tag"@example.org`}},
+		// Needless quotes are dropped: "user+tag"@ is user+tag@.
+		{"quoted local part", plus, `"user+tag"@example.org`, []string{"user+tag@example.org", "user@example.org"}},
+		{"quoted local part that needs its quotes", plus, `"user tag"@example.org`, []string{`"user tag"@example.org`}},
+		{"source route", plus, `<@relay.example:Alice@example.org>`, []string{"alice@example.org"}},
 		{"invalid", plus, "user+tag", nil},
 	}
 	for _, c := range cases {

@@ -152,6 +152,13 @@ func (r *Resolver) Normalizer() Normalizer { return r.norm }
 // lookup of alias resolution, when it comes, belongs behind this function.
 func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) {
 	cands, err := r.norm.Candidates(address)
+	var ae *AddressError
+	if errors.As(err, &ae) {
+		// No key can be registered for an address without a domain
+		// ("<postmaster>"): answering an error would make its mail wait
+		// forever.
+		return &Lookup{Address: address, Source: SourceNone, ProtectHeaders: r.protect}, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -112,8 +112,14 @@ func TestResolverLookupOrder(t *testing.T) {
 			}
 		})
 	}
-	if _, err := r.Lookup(context.Background(), "not an address"); err == nil {
-		t.Error("a malformed address resolved without error")
+	// No key can exist for an address that does not normalise (RFC 5321
+	// allows "<postmaster>" without a domain): no key, not an error that
+	// would make its mail wait forever.
+	for _, a := range []string{"postmaster", "<>", "user@-bad-.example"} {
+		l, err := r.Lookup(context.Background(), a)
+		if err != nil || l.Source != SourceNone || l.Encrypt() {
+			t.Errorf("Lookup(%q) = %+v, %v; want no key", a, l, err)
+		}
 	}
 }
 

@@ -34,6 +34,9 @@ func encryptCmd(e *env, args []string) error {
 	var to []*keys.Key
 	protectHeaders := *protect
 	for _, a := range pos {
+		if _, err := r.Normalizer().Normalize(a); err != nil {
+			return err
+		}
 		l, err := r.Lookup(context.Background(), a)
 		if err != nil {
 			return err

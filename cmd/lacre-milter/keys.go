@@ -79,6 +79,14 @@ func keysAdd(e *env, args []string) error {
 		if err := r.Policy().Validate(k, addr, now); err != nil {
 			return fmt.Errorf("nothing changed: %w", err)
 		}
+		stored, err := s.KeyByFingerprint(context.Background(), k.Fingerprint)
+		if err == nil {
+			if err := r.Policy().CheckUpdate(stored, k, now); err != nil {
+				return fmt.Errorf("nothing changed: %w", err)
+			}
+		} else if !errors.Is(err, keys.ErrNotFound) {
+			return err
+		}
 	}
 	if err := s.Add(context.Background(), addr, ks, *replace); err != nil {
 		return err
@@ -166,6 +174,11 @@ func keysShow(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
+	// An operator's typo is an error here; the milter treats an address
+	// that does not normalise as one without keys.
+	if _, err := r.Normalizer().Normalize(pos[0]); err != nil {
+		return err
+	}
 	l, err := r.Lookup(context.Background(), pos[0])
 	if err != nil {
 		return err

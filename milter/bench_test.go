@@ -1,0 +1,122 @@
+package milter
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+
+	"lacre.io/milter/crypto"
+)
+
+// BenchmarkMilter drives the server over loopback with go-milter's client,
+// as an MTA would: MAIL, RCPT, the header fields, end of header, the body,
+// end of message. It reports messages per second and the p50/p99 latency
+// of one message; docs/performance.md has the figures.
+func BenchmarkMilter(b *testing.B) {
+	body := strings.Repeat("All work and no play makes Jack a dull boy. 0123456789 abcdefghijklm\r\n", 4096/70+1)[:4096]
+	msg := []byte(plainMsg[:strings.Index(plainMsg, "\r\n\r\n")+4] + body)
+	fields, mbody := crypto.Split(msg)
+	for _, tc := range []struct {
+		name     string
+		rcpt     string
+		sessions int
+		wantEnd  gomilter.ActionCode
+	}{
+		{"encrypted/sessions=1", "alice@example.org", 1, gomilter.ActAccept},
+		{"encrypted/sessions=16", "alice@example.org", 16, gomilter.ActAccept},
+		{"clear/sessions=1", "nobody@example.org", 1, gomilter.ActAccept},
+		{"clear/sessions=16", "nobody@example.org", 16, gomilter.ActAccept},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			f := newFixture(b, nil)
+			sessions := make([]*gomilter.ClientSession, tc.sessions)
+			for i := range sessions {
+				s, err := gomilter.NewClientWithOptions("tcp", f.addr, clientOptions).Session()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				if _, err := s.Conn("client.example", gomilter.FamilyInet, 40000, "127.0.0.1"); err != nil {
+					b.Fatal(err)
+				}
+				sessions[i] = s
+			}
+			// One message: stop where the milter ends it, as Postfix does.
+			one := func(s *gomilter.ClientSession) error {
+				if _, err := s.Mail("sender@example.net", nil); err != nil {
+					return err
+				}
+				s.Macros(gomilter.CodeRcpt, "i", "BENCH")
+				if a, err := s.Rcpt(tc.rcpt, nil); err != nil || a.Code != gomilter.ActContinue {
+					return fmt.Errorf("rcpt: %v %v", a, err)
+				}
+				for _, fl := range fields {
+					a, err := s.HeaderField(fl.Name, fl.Value)
+					if err != nil {
+						return err
+					}
+					if a.Code == gomilter.ActAccept {
+						return nil // clear mail ends here
+					}
+				}
+				if _, err := s.HeaderEnd(); err != nil {
+					return err
+				}
+				if _, err := s.BodyChunk(mbody); err != nil {
+					return err
+				}
+				_, a, err := s.End()
+				if err != nil || a.Code != tc.wantEnd {
+					return fmt.Errorf("end: %v %v", a, err)
+				}
+				return nil
+			}
+			var mu sync.Mutex
+			lat := make([]time.Duration, 0, b.N)
+			var wg sync.WaitGroup
+			next := make(chan struct{}, b.N)
+			for range b.N {
+				next <- struct{}{}
+			}
+			close(next)
+			errs := make(chan error, len(sessions))
+			b.ResetTimer()
+			start := time.Now()
+			for _, s := range sessions {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var mine []time.Duration
+					for range next {
+						t0 := time.Now()
+						if err := one(s); err != nil {
+							errs <- err
+							return
+						}
+						mine = append(mine, time.Since(t0))
+					}
+					mu.Lock()
+					lat = append(lat, mine...)
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			select {
+			case err := <-errs:
+				b.Fatal(err)
+			default:
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "msg/s")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
