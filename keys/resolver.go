@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -115,19 +117,32 @@ func NewResolver(store Store, c *config.Config, now func() time.Time) (*Resolver
 		}
 		r.never[n] = true
 	}
-	for a, fprs := range c.Static.Addresses {
+	// Two entries that normalise alike would win at random: refuse them.
+	origin := map[string]string{}
+	for _, a := range slices.Sorted(maps.Keys(c.Static.Addresses)) {
 		n, err := norm.Normalize(a)
 		if err != nil {
 			return nil, fmt.Errorf("static.addresses: %v", err)
 		}
-		r.addresses[n] = formatAll(fprs)
+		if prev, dup := origin[n]; dup {
+			return nil, fmt.Errorf("static.addresses: %q and %q are the same address (%s)", prev, a, n)
+		}
+		if r.never[n] {
+			return nil, fmt.Errorf("static.addresses: %q is also in static.never_encrypt; keep one", a)
+		}
+		origin[n] = a
+		r.addresses[n] = formatAll(c.Static.Addresses[a])
 	}
-	for d, fprs := range c.Static.Domains {
+	for _, d := range slices.Sorted(maps.Keys(c.Static.Domains)) {
 		n, err := norm.Normalize("x@" + d)
 		if err != nil {
 			return nil, fmt.Errorf("static.domains: %q is not a domain: %v", d, err)
 		}
-		r.domains[Domain(n)] = formatAll(fprs)
+		if prev, dup := origin["@"+Domain(n)]; dup {
+			return nil, fmt.Errorf("static.domains: %q and %q are the same domain (%s)", prev, d, Domain(n))
+		}
+		origin["@"+Domain(n)] = d
+		r.domains[Domain(n)] = formatAll(c.Static.Domains[d])
 	}
 	return r, nil
 }

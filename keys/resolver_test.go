@@ -227,11 +227,28 @@ func TestResolverFailsClosed(t *testing.T) {
 }
 
 func TestResolverRejectsBadStatic(t *testing.T) {
-	s := NewMemoryStore()
-	c := config.Default()
-	c.Static.NeverEncrypt = []string{"no-at-sign"}
-	if _, err := NewResolver(s, c, nil); err == nil {
-		t.Error("bad never_encrypt entry accepted")
+	fpr := strings.Repeat("AB", 20)
+	for name, tweak := range map[string]func(*config.Config){
+		"bad never_encrypt": func(c *config.Config) { c.Static.NeverEncrypt = []string{"no-at-sign"} },
+		"duplicate address": func(c *config.Config) {
+			c.Static.Addresses = map[string][]string{"Alice@example.org": {fpr}, "alice@EXAMPLE.org": {fpr}}
+		},
+		"address also never": func(c *config.Config) {
+			c.Static.NeverEncrypt = []string{"alice@example.org"}
+			c.Static.Addresses = map[string][]string{"Alice@example.org": {fpr}}
+		},
+		"duplicate domain": func(c *config.Config) {
+			c.Static.Domains = map[string][]string{"Bücher.example": {fpr}, "xn--bcher-kva.example": {fpr}}
+		},
+	} {
+		c := config.Default()
+		tweak(c)
+		_, err := NewResolver(NewMemoryStore(), c, nil)
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"lacre.io/milter/config"
+	"lacre.io/milter/keys"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; without
@@ -185,6 +186,11 @@ func checkConfig(e *env, args []string) error {
 	src := c.Path
 	if src == "" {
 		src = "no file found; defaults"
+	}
+	// The static maps' own consistency (duplicates after normalisation,
+	// overlaps) does not need the store.
+	if _, err := keys.NewResolver(keys.NewMemoryStore(), c, nil); err != nil {
+		return err
 	}
 	storeNote := "  (the key store does not exist yet; \"keys add\" creates it)\n"
 	if _, err := os.Stat(c.DatabasePath()); err == nil {
