@@ -81,7 +81,7 @@ func writeSEIPDv1(w io.Writer, sessionKey []byte, rnd io.Reader, parts ...[]byte
 		return err
 	}
 
-	cw := newCFBWriter(w, block)
+	cw := newCFBWriter(w, block, len(prefix)+litLen+mdcLen)
 	mdc := sha1.New()
 	write := func(p []byte) error {
 		mdc.Write(p)
@@ -124,8 +124,10 @@ type cfbWriter struct {
 
 const cfbBufSize = 32 << 10
 
-func newCFBWriter(w io.Writer, block cipher.Block) *cfbWriter {
-	c := &cfbWriter{w: w, block: block, buf: make([]byte, 0, cfbBufSize)}
+// newCFBWriter returns a writer for a stream of total bytes; its buffer is
+// no larger than the stream, so small messages allocate little.
+func newCFBWriter(w io.Writer, block cipher.Block, total int) *cfbWriter {
+	c := &cfbWriter{w: w, block: block, buf: make([]byte, 0, min(cfbBufSize, total))}
 	c.block.Encrypt(c.fre[:], c.fre[:]) // keystream of the zero IV
 	return c
 }

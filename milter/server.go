@@ -6,6 +6,7 @@
 package milter
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -90,7 +91,7 @@ const (
 // accept/reject/tempfail reply (so after each message); keeping these
 // facts here, outside the backend, means they survive that reset.
 type connState struct {
-	conn    net.Conn
+	conn    *trackedConn
 	busy    atomic.Bool // between MAIL FROM and the end of that message
 	client  string      // "host [addr]:port", from Connect
 	nonSMTP bool        // Postfix non_smtpd_milters: sendmail(1)/pickup
@@ -127,7 +128,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		cs := &connState{}
 		done := make(chan struct{})
-		cs.conn = &trackedConn{Conn: c, done: done}
+		cs.conn = &trackedConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10), done: done}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -209,13 +210,55 @@ func (s *Server) InFlight() int {
 	return n
 }
 
-// trackedConn closes done when the connection is closed, so the
-// connection's listener can stop.
+// trackedConn is the MTA connection as go-milter sees it. It closes done
+// when the connection is closed, so the connection's listener can stop,
+// and it saves system calls that go-milter would make: reads go through a
+// buffer (go-milter reads a packet's length and its data separately), and
+// the end-of-message modifications can be held and sent together with the
+// final reply in one write (see holdUntilReply). Only the session's
+// goroutine reads and writes it.
 type trackedConn struct {
 	net.Conn
-	once sync.Once
-	done chan struct{}
+	r       *bufio.Reader
+	once    sync.Once
+	done    chan struct{}
+	holding bool
+	final   bool
+	pending []byte
 }
+
+func (c *trackedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	if !c.holding {
+		return c.Conn.Write(p)
+	}
+	c.pending = append(c.pending, p...)
+	if !c.final {
+		return len(p), nil
+	}
+	// The final reply: send everything at once.
+	out := c.pending
+	c.holding, c.final, c.pending = false, false, nil
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// holdUntilReply starts holding writes: the modification packets that
+// follow are buffered until releaseWithReply marks the next write (the
+// session's final reply, which go-milter writes in one call) as the last.
+func (c *trackedConn) holdUntilReply() { c.holding, c.final, c.pending = true, false, c.pending[:0] }
+
+func (c *trackedConn) releaseWithReply() {
+	if c.holding {
+		c.final = true
+	}
+}
+
+// dropHeld forgets held writes after an error; the session ends anyway.
+func (c *trackedConn) dropHeld() { c.holding, c.final, c.pending = false, false, nil }
 
 func (c *trackedConn) Close() error {
 	c.once.Do(func() { close(c.done) })

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/textproto"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -227,8 +228,9 @@ func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp go
 }
 
 // BodyChunk collects the body (Postfix sends chunks of up to 64 KiB).
-// Growth is by a quarter, not doubling, so a large body does not hold
-// twice its size in spare capacity.
+// The first chunk is copied at its exact size (most mail is one chunk);
+// after that, growth is by a quarter, not doubling, so a large body does
+// not hold twice its size in spare capacity.
 func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	if s.tooBig {
@@ -238,7 +240,11 @@ func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.R
 		return s.tooBigReply(), nil
 	}
 	if need := len(s.body) + len(chunk); need > cap(s.body) {
-		grown := make([]byte, len(s.body), need+max(need/4, 256<<10))
+		extra := 0
+		if len(s.body) > 0 {
+			extra = max(need/4, 64<<10)
+		}
+		grown := make([]byte, len(s.body), need+extra)
 		copy(grown, s.body)
 		s.body = grown
 	}
@@ -319,16 +325,28 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 		return ReplyFor(err).response(s.queueID), nil
 	}
 	outLen := len(res.Body)
+	// Small results go out in one write with the final reply; large ones
+	// are streamed, so they are never held twice in memory.
+	batch := outLen <= maxBatched
+	if batch {
+		s.conn.conn.holdUntilReply()
+	}
 	if err := apply(m, res, s.st.TraceHeader); err != nil {
+		s.conn.conn.dropHeld()
 		// The MTA connection broke mid-change: closing the session makes
 		// the MTA apply milter_default_action (tempfail).
 		s.logResult("error", ReplyInternal, err)
 		return nil, err
 	}
 	s.logResult("encrypted", Reply{}, nil, "keys", len(to), "size_out", outLen)
-	s.decided = true
+	if batch {
+		s.conn.conn.releaseWithReply()
+	}
 	return gomilter.RespAccept, nil
 }
+
+// maxBatched is the largest result sent in one write with the reply.
+const maxBatched = 256 << 10
 
 // maxBodyPacket is the largest SMFIR_REPLBODY payload sent at once; Postfix
 // and Sendmail accept 64 KiB.
@@ -393,11 +411,7 @@ func (s *session) logResult(action string, r Reply, err error, extra ...any) {
 		return
 	}
 	s.decided = true
-	classes := map[string]int{}
-	for _, rc := range s.rcpts {
-		classes[rc.class.String()]++
-	}
-	args := []any{"queue_id", s.queueID, "action", action, "rcpts", len(s.rcpts), "classes", classList(classes),
+	args := []any{"queue_id", s.queueID, "action", action, "rcpts", len(s.rcpts), "classes", classList(s.rcpts),
 		"size_in", s.headerLen + len(s.body), "ms", s.srv.now().Sub(s.started).Milliseconds()}
 	if s.conn.nonSMTP {
 		args = append(args, "local", true)
@@ -416,12 +430,29 @@ func (s *session) logResult(action string, r Reply, err error, extra ...any) {
 	s.srv.log.Log(context.Background(), level, "message", args...)
 }
 
-func classList(m map[string]int) string {
-	var parts []string
-	for _, c := range []string{"clear", "pgp-mime", "pgp-mime+hp"} {
-		if n := m[c]; n > 0 {
-			parts = append(parts, fmt.Sprintf("%s:%d", c, n))
+// classList summarises the recipients' classes, e.g. "pgp-mime:2".
+func classList(rcpts []recipient) string {
+	var n [3]int // clear, pgp-mime, pgp-mime+hp
+	for _, r := range rcpts {
+		switch {
+		case !r.class.encrypt:
+			n[0]++
+		case r.class.protect:
+			n[2]++
+		default:
+			n[1]++
 		}
 	}
-	return strings.Join(parts, ",")
+	var b []byte
+	for i, name := range [3]string{"clear", "pgp-mime", "pgp-mime+hp"} {
+		if n[i] > 0 {
+			if len(b) > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, name...)
+			b = append(b, ':')
+			b = strconv.AppendInt(b, int64(n[i]), 10)
+		}
+	}
+	return string(b)
 }
