@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+
+	"lacre.io/milter/internal/testkeys"
+)
+
+// message builds a test message with a unique Message-ID and the given
+// MIME fields and body.
+func message(id, to, mimeFields, body string) []byte {
+	return []byte(strings.ReplaceAll(fmt.Sprintf("From: Sender <sender@example.com>\nTo: %s\nSubject: %s\n"+
+		"Date: Thu, 26 Nov 2026 12:00:00 +0000\nMessage-ID: <%s@example.com>\n%s\n", to, id, id, mimeFields), "\n", "\r\n") + body)
+}
+
+const textFields = "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n"
+
+var textBody = strings.ReplaceAll("Grüße — ünïcödé.\n.a line with a leading dot\ntrailing spaces   \n\ttab\nlast line\n", "\n", "\r\n")
+
+// checkDecrypts decrypts a delivered message with each secret key and
+// compares the inner body with the original body byte for byte.
+func checkDecrypts(t *testing.T, got, sent []byte, secrets ...*openpgp.Entity) {
+	t.Helper()
+	_, sentBody := splitMessage(sent)
+	for _, s := range secrets {
+		_, inner := decryptPGPMIME(t, got, s)
+		if _, innerBody := splitMessage(inner); !bytes.Equal(innerBody, sentBody) {
+			t.Fatalf("decrypted body differs (%d vs %d bytes)", len(innerBody), len(sentBody))
+		}
+	}
+}
+
+// TestPostfix runs the milter behind a private Postfix instance that
+// relays everything to a sink in the test; the cases share that setup.
+func TestPostfix(t *testing.T) {
+	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
+	carol := testkeys.Generate(t, testkeys.RSA3072, "carol@example.org")
+	s := startSink(t)
+	m := startMilter(t, "[store]\ncache_ttl = \"1s\"\n")
+	m.keysAdd(t, "alice@example.org", testkeys.ArmoredPublic(t, alice))
+	m.keysAdd(t, "carol@example.org", testkeys.ArmoredPublic(t, carol))
+	p := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr(), NonSMTPDMilters: m.addr()})
+
+	t.Run("keyed recipient is encrypted", func(t *testing.T) {
+		msg := message("keyed", "alice@example.org", textFields, textBody)
+		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := byMessageID(t, s, "keyed")
+		checkDecrypts(t, got.Data, msg, alice)
+		if !bytes.Contains(got.Data, []byte("\r\nX-Lacre: encrypted\r\n")) {
+			t.Error("no X-Lacre trace header")
+		}
+		if bytes.Contains(got.Data, []byte("ünïcödé")) {
+			t.Fatal("cleartext in the delivered message")
+		}
+	})
+
+	t.Run("unkeyed recipient is unchanged", func(t *testing.T) {
+		msg := message("unkeyed", "bob@example.net", textFields, textBody)
+		if err := p.sendSMTP(t, "sender@example.com", []string{"bob@example.net"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		checkRelayed(t, byMessageID(t, s, "unkeyed").Data, msg)
+	})
+
+	t.Run("two keyed recipients share one ciphertext", func(t *testing.T) {
+		msg := message("two", "alice@example.org, carol@example.org", textFields, textBody)
+		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org", "carol@example.org"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := byMessageID(t, s, "two")
+		if !sameSet(got.To, []string{"alice@example.org", "carol@example.org"}) {
+			t.Errorf("delivered to %v, want one message to both", got.To)
+		}
+		checkDecrypts(t, got.Data, msg, alice, carol)
+	})
+
+	t.Run("already encrypted passes unchanged", func(t *testing.T) {
+		msg := message("pgpmime", "alice@example.org",
+			"MIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\n",
+			"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"+
+				"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n--b--\r\n")
+		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		checkRelayed(t, byMessageID(t, s, "pgpmime").Data, msg)
+	})
+
+	t.Run("20 MB attachment is encrypted", func(t *testing.T) {
+		raw := make([]byte, 15<<20) // base64 makes it 20 MB
+		rand.Read(raw)
+		enc := base64.StdEncoding.EncodeToString(raw)
+		var body strings.Builder
+		body.WriteString("--m\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n--m\r\n" +
+			"Content-Type: application/octet-stream; name=\"big.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+		for len(enc) > 76 {
+			body.WriteString(enc[:76] + "\r\n")
+			enc = enc[76:]
+		}
+		body.WriteString(enc + "\r\n--m--\r\n")
+		msg := message("big", "alice@example.org", "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"m\"\n", body.String())
+		t.Logf("message of %d bytes", len(msg))
+		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := byMessageID(t, s, "big")
+		t.Logf("delivered %d bytes", len(got.Data))
+		checkDecrypts(t, got.Data, msg, alice)
+	})
+
+	t.Run("local submission of one class is encrypted", func(t *testing.T) {
+		msg := message("local-keyed", "alice@example.org", textFields, textBody)
+		if err := p.sendmail(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		checkDecrypts(t, byMessageID(t, s, "local-keyed").Data, msg, alice)
+	})
+
+	t.Run("local submission with mixed recipients is held", func(t *testing.T) {
+		msg := message("local-mixed", "alice@example.org, bob@example.net", textFields, textBody)
+		if err := p.sendmail(t, "sender@example.com", []string{"alice@example.org", "bob@example.net"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		q := p.waitQueue(t, 30*time.Second, "the message in the hold queue", func(q []queueEntry) bool {
+			for _, e := range q {
+				if e.QueueName == "hold" {
+					return true
+				}
+			}
+			return false
+		})
+		t.Logf("queue: %+v", q)
+		p.waitLog(t, "milter triggers HOLD action", 10*time.Second)
+		for _, sm := range s.messages() {
+			if bytes.Contains(sm.Data, []byte("<local-mixed@example.com>")) {
+				t.Fatal("a held message reached the sink")
+			}
+		}
+	})
+
+	t.Run("keyed and unkeyed from a sending MTA both arrive", func(t *testing.T) {
+		// A second Postfix plays the sender's MTA: it gets 452 4.5.3 for
+		// the recipient of the other class and delivers it in a later
+		// transaction.
+		sender := startPostfix(t, postfixOptions{RelayPort: p.smtpPort})
+		msg := message("mixed", "alice@example.org, bob@example.net", textFields, textBody)
+		if err := sender.sendSMTP(t, "sender@example.com", []string{"alice@example.org", "bob@example.net"}, msg); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		var enc, clear *sinkMessage
+		for (enc == nil || clear == nil) && time.Now().Before(deadline) {
+			sender.flush()
+			time.Sleep(500 * time.Millisecond)
+			for _, sm := range s.messages() {
+				if !bytes.Contains(sm.Data, []byte("<mixed@example.com>")) {
+					continue
+				}
+				sm := sm
+				switch {
+				case sameSet(sm.To, []string{"alice@example.org"}):
+					enc = &sm
+				case sameSet(sm.To, []string{"bob@example.net"}):
+					clear = &sm
+				default:
+					t.Fatalf("a copy went to %v together", sm.To)
+				}
+			}
+		}
+		if enc == nil || clear == nil {
+			t.Fatalf("after 60 s: encrypted copy %v, clear copy %v\nsender log:\n%s", enc != nil, clear != nil, tail(sender.log(), 30))
+		}
+		checkDecrypts(t, enc.Data, msg, alice)
+		_, body := splitMessage(clear.Data)
+		if _, want := splitMessage(msg); !bytes.Equal(body, want) {
+			t.Fatal("the unkeyed recipient's copy changed")
+		}
+		if !strings.Contains(sender.log(), "452 4.5.3") {
+			t.Error("the sending MTA's log does not show the 452 4.5.3 split")
+		}
+	})
+
+	// Last: it stops the milter.
+	t.Run("milter stopped means 4xx and nothing delivered", func(t *testing.T) {
+		before := len(s.messages())
+		m.kill()
+		err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, message("down", "alice@example.org", textFields, textBody))
+		var se *smtpError
+		if !errors.As(err, &se) || !se.Temporary() {
+			t.Fatalf("with the milter down: err = %v, want a 4xx", err)
+		}
+		t.Logf("Postfix answered: %v", err)
+		p.flush()
+		time.Sleep(2 * time.Second)
+		if n := len(s.messages()); n != before {
+			t.Fatalf("%d message(s) reached the sink while the milter was down", n-before)
+		}
+	})
+}
