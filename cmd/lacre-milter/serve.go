@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	gomilter "github.com/emersion/go-milter"
@@ -28,6 +30,19 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// stdlogWriter turns lines of the standard log package into slog records.
+type stdlogWriter struct{ log *slog.Logger }
+
+func (w *stdlogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "use of closed network connection") {
+		w.log.Debug("milter connection closed", "component", "go-milter", "detail", msg)
+	} else {
+		w.log.Warn("milter protocol", "component", "go-milter", "detail", msg)
+	}
+	return len(p), nil
+}
+
 // serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
 // configuration and drops cached key lookups without dropping sessions.
 func serve(e *env, args []string) error {
@@ -42,6 +57,10 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	log := newLogger(c, e.stderr)
+	// go-milter reports broken connections with the standard log package;
+	// route those lines into the structured log.
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(&stdlogWriter{log: log})
 	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
 	if err != nil {
 		return err
