@@ -85,7 +85,9 @@ func serve(e *env, args []string) error {
 	if src == "" {
 		src = "defaults"
 	}
-	log.Info("lacre-milter started", "listen", c.Milter.Listen, "store", c.DatabasePath(), "config", src)
+	gcPercent, memLimit := milter.TuneRuntime()
+	log.Info("lacre-milter started", "listen", c.Milter.Listen, "store", c.DatabasePath(), "config", src,
+		"gogc", gcPercent, "gomemlimit_mib", memLimit>>20)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
