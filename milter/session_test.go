@@ -11,6 +11,8 @@ import (
 	"mime/multipart"
 	"net"
 	"net/mail"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -567,4 +569,70 @@ func TestReplies(t *testing.T) {
 	if got := ReplyMixedClass.line("4ABC"); got != "452 4.5.3 Please send to this recipient in a separate transaction (queue id 4ABC)" {
 		t.Errorf("line = %q", got)
 	}
+}
+
+// fixedResolver answers every lookup with the same keys.
+type fixedResolver struct{ keys []*keys.Key }
+
+func (r fixedResolver) Lookup(_ context.Context, a string) (*keys.Lookup, error) {
+	return &keys.Lookup{Address: a, Source: keys.SourceStore, Keys: r.keys}, nil
+}
+
+// TestEncryptionFailureIsTempfail: if encryption fails at end of message
+// (here: a key below the strength floor slipped past the lookup), the
+// reply is 451 4.3.0 and the body is not handed back in any form.
+func TestEncryptionFailureIsTempfail(t *testing.T) {
+	f := newFixture(t, nil)
+	weak, err := keys.Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.RSA1024, "weak@example.org")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv.Reload(&Settings{Resolver: fixedResolver{weak}, MinRSABits: 2048, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
+	r := f.connect(t, false).send("Q19", []string{"weak@example.org"}, []byte(plainMsg))
+	if r.endedAt != "eom" || r.final.Code != gomilter.ActReplyCode || r.final.SMTPCode != 451 || !strings.HasPrefix(r.final.SMTPText, "4.3.0 ") {
+		t.Fatalf("ended at %s with %+v, want 451 4.3.0 at end of message", r.endedAt, r.final)
+	}
+	if len(r.mods) != 0 {
+		t.Fatalf("%d modifications sent with a failed encryption", len(r.mods))
+	}
+	if !strings.Contains(f.logs.String(), "queue_id=Q19 action=tempfail") {
+		t.Errorf("no log line for the failure:\n%s", f.logs.String())
+	}
+}
+
+// TestUnixSocket: the "unix:PATH" listen form, including a stale socket
+// file left by a killed process.
+func TestUnixSocket(t *testing.T) {
+	dir, err := os.MkdirTemp("", "lm") // short: unix socket paths are limited to ~107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "milter.sock")
+	stale, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close() // the file stays, nobody listens: as after SIGKILL
+	ln, err := Listen("unix:" + path)
+	if err != nil {
+		t.Fatalf("listen over a stale socket: %v", err)
+	}
+	f := newFixture(t, nil)
+	go f.srv.Serve(ln)
+	if _, err := Listen("unix:" + path); err == nil {
+		t.Fatal("a second instance took over a live socket")
+	}
+	s, err := gomilter.NewClientWithOptions("unix", path, clientOptions).Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Conn("client.example", gomilter.FamilyUnix, 0, path); err != nil {
+		t.Fatal(err)
+	}
+	m := &mta{t: t, s: s}
+	r := m.send("Q20", []string{"alice@example.org"}, []byte(plainMsg))
+	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
 }
