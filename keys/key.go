@@ -519,3 +519,28 @@ func algoName(a packet.PublicKeyAlgorithm) string {
 	}
 	return fmt.Sprintf("algorithm %d", a)
 }
+
+// ExportFor returns the binary certificate with only the User IDs whose
+// address normalises to address (WKD, draft-koch-openpgp-webkey-service
+// §3.1: publish only the User IDs for the address asked for, so a lookup
+// does not reveal the holder's other addresses). It returns nil when no
+// User ID carries the address.
+func (k *Key) ExportFor(address string, n Normalizer) []byte {
+	e := *k.Entity // a shallow copy: only the Identities map is replaced
+	e.Identities = map[string]*openpgp.Identity{}
+	for name, id := range k.Entity.Identities {
+		if a := userIDAddress(id.UserId, name); a != "" {
+			if norm, err := n.Normalize(a); err == nil && norm == address {
+				e.Identities[name] = id
+			}
+		}
+	}
+	if len(e.Identities) == 0 {
+		return nil
+	}
+	var b bytes.Buffer
+	if err := serialize(&b, &e); err != nil {
+		return nil
+	}
+	return b.Bytes()
+}
