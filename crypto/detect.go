@@ -21,8 +21,8 @@ func EncryptedByHeader(fields []Field) bool {
 	if !ok {
 		return false
 	}
-	mt, params := mediaType(ct)
-	switch mt {
+	_, params := mediaType(ct)
+	switch asciiMediaType(ct) {
 	case "multipart/encrypted":
 		return true
 	case "application/pkcs7-mime", "application/x-pkcs7-mime":
@@ -72,7 +72,7 @@ func AlreadyEncrypted(fields []Field, body []byte) bool {
 		return true
 	}
 	if ct, ok := get(fields, "Content-Type"); ok {
-		if mt, _ := mediaType(ct); mt != "text/plain" {
+		if asciiMediaType(ct) != "text/plain" {
 			return false
 		}
 	}

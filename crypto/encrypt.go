@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"slices"
 	"strings"
 	"time"
@@ -163,7 +164,7 @@ func innerHeader(fields []Field, protect bool) []byte {
 			}
 			hasType = true
 			if protect {
-				v = strings.TrimRight(v, " \t;") + `; protected-headers="v1"; hp="cipher"`
+				v = protectedContentType(v)
 			}
 		}
 		writeField(&b, f.Name, v)
@@ -200,6 +201,29 @@ func innerHeader(fields []Field, protect bool) []byte {
 	}
 	b.WriteString("\r\n")
 	return b.Bytes()
+}
+
+// protectedContentType adds the header-protection parameters to an inner
+// Content-Type. A trailing folded blank line or ';' is trimmed first, or
+// the added parameters would start an unindented line and end the header
+// section early. If the value already carries hp= or protected-headers=,
+// it is rebuilt without them, so no parameter appears twice.
+func protectedContentType(v string) string {
+	const params = `; protected-headers="v1"; hp="cipher"`
+	low := strings.ToLower(v)
+	if strings.Contains(low, "hp=") || strings.Contains(low, "protected-headers") {
+		if mt, ps, err := mime.ParseMediaType(unfold(v)); err == nil {
+			delete(ps, "hp")
+			delete(ps, "protected-headers")
+			if rebuilt := mime.FormatMediaType(mt, ps); rebuilt != "" {
+				return rebuilt + params
+			}
+		}
+		// Unparseable: keep only the media type; the body is unchanged.
+		t, _, _ := strings.Cut(unfold(v), ";")
+		return strings.TrimSpace(t) + params
+	}
+	return strings.TrimRight(v, " \t\r\n;") + params
 }
 
 // outerChanges turns the original header into the outer header of the

@@ -206,6 +206,22 @@ func mediaType(value string) (string, map[string]string) {
 	return strings.ToLower(strings.TrimSpace(parts[0])), params
 }
 
+// asciiMediaType returns the media type of a Content-Type value, lower-
+// cased, only if it is plain ASCII; otherwise "". Decisions to let a
+// message pass unencrypted use it: Unicode case folding would turn
+// "multİpart/encrypted" into "multipart/encrypted", which no mail reader
+// treats as encrypted.
+func asciiMediaType(value string) string {
+	t, _, _ := strings.Cut(unfold(value), ";")
+	t = strings.Trim(t, " \t")
+	for i := 0; i < len(t); i++ {
+		if t[i] >= 0x80 || t[i] < 0x21 {
+			return ""
+		}
+	}
+	return strings.ToLower(t)
+}
+
 // get returns the value of the first field called name, and whether it exists.
 func get(fields []Field, name string) (string, bool) {
 	for _, f := range fields {

@@ -3,6 +3,8 @@ package keys
 import (
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 
@@ -33,38 +35,54 @@ var idnaProfile = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.S
 // surrounding space removed, domain lower-cased and IDNA-encoded, local
 // part folded when configured. It does not strip a subaddress; see Candidates.
 func (n Normalizer) Normalize(addr string) (string, error) {
+	bad := func(format string, args ...any) (string, error) {
+		return "", &AddressError{fmt.Sprintf(format, args...)}
+	}
 	a := strings.TrimSpace(addr)
-	a = strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">")
+	a = strings.TrimSpace(strings.TrimSuffix(strings.TrimPrefix(a, "<"), ">"))
 	// A source route ("@relay1,@relay2:user@domain", RFC 5321 §4.1.2) is
-	// obsolete and ignored by MTAs when delivering: drop it.
-	if strings.HasPrefix(a, "@") {
-		if i := strings.IndexByte(a, ':'); i > 0 {
-			a = a[i+1:]
+	// obsolete and ignored by MTAs when delivering: drop it (all of it,
+	// also when written with colons instead of commas).
+	for strings.HasPrefix(a, "@") {
+		i := strings.IndexByte(a, ':')
+		if i < 0 {
+			break
 		}
+		a = a[i+1:]
 	}
 	at := strings.LastIndexByte(a, '@')
 	if at <= 0 || at == len(a)-1 {
-		return "", &AddressError{fmt.Sprintf("%q is not an e-mail address (want local@domain)", addr)}
+		return bad("%q is not an e-mail address (want local@domain)", addr)
 	}
 	local, domain := a[:at], a[at+1:]
-	// Spaces and brackets may only appear inside a properly quoted local
-	// part (RFC 5321 §4.1.2 Quoted-string); never in the domain.
+	// Spaces, controls, quotes and brackets may only appear inside a
+	// properly quoted local part (RFC 5321 §4.1.2); never in the domain.
 	quoted := len(local) >= 2 && local[0] == '"' && local[len(local)-1] == '"'
-	if strings.ContainsAny(domain, " \t\r\n<>\"") || (!quoted && strings.ContainsAny(local, " \t\r\n<>\"")) {
-		return "", &AddressError{fmt.Sprintf("%q is not an e-mail address (contains a space, quote or bracket)", addr)}
+	if !utf8.ValidString(a) || strings.ContainsFunc(domain, forbidden) || (!quoted && strings.ContainsFunc(local, forbidden)) {
+		return bad("%q is not an e-mail address (contains a space, control character, quote or bracket)", addr)
 	}
 	if strings.HasPrefix(domain, "[") {
 		// An address literal (RFC 5321 §4.1.3) is not a name: keep it as is.
 		domain = strings.ToLower(domain)
 	} else {
-		d, err := idnaProfile.ToASCII(strings.TrimSuffix(domain, "."))
+		// IDNA mapping (UTS 46) may produce dots and other ASCII from
+		// Unicode (U+3002 is a dot, U+FF20 an "@"): check what comes out,
+		// so that normalising a normalised address changes nothing.
+		d, err := idnaProfile.ToASCII(domain)
 		if err != nil {
-			return "", &AddressError{fmt.Sprintf("%q: domain %q is not valid: %v", addr, domain, err)}
+			return bad("%q: domain %q is not valid: %v", addr, domain, err)
 		}
+		d = strings.ToLower(strings.TrimRight(d, "."))
 		if d == "" {
-			return "", &AddressError{fmt.Sprintf("%q: the domain is empty", addr)}
+			return bad("%q: the domain is empty", addr)
 		}
-		domain = strings.ToLower(d)
+		for i := 0; i < len(d); i++ {
+			c := d[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_') {
+				return bad("%q: domain %q is not a host name", addr, domain)
+			}
+		}
+		domain = d
 	}
 	if quoted {
 		// "alice"@example.org is alice@example.org: drop quotes that are
@@ -79,6 +97,11 @@ func (n Normalizer) Normalize(addr string) (string, error) {
 	return local + "@" + domain, nil
 }
 
+// forbidden reports characters that cannot appear unquoted in an address.
+func forbidden(r rune) bool {
+	return unicode.IsSpace(r) || unicode.IsControl(r) || r == '<' || r == '>' || r == '"' || r == utf8.RuneError
+}
+
 // isDotAtom reports whether s is an RFC 5322 §3.2.3 dot-atom, i.e. a local
 // part that needs no quotes.
 func isDotAtom(s string) bool {
@@ -86,6 +109,9 @@ func isDotAtom(s string) bool {
 		return false
 	}
 	for _, r := range s {
+		if forbidden(r) {
+			return false
+		}
 		if r < 0x80 && !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
 			strings.ContainsRune("!#$%&'*+-/=?^_`{|}~.", r)) {
 			return false
