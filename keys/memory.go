@@ -16,6 +16,7 @@ type MemoryStore struct {
 	mu       sync.Mutex
 	bindings map[string][]Binding
 	prefs    map[string]Prefs
+	requests []memRequest
 	// Fail, when not nil, is returned by every method.
 	Fail error
 	// Calls counts the calls, so tests can see the cache at work.
@@ -159,3 +160,78 @@ func (m *MemoryStore) SetPrefs(_ context.Context, address string, p Prefs) error
 
 // Close implements Store.
 func (m *MemoryStore) Close() error { return nil }
+
+type memRequest struct {
+	r    Request
+	hash string
+}
+
+var _ Requests = (*MemoryStore)(nil)
+
+// CreateRequest implements Requests.
+func (m *MemoryStore) CreateRequest(_ context.Context, tokenHash []byte, r Request) error {
+	defer m.mu.Unlock()
+	if err := m.enter(); err != nil {
+		return err
+	}
+	m.requests = append(m.requests, memRequest{r: r, hash: string(tokenHash)})
+	return nil
+}
+
+// TakeRequest implements Requests.
+func (m *MemoryStore) TakeRequest(_ context.Context, tokenHash []byte, now time.Time) (*Request, error) {
+	defer m.mu.Unlock()
+	if err := m.enter(); err != nil {
+		return nil, err
+	}
+	for i, q := range m.requests {
+		if q.hash != string(tokenHash) {
+			continue
+		}
+		m.requests = append(m.requests[:i], m.requests[i+1:]...)
+		if !now.Before(q.r.Expires) {
+			return nil, fmt.Errorf("confirmation token for %s: %w", q.r.Address, ErrExpired)
+		}
+		r := q.r
+		return &r, nil
+	}
+	return nil, fmt.Errorf("confirmation token: %w", ErrNotFound)
+}
+
+// CountRequests implements Requests.
+func (m *MemoryStore) CountRequests(_ context.Context, address, clientIP string, since, now time.Time) (int, int, error) {
+	defer m.mu.Unlock()
+	if err := m.enter(); err != nil {
+		return 0, 0, err
+	}
+	var a, c int
+	for _, q := range m.requests {
+		if q.r.Created.Before(since) || !now.Before(q.r.Expires) {
+			continue
+		}
+		if q.r.Address == address {
+			a++
+		}
+		if q.r.ClientIP == clientIP {
+			c++
+		}
+	}
+	return a, c, nil
+}
+
+// PurgeRequests implements Requests.
+func (m *MemoryStore) PurgeRequests(_ context.Context, now time.Time) (int, error) {
+	defer m.mu.Unlock()
+	if err := m.enter(); err != nil {
+		return 0, err
+	}
+	kept := m.requests[:0]
+	for _, q := range m.requests {
+		if now.Before(q.r.Expires) {
+			kept = append(kept, q)
+		}
+	}
+	n := len(m.requests) - len(kept)
+	m.requests = kept
+	return n, nil
+}

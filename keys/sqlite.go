@@ -60,6 +60,20 @@ var sqliteMigrations = []string{
 		address         TEXT PRIMARY KEY,
 		protect_headers INTEGER NULL
 	);`,
+	// v2: key registration requests waiting for confirmation (package web).
+	// Only the SHA-256 of a token is stored; material holds the submitted
+	// certificates of an "add".
+	`CREATE TABLE requests (
+		token_hash BLOB PRIMARY KEY,
+		action     TEXT NOT NULL CHECK (action IN ('add', 'remove')),
+		address    TEXT NOT NULL,
+		material   BLOB NULL,
+		client_ip  TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	);
+	CREATE INDEX requests_address ON requests(address, created_at);
+	CREATE INDEX requests_client ON requests(client_ip, created_at);`,
 }
 
 // OpenSQLite opens (creating if needed) the key store at path and brings its
