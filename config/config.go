@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -38,6 +40,7 @@ type Config struct {
 	Keys       Keys       `toml:"keys"`
 	Encryption Encryption `toml:"encryption"`
 	Static     Static     `toml:"static"`
+	Web        Web        `toml:"web"`
 
 	// Path is the file the configuration was read from ("" for defaults).
 	// Relative paths inside the file are resolved against its folder.
@@ -71,6 +74,35 @@ type Log struct {
 	Level string `toml:"level"`
 	// Format is "text" (key=value) or "json".
 	Format string `toml:"format"`
+}
+
+// Web holds the options of the key-registration service (lacre-milter web).
+type Web struct {
+	// Listen is the HTTP listener, HOST:PORT.
+	Listen string `toml:"listen"`
+	// BaseURL is the service's public URL, for the links in confirmation mail.
+	BaseURL string `toml:"base_url"`
+	// Domains are the mail domains whose users may register keys; WKD
+	// serves them too. The service refuses to start without one.
+	Domains []string `toml:"domains"`
+	// From is the sender of confirmation mail; "" means lacre@ the first domain.
+	From string `toml:"from"`
+	// TokenTTL is how long a confirmation link works.
+	TokenTTL Duration `toml:"token_ttl"`
+	// MaxPendingPerAddress bounds unconfirmed requests per address.
+	MaxPendingPerAddress int `toml:"max_pending_per_address"`
+	// MaxRequestsPerClient bounds requests per client IP address per hour.
+	MaxRequestsPerClient int `toml:"max_requests_per_client"`
+	// Templates is a folder whose *.html and *.txt files override the
+	// built-in page and mail templates; relative to the config file.
+	Templates string  `toml:"templates"`
+	SMTP      WebSMTP `toml:"smtp"`
+}
+
+// WebSMTP is where the web service hands confirmation mail to.
+type WebSMTP struct {
+	// Addr is the MTA's SMTP listener, HOST:PORT.
+	Addr string `toml:"addr"`
 }
 
 // The values of Milter.MixedLocal.
@@ -139,7 +171,15 @@ func Default() *Config {
 			ShutdownTimeout: Duration(30 * time.Second),
 			LookupTimeout:   Duration(5 * time.Second),
 		},
-		Log:   Log{Level: "info", Format: "text"},
+		Log: Log{Level: "info", Format: "text"},
+		Web: Web{
+			Listen:               "127.0.0.1:8080",
+			BaseURL:              "http://127.0.0.1:8080",
+			TokenTTL:             Duration(48 * time.Hour),
+			MaxPendingPerAddress: 3,
+			MaxRequestsPerClient: 10,
+			SMTP:                 WebSMTP{Addr: "127.0.0.1:25"},
+		},
 		Store: Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
 		Keys: Keys{
 			MinRSABits:          2048,
@@ -373,6 +413,32 @@ func (c *Config) Validate() error {
 	default:
 		add("log.format", "%q is not one of \"text\", \"json\"", c.Log.Format)
 	}
+	if _, _, err := net.SplitHostPort(c.Web.Listen); err != nil {
+		add("web.listen", "%q: write HOST:PORT, e.g. \"127.0.0.1:8080\"", c.Web.Listen)
+	}
+	if u, err := url.Parse(c.Web.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		add("web.base_url", "%q: write the service's public URL, e.g. \"https://keys.example.org\"", c.Web.BaseURL)
+	}
+	for _, d := range c.Web.Domains {
+		if d == "" || strings.ContainsAny(d, "@ /") {
+			add("web.domains", "%q is not a domain", d)
+		}
+	}
+	if f := c.Web.From; f != "" && !strings.Contains(f, "@") {
+		add("web.from", "%q is not an address", f)
+	}
+	if d := c.Web.TokenTTL.D(); d < 10*time.Minute || d > 30*24*time.Hour {
+		add("web.token_ttl", "%s is out of range (10m to 720h)", d)
+	}
+	if n := c.Web.MaxPendingPerAddress; n < 1 || n > 100 {
+		add("web.max_pending_per_address", "%d is out of range (1 to 100)", n)
+	}
+	if n := c.Web.MaxRequestsPerClient; n < 1 || n > 10000 {
+		add("web.max_requests_per_client", "%d is out of range (1 to 10000)", n)
+	}
+	if _, _, err := net.SplitHostPort(c.Web.SMTP.Addr); err != nil {
+		add("web.smtp.addr", "%q: write HOST:PORT, e.g. \"127.0.0.1:25\"", c.Web.SMTP.Addr)
+	}
 	if c.Store.Database == "" {
 		add("store.database", "must name a file, e.g. \"lacre.db\"")
 	}
@@ -466,6 +532,10 @@ func ParseListen(s string) (network, address string, err error) {
 	}
 	return "", "", fmt.Errorf("%q: write \"inet:HOST:PORT\" or \"unix:/PATH\"", s)
 }
+
+// TemplatesPath returns web.templates resolved against the config file's
+// folder ("" when not set).
+func (c *Config) TemplatesPath() string { return c.resolve(c.Web.Templates) }
 
 // DatabasePath returns the store path with a relative path resolved against
 // the config file's folder, so the same file works from any working directory.

@@ -135,6 +135,19 @@ func TestLoadEveryOption(t *testing.T) {
 		``,
 		`[static.domains]`,
 		`"example.net" = ["`+fprV6+`"]`,
+		``,
+		`[web]`,
+		`listen = "0.0.0.0:8443"`,
+		`base_url = "https://keys.example.org"`,
+		`domains = ["example.org", "example.net"]`,
+		`from = "keys@example.org"`,
+		`token_ttl = "24h"`,
+		`max_pending_per_address = 2`,
+		`max_requests_per_client = 50`,
+		`templates = "templates"`,
+		``,
+		`[web.smtp]`,
+		`addr = "[::1]:587"`,
 	)
 	p := writeConfig(t, src)
 	c, err := Load(p)
@@ -144,7 +157,10 @@ func TestLoadEveryOption(t *testing.T) {
 	want := &Config{
 		Milter: Milter{Listen: "unix:/run/lacre/milter.sock", MaxMessageSize: 10 << 20, TraceHeader: "X-Encrypted-By",
 			MixedLocal: "encrypt", ShutdownTimeout: Duration(time.Minute), LookupTimeout: Duration(2 * time.Second)},
-		Log:   Log{Level: "debug", Format: "json"},
+		Log: Log{Level: "debug", Format: "json"},
+		Web: Web{Listen: "0.0.0.0:8443", BaseURL: "https://keys.example.org", Domains: []string{"example.org", "example.net"},
+			From: "keys@example.org", TokenTTL: Duration(24 * time.Hour), MaxPendingPerAddress: 2, MaxRequestsPerClient: 50,
+			Templates: "templates", SMTP: WebSMTP{Addr: "[::1]:587"}},
 		Store: Store{Database: "/var/lib/lacre/keys.db", CacheTTL: Duration(5 * time.Minute)},
 		Keys:  Keys{MinRSABits: 3072, FoldLocalPartCase: false, SubaddressSeparator: "-"},
 		Encryption: Encryption{

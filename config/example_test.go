@@ -20,6 +20,9 @@ func TestExampleIsTheDefault(t *testing.T) {
 	if len(c.Static.NeverEncrypt) == 0 && len(c.Static.Addresses) == 0 && len(c.Static.Domains) == 0 {
 		c.Static = d.Static
 	}
+	if len(c.Web.Domains) == 0 {
+		c.Web.Domains = d.Web.Domains
+	}
 	if !reflect.DeepEqual(c, d) {
 		t.Errorf("lacre.toml.example differs from Default():\n file    %+v\n default %+v", c, d)
 	}
@@ -33,27 +36,36 @@ func TestExampleListsEveryOption(t *testing.T) {
 		t.Fatal(err)
 	}
 	text := string(src)
-	ct := reflect.TypeFor[Config]()
-	for i := range ct.NumField() {
-		sec := ct.Field(i)
-		table := sec.Tag.Get("toml")
-		if table == "" || table == "-" {
+	checkTable(t, text, "", reflect.TypeFor[Config]())
+}
+
+// checkTable checks that every field of the struct type st (the TOML table
+// named table) is shown in the example, recursing into sub-tables.
+func checkTable(t *testing.T, text, table string, st reflect.Type) {
+	t.Helper()
+	for i := range st.NumField() {
+		f := st.Field(i)
+		key := f.Tag.Get("toml")
+		if key == "" || key == "-" {
 			continue
 		}
-		if !strings.Contains(text, "["+table+"]") {
-			t.Errorf("lacre.toml.example has no [%s] table", table)
+		name := key
+		if table != "" {
+			name = table + "." + key
 		}
-		for j := range sec.Type.NumField() {
-			key := sec.Type.Field(j).Tag.Get("toml")
-			if key == "" || key == "-" {
-				continue
+		switch {
+		case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]():
+			if !strings.Contains(text, "["+name+"]") {
+				t.Errorf("lacre.toml.example has no [%s] table", name)
 			}
-			if sec.Type.Field(j).Type.Kind() == reflect.Map {
-				if !strings.Contains(text, "["+table+"."+key+"]") {
-					t.Errorf("lacre.toml.example has no [%s.%s] table", table, key)
-				}
-			} else if !strings.Contains(text, "\n"+key+" = ") {
-				t.Errorf("lacre.toml.example does not show %s.%s", table, key)
+			checkTable(t, text, name, f.Type)
+		case f.Type.Kind() == reflect.Map:
+			if !strings.Contains(text, "["+name+"]") {
+				t.Errorf("lacre.toml.example has no [%s] table", name)
+			}
+		default:
+			if !strings.Contains(text, "\n"+key+" = ") {
+				t.Errorf("lacre.toml.example does not show %s", name)
 			}
 		}
 	}
