@@ -47,6 +47,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "", "run the milter on [milter] listen (the default command)", serve},
+		{"web", "", "run the key-registration service and Web Key Directory on [web] listen", webCmd},
 		{"keys add", "[-replace] ADDRESS FILE|-", "validate the public key(s) in FILE (or stdin) and bind them to ADDRESS", keysAdd},
 		{"keys list", "", "list every address and its keys, with their state now", keysList},
 		{"keys show", "[-export] ADDRESS", "show how mail to ADDRESS is encrypted, and why", keysShow},

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"lacre.io/milter/keys"
+	"lacre.io/milter/web"
+	"lacre.io/milter/wkd"
+)
+
+// webCmd runs the key-registration service and the Web Key Directory on
+// [web] listen, sharing the key store with the milter.
+func webCmd(e *env, args []string) error {
+	fs := e.flags("web")
+	if pos, err := parseFlags(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
+	c, err := e.loadConfig()
+	if err != nil {
+		return err
+	}
+	log := newLogger(c, e.stderr)
+	if len(c.Web.Domains) == 0 {
+		return errors.New("set [web] domains to the mail domains whose users may register keys")
+	}
+	norm := keys.NewNormalizer(c.Keys)
+	var domains []string
+	for _, d := range c.Web.Domains {
+		n, err := norm.Normalize("x@" + d)
+		if err != nil {
+			return fmt.Errorf("web.domains: %q: %v", d, err)
+		}
+		domains = append(domains, keys.Domain(n))
+	}
+	from := c.Web.From
+	if from == "" {
+		from = "lacre@" + domains[0]
+	}
+	tmpl, err := web.LoadTemplates(c.TemplatesPath())
+	if err != nil {
+		return err
+	}
+	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	policy := keys.Policy{MinRSABits: c.Keys.MinRSABits, Normalizer: norm}
+	svc, err := web.New(store, &web.SMTPMailer{Addr: c.Web.SMTP.Addr, Helo: domains[0]}, web.Options{
+		BaseURL: c.Web.BaseURL, Domains: domains, From: from, TokenTTL: c.Web.TokenTTL.D(),
+		MaxPendingPerAddress: c.Web.MaxPendingPerAddress, MaxRequestsPerClient: c.Web.MaxRequestsPerClient,
+		Policy: policy, Templates: tmpl, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	handler := svc.Handler(&wkd.Handler{Store: store, Domains: domains, Normalizer: norm, Policy: policy})
+	ln, err := net.Listen("tcp", c.Web.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", c.Web.Listen, err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+	log.Info("lacre-milter web started", "listen", c.Web.Listen, "base_url", c.Web.BaseURL, "domains", domains, "smtp", c.Web.SMTP.Addr)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("web: %w", err)
+	case sig := <-sigs:
+		log.Info("shutting down", "signal", sig.String())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return srv.Shutdown(ctx)
+	}
+}

@@ -1,0 +1,177 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"lacre.io/milter/internal/testkeys"
+)
+
+// startWeb runs "lacre-milter web" with the milter's configuration (same
+// key store) plus a [web] table; it returns the service's base URL.
+func startWeb(t *testing.T, m *milterProc, sinkPort int) string {
+	t.Helper()
+	port := freePort(t)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	cfg, err := os.ReadFile(m.configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webCfg := fmt.Sprintf("\n[web]\nlisten = \"127.0.0.1:%d\"\nbase_url = %q\ndomains = [\"example.org\"]\n\n[web.smtp]\naddr = \"127.0.0.1:%d\"\n", port, base, sinkPort)
+	path := m.configPath + ".web.toml"
+	if err := os.WriteFile(path, append(cfg, webCfg...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := &tailBuffer{max: 1 << 20}
+	cmd := exec.Command(milterBin, "-config", path, "web")
+	cmd.Dir, cmd.Stdout, cmd.Stderr = m.dir, out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Error("lacre-milter web did not stop on SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("lacre-milter web output:\n%s", out.String())
+		}
+	})
+	if err := waitPort(fmt.Sprintf("127.0.0.1:%d", port), milterStartTimeout, done); err != nil {
+		t.Fatalf("lacre-milter web: %v\n%s", err, out.String())
+	}
+	return base
+}
+
+var (
+	csrfRE = regexp.MustCompile(`name="csrf" value="([0-9a-f]{64})"`)
+	linkRE = regexp.MustCompile(`http://127\.0\.0\.1:\d+/confirm\?token=[A-Za-z0-9_-]+`)
+)
+
+func formCSRF(t *testing.T, c *http.Client, u string) string {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := csrfRE.FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no form on %s:\n%s", u, b)
+	}
+	return string(m[1])
+}
+
+// TestWebRegistration: a key submitted over HTTP is confirmed from the
+// mailbox (the confirmation, caught at the sink, decrypts only with the
+// submitted key), and from then on the milter encrypts to it.
+func TestWebRegistration(t *testing.T) {
+	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
+	s := startSink(t)
+	m := startMilter(t, "[store]\ncache_ttl = \"1s\"\n")
+	base := startWeb(t, m, s.port)
+	p := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr()})
+
+	// Before: mail to alice passes in clear.
+	before := message("web-before", "alice@example.org", textFields, textBody)
+	if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, before); err != nil {
+		t.Fatal(err)
+	}
+	checkRelayed(t, byMessageID(t, s, "web-before").Data, before)
+
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	csrf := formCSRF(t, c, base+"/")
+	resp, err := c.PostForm(base+"/submit", url.Values{"csrf": {csrf}, "address": {"alice@example.org"}, "key": {string(testkeys.ArmoredPublic(t, alice))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %d\n%s", resp.StatusCode, page)
+	}
+
+	// The confirmation reaches the mailbox (the sink), encrypted.
+	var conf []byte
+	deadline := time.Now().Add(deliveryTimeout)
+	for conf == nil {
+		for _, sm := range s.messages() {
+			if bytes.Contains(sm.Data, []byte("Subject: Confirm your OpenPGP key for alice@example.org")) {
+				conf = sm.Data
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no confirmation mail at the sink")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if linkRE.Match(conf) {
+		t.Fatal("the confirmation link is readable without the key")
+	}
+	_, inner := decryptPGPMIME(t, conf, alice)
+	link := linkRE.Find(inner)
+	if link == nil {
+		t.Fatalf("no link in the decrypted confirmation:\n%s", inner)
+	}
+
+	// Nothing changed yet.
+	if out, _ := m.cli(nil, "keys", "show", "alice@example.org"); !strings.Contains(out, "pass unchanged") {
+		t.Fatalf("before confirmation:\n%s", out)
+	}
+	csrf = formCSRF(t, c, string(link))
+	token := string(link[strings.Index(string(link), "token=")+6:])
+	resp, err = c.PostForm(base+"/confirm", url.Values{"csrf": {csrf}, "token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(page, []byte("Your key is active")) {
+		t.Fatalf("confirm: %d\n%s", resp.StatusCode, page)
+	}
+	if out, _ := m.cli(nil, "keys", "show", "alice@example.org"); !strings.Contains(out, "encrypt to 1 key") {
+		t.Fatalf("after confirmation:\n%s", out)
+	}
+
+	// The milter (another process, same store) now encrypts to the key.
+	time.Sleep(1100 * time.Millisecond) // store.cache_ttl
+	after := message("web-after", "alice@example.org", textFields, textBody)
+	if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, after); err != nil {
+		t.Fatal(err)
+	}
+	checkDecrypts(t, byMessageID(t, s, "web-after").Data, after, alice)
+
+	// And the Web Key Directory publishes it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/.well-known/openpgpkey/hu/kei1q4tipxxu1yj79k9kfukdhfy631xe?l=alice", nil)
+	req.Host = "example.org"
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("WKD lookup: %d", resp.StatusCode)
+	}
+}
