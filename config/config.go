@@ -66,6 +66,9 @@ type Milter struct {
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 	// LookupTimeout bounds one key lookup at RCPT time.
 	LookupTimeout Duration `toml:"lookup_timeout"`
+	// MetricsListen, when not "", serves Prometheus /metrics and /healthz
+	// on HOST:PORT.
+	MetricsListen string `toml:"metrics_listen"`
 }
 
 // Log holds the logging options.
@@ -388,6 +391,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Milter.MaxMessageSize < 1<<20 || c.Milter.MaxMessageSize > 1<<30 {
 		add("milter.max_message_size", "%d is out of range (1 MiB to 1 GiB, in bytes)", c.Milter.MaxMessageSize)
+	}
+	if m := c.Milter.MetricsListen; m != "" {
+		if _, _, err := net.SplitHostPort(m); err != nil {
+			add("milter.metrics_listen", "%q: write HOST:PORT, e.g. \"127.0.0.1:9191\", or \"\" for none", m)
+		}
 	}
 	if h := c.Milter.TraceHeader; h != "" && !validHeaderName(h) {
 		add("milter.trace_header", "%q is not a header field name (letters, digits and '-')", h)

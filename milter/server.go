@@ -58,6 +58,7 @@ func SettingsFrom(c *config.Config, r Resolver) *Settings {
 // Serve, stop it with Shutdown.
 type Server struct {
 	log      *slog.Logger
+	metrics  Metrics
 	settings atomic.Pointer[Settings]
 	now      func() time.Time
 
@@ -71,10 +72,13 @@ type Server struct {
 // New returns a server with the given settings. log receives one line per
 // message and the errors.
 func New(s *Settings, log *slog.Logger) *Server {
-	srv := &Server{log: log, now: time.Now, conns: map[*connState]struct{}{}, idle: make(chan struct{}, 1)}
+	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{}, idle: make(chan struct{}, 1)}
 	srv.settings.Store(s)
 	return srv
 }
+
+// SetMetrics makes the server report to m; call it before Serve.
+func (s *Server) SetMetrics(m Metrics) { s.metrics = m }
 
 // Reload swaps the settings. Messages in flight finish with the settings
 // they started with; the next MAIL FROM uses the new ones.

@@ -136,6 +136,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
 	defer cancel()
 	l, lerr := s.st.Resolver.Lookup(ctx, rcpt)
+	s.srv.metrics.Lookup(lerr)
 	var c class
 	switch {
 	case lerr != nil:
@@ -313,6 +314,7 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 	if len(to) == 0 {
 		return s.accept("clear", nil), nil
 	}
+	encStart := time.Now()
 	res, err := crypto.Encrypt(s.fields, s.body, to, crypto.Options{
 		HideRecipients: s.st.HideRecipients,
 		ProtectHeaders: protect,
@@ -324,6 +326,7 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 		s.logResult("tempfail", ReplyFor(err), err)
 		return ReplyFor(err).response(s.queueID), nil
 	}
+	s.srv.metrics.Encrypted(time.Since(encStart))
 	outLen := len(res.Body)
 	// Small results go out in one write with the final reply; large ones
 	// are streamed, so they are never held twice in memory.
@@ -411,6 +414,17 @@ func (s *session) logResult(action string, r Reply, err error, extra ...any) {
 		return
 	}
 	s.decided = true
+	txClass := "none"
+	if s.txClass != nil {
+		txClass = s.txClass.String()
+	}
+	sizeOut := 0
+	for i := 0; i+1 < len(extra); i += 2 {
+		if extra[i] == "size_out" {
+			sizeOut, _ = extra[i+1].(int)
+		}
+	}
+	s.srv.metrics.Message(action, txClass, s.headerLen+len(s.body), sizeOut)
 	args := []any{"queue_id", s.queueID, "action", action, "rcpts", len(s.rcpts), "classes", classList(s.rcpts),
 		"size_in", s.headerLen + len(s.body), "ms", s.srv.now().Sub(s.started).Milliseconds()}
 	if s.conn.nonSMTP {

@@ -8,12 +8,16 @@ import (
 	stdlog "log"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	gomilter "github.com/emersion/go-milter"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/keys"
@@ -71,6 +75,19 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	srv := milter.New(milter.SettingsFrom(c, res), log)
+	if c.Milter.MetricsListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		srv.SetMetrics(newPromMetrics(reg, srv))
+		mln, err := net.Listen("tcp", c.Milter.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("listen on %s (milter.metrics_listen): %w", c.Milter.MetricsListen, err)
+		}
+		ms := &http.Server{Handler: metricsHandler(reg, store), ReadHeaderTimeout: 10 * time.Second}
+		go ms.Serve(mln)
+		defer ms.Close()
+		log.Info("metrics listening", "listen", c.Milter.MetricsListen)
+	}
 
 	ln, err := milter.Listen(c.Milter.Listen)
 	if err != nil {
