@@ -1,0 +1,129 @@
+package integration
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gomilter "github.com/emersion/go-milter"
+)
+
+// TestDebianPackage builds the .deb (contrib/deb/build.sh, nfpm), installs
+// it on this machine, starts the service as the unit does (user lacre,
+// /etc/lacre/lacre.toml) and talks to it over the milter protocol. It
+// changes the system (a package, a user), so it runs only in CI or with
+// LACRE_TEST_DEB=1.
+func TestDebianPackage(t *testing.T) {
+	if os.Getenv("CI") == "" && os.Getenv("LACRE_TEST_DEB") == "" {
+		t.Skip("installs a system package: runs in CI, or with LACRE_TEST_DEB=1")
+	}
+	root, _ := filepath.Abs("..")
+	run := func(name string, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Dir = root
+		// Never wait for an answer: dpkg asks about changed conffiles.
+		cmd.Stdin = nil
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+		return string(out)
+	}
+	out := run("sh", "contrib/deb/build.sh")
+	debs, _ := filepath.Glob(filepath.Join(root, "dist", "lacre-milter_*_amd64.deb"))
+	if len(debs) == 0 {
+		t.Fatalf("no package built:\n%s", out)
+	}
+	deb := debs[len(debs)-1]
+	exec.Command("dpkg", "--purge", "lacre-milter").Run() // a leftover from an earlier run
+	run("dpkg", "-i", "--force-confnew", deb)
+	t.Cleanup(func() { exec.Command("dpkg", "--purge", "lacre-milter").Run() })
+
+	// A dedicated user, not nobody; the key store directory is its own;
+	// the config is readable by it and nobody else.
+	if u := run("id", "-un", "lacre"); strings.TrimSpace(u) != "lacre" {
+		t.Fatalf("user: %q", u)
+	}
+	if st := run("stat", "-c", "%U:%G %a", "/var/lib/lacre"); strings.TrimSpace(st) != "lacre:lacre 750" {
+		t.Errorf("/var/lib/lacre: %s", st)
+	}
+	if st := run("stat", "-c", "%U:%G %a", "/etc/lacre/lacre.toml"); strings.TrimSpace(st) != "root:lacre 640" {
+		t.Errorf("/etc/lacre/lacre.toml: %s", st)
+	}
+	for _, f := range []string{"/lib/systemd/system/lacre-milter.service", "/usr/share/man/man8/lacre-milter.8.gz", "/usr/share/doc/lacre-milter/lacre.toml.example"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("not installed: %v", err)
+		}
+	}
+	if v := run("/usr/bin/lacre-milter", "version"); !strings.HasPrefix(v, "lacre-milter ") {
+		t.Errorf("version: %q", v)
+	}
+	run("setpriv", "--reuid=lacre", "--regid=lacre", "--init-groups", "/usr/bin/lacre-milter", "check-config")
+
+	// Start it as the unit would (no systemd here) and talk to it.
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:8891", time.Second); err == nil {
+		c.Close()
+		t.Fatal("something already listens on 127.0.0.1:8891")
+	}
+	u, err := user.Lookup("lacre")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	svc := exec.Command("/usr/bin/lacre-milter", "serve")
+	svc.Dir = "/"
+	svc.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, Pdeathsig: syscall.SIGKILL}
+	svcOut := &tailBuffer{max: 1 << 16}
+	svc.Stdout, svc.Stderr = svcOut, svcOut
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { svc.Wait(); close(exited) }()
+	defer func() {
+		svc.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			svc.Process.Kill()
+			t.Error("the installed service did not stop on SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("service output:\n%s", svcOut.String())
+		}
+	}()
+	if err := waitPort("127.0.0.1:8891", 10*time.Second, exited); err != nil {
+		t.Fatalf("the installed service does not listen: %v\n%s", err, svcOut.String())
+	}
+	s, err := gomilter.NewClientWithOptions("tcp", "127.0.0.1:8891", gomilter.ClientOptions{
+		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+		ActionMask: gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine,
+	}).Session()
+	if err != nil {
+		t.Fatalf("milter handshake with the installed service: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Conn("client.test", gomilter.FamilyInet, 4000, "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	s.Mail("a@example.org", nil)
+	if a, err := s.Rcpt("b@example.org", nil); err != nil || a.Code != gomilter.ActContinue {
+		t.Fatalf("rcpt: %+v %v", a, err)
+	}
+	if a, err := s.HeaderField("Subject", "hi"); err != nil || a.Code != gomilter.ActAccept {
+		t.Fatalf("clear mail not accepted at the first header: %+v %v", a, err)
+	}
+	if _, err := os.Stat("/var/lib/lacre/lacre.db"); err != nil {
+		t.Errorf("the key store is not in /var/lib/lacre: %v", err)
+	}
+}
