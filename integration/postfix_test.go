@@ -6,7 +6,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,6 +149,45 @@ func TestPostfix(t *testing.T) {
 				t.Fatal("a held message reached the sink")
 			}
 		}
+
+		// docs/operations.md tells operators never to release or requeue
+		// a held message, because Postfix does not run milters again on
+		// requeued mail: "postsuper -r" delivers it as it is, in clear,
+		// to the keyed recipient too. This checks that fact (even with
+		// mixed_local = "encrypt" in force); if a Postfix version changes
+		// it, the documentation can say so.
+		var held string
+		for _, e := range q {
+			if e.QueueName == "hold" {
+				held = e.QueueID
+			}
+		}
+		cfg, err := os.ReadFile(m.configPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(m.configPath, []byte(strings.Replace(string(cfg), "[milter]\n", "[milter]\nmixed_local = \"encrypt\"\n", 1)), 0o600)
+		m.mu.Lock()
+		m.cmd.Process.Signal(syscall.SIGHUP)
+		m.mu.Unlock()
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(m.out.String(), "configuration reloaded") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		p.postsuper(t, "-r", held)
+		// Requeued mail waits in the maildrop for pickup's next scan
+		// (up to 60 s); wake pickup instead of waiting.
+		if out, err := exec.Command("postkick", "-c", p.configDir, "public", "pickup", "W").CombinedOutput(); err != nil {
+			t.Fatalf("postkick: %v %s", err, out)
+		}
+		got := byMessageID(t, s, "local-mixed")
+		if mt := string(got.Data); !strings.Contains(mt, "Content-Type: text/plain") || strings.Contains(mt, "multipart/encrypted") {
+			t.Errorf("requeued held mail was processed by the milter this time: docs/operations.md can be relaxed")
+		}
+		os.WriteFile(m.configPath, cfg, 0o600) // back to "hold" for the other cases
+		m.mu.Lock()
+		m.cmd.Process.Signal(syscall.SIGHUP)
+		m.mu.Unlock()
 	})
 
 	t.Run("keyed and unkeyed from a sending MTA both arrive", func(t *testing.T) {
