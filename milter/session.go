@@ -54,16 +54,20 @@ type session struct {
 	st   *Settings
 
 	// Per message; reset by MAIL FROM and Abort.
-	queueID   string
-	started   time.Time
-	rcpts     []recipient
-	txClass   *class
-	localMix  []string // non-SMTP mail: why the message cannot be delivered as one class
-	fields    []crypto.Field
-	headerLen int
-	body      []byte
-	tooBig    bool
-	decided   bool // the message's action has been logged
+	queueID  string
+	started  time.Time
+	rcpts    []recipient
+	txClass  *class
+	localMix []string // non-SMTP mail: why the message cannot be delivered as one class
+	// localFailed: a recipient's keys could not be used (lookup failure,
+	// unusable keys), so mixed_local = "encrypt" cannot apply either.
+	localFailed bool
+	sizeOut     int // bytes of the replaced body, for the log and metrics
+	fields      []crypto.Field
+	headerLen   int
+	body        []byte
+	tooBig      bool
+	decided     bool // the message's action has been logged
 }
 
 func newSession(srv *Server, cs *connState) *session {
@@ -143,6 +147,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 		s.srv.log.Warn("key lookup failed", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
 		if s.conn.nonSMTP {
 			s.localMix = append(s.localMix, "key lookup failed for "+rcpt)
+			s.localFailed = true
 			return gomilter.RespContinue, nil
 		}
 		return ReplyLookupFailed.response(s.queueID), nil
@@ -155,6 +160,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 		default:
 			if s.conn.nonSMTP {
 				s.localMix = append(s.localMix, "every key of "+rcpt+" is unusable")
+				s.localFailed = true
 				return gomilter.RespContinue, nil
 			}
 			if s.st.UnusableKey == config.UnusableReject {
@@ -285,13 +291,7 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 // recipients could not all be served with one body.
 func (s *session) decideLocalMix(m *gomilter.Modifier) (gomilter.Response, error) {
 	reason := strings.Join(s.localMix, "; ")
-	unsplittable := true
-	for _, why := range s.localMix {
-		if !strings.Contains(why, ", an earlier recipient ") {
-			unsplittable = false // a lookup failure or unusable key, not only mixed classes
-		}
-	}
-	if unsplittable && s.st.MixedLocal == config.MixedLocalEncrypt {
+	if !s.localFailed && s.st.MixedLocal == config.MixedLocalEncrypt {
 		return s.encrypt(m, false)
 	}
 	// SMFIR_QUARANTINE: Postfix puts the message in its hold queue.
@@ -341,6 +341,7 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 		s.logResult("error", ReplyInternal, err)
 		return nil, err
 	}
+	s.sizeOut = outLen
 	s.logResult("encrypted", Reply{}, nil, "keys", len(to), "size_out", outLen)
 	if batch {
 		s.conn.conn.releaseWithReply()
@@ -418,13 +419,7 @@ func (s *session) logResult(action string, r Reply, err error, extra ...any) {
 	if s.txClass != nil {
 		txClass = s.txClass.String()
 	}
-	sizeOut := 0
-	for i := 0; i+1 < len(extra); i += 2 {
-		if extra[i] == "size_out" {
-			sizeOut, _ = extra[i+1].(int)
-		}
-	}
-	s.srv.metrics.Message(action, txClass, s.headerLen+len(s.body), sizeOut)
+	s.srv.metrics.Message(action, txClass, s.headerLen+len(s.body), s.sizeOut)
 	args := []any{"queue_id", s.queueID, "action", action, "rcpts", len(s.rcpts), "classes", classList(s.rcpts),
 		"size_in", s.headerLen + len(s.body), "ms", s.srv.now().Sub(s.started).Milliseconds()}
 	if s.conn.nonSMTP {

@@ -636,3 +636,17 @@ func TestUnixSocket(t *testing.T) {
 	r := m.send("Q20", []string{"alice@example.org"}, []byte(plainMsg))
 	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
 }
+
+// TestNonSMTPEncryptPolicyNeedsUsableKeys: mixed_local = "encrypt" covers
+// recipients of different classes, not a recipient whose keys cannot be
+// used: that message is held, never encrypted without that key.
+func TestNonSMTPEncryptPolicyNeedsUsableKeys(t *testing.T) {
+	f := newFixture(t, func(c *config.Config) { c.Milter.MixedLocal = config.MixedLocalEncrypt })
+	r := f.connect(t, true).send("Q21", []string{"alice@example.org", "old@example.org"}, []byte(plainMsg))
+	if r.quarantine == "" || !strings.Contains(r.quarantine, "every key of old@example.org is unusable") {
+		t.Fatalf("quarantine %q, want held for the unusable key", r.quarantine)
+	}
+	if len(r.mods) != 1 {
+		t.Fatalf("%d modifications, want only the quarantine", len(r.mods))
+	}
+}
