@@ -199,20 +199,20 @@ func (m *MemoryStore) TakeRequest(_ context.Context, tokenHash []byte, now time.
 }
 
 // CountRequests implements Requests.
-func (m *MemoryStore) CountRequests(_ context.Context, address, clientIP string, since, now time.Time) (int, int, error) {
+func (m *MemoryStore) CountRequests(_ context.Context, address, clientIP string, addressSince, clientSince, now time.Time) (int, int, error) {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return 0, 0, err
 	}
 	var a, c int
 	for _, q := range m.requests {
-		if q.r.Created.Before(since) || !now.Before(q.r.Expires) {
+		if !now.Before(q.r.Expires) {
 			continue
 		}
-		if q.r.Address == address {
+		if q.r.Address == address && !q.r.Created.Before(addressSince) {
 			a++
 		}
-		if q.r.ClientIP == clientIP {
+		if q.r.ClientIP == clientIP && !q.r.Created.Before(clientSince) {
 			c++
 		}
 	}

@@ -38,9 +38,10 @@ type Requests interface {
 	// for an unknown (or already used) token and ErrExpired for one past
 	// its expiry (which is deleted too).
 	TakeRequest(ctx context.Context, tokenHash []byte, now time.Time) (*Request, error)
-	// CountRequests counts the unexpired requests created since since,
-	// for the address and from the client, for rate limits.
-	CountRequests(ctx context.Context, address, clientIP string, since, now time.Time) (byAddress, byClient int, err error)
+	// CountRequests counts, for rate limits, the unexpired requests for
+	// the address created since addressSince, and those from the client
+	// created since clientSince.
+	CountRequests(ctx context.Context, address, clientIP string, addressSince, clientSince, now time.Time) (byAddress, byClient int, err error)
 	// PurgeRequests deletes the requests that expired before now.
 	PurgeRequests(ctx context.Context, now time.Time) (int, error)
 }

@@ -36,9 +36,13 @@ func testRequests(t *testing.T, s Requests) {
 			t.Fatal(err)
 		}
 	}
-	a, c, err := s.CountRequests(ctx, "alice@example.org", "192.0.2.1", now.Add(-time.Hour), now)
+	a, c, err := s.CountRequests(ctx, "alice@example.org", "192.0.2.1", now.Add(-time.Hour), now.Add(-time.Hour), now)
 	if err != nil || a != 2 || c != 1 {
 		t.Errorf("counts: %d by address, %d by client, %v; want 2, 1", a, c, err)
+	}
+	// Each count has its own window.
+	if a, c, _ := s.CountRequests(ctx, "alice@example.org", "192.0.2.1", now.Add(time.Minute), now.Add(-time.Hour), now); a != 0 || c != 1 {
+		t.Errorf("separate windows: %d by address, %d by client; want 0, 1", a, c)
 	}
 	got, err := s.TakeRequest(ctx, []byte("t-add"), now.Add(time.Hour))
 	if err != nil {

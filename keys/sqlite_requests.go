@@ -63,12 +63,12 @@ func (s *SQLiteStore) TakeRequest(ctx context.Context, tokenHash []byte, now tim
 }
 
 // CountRequests implements Requests.
-func (s *SQLiteStore) CountRequests(ctx context.Context, address, clientIP string, since, now time.Time) (int, int, error) {
+func (s *SQLiteStore) CountRequests(ctx context.Context, address, clientIP string, addressSince, clientSince, now time.Time) (int, int, error) {
 	var byAddr, byClient int
 	err := s.db.QueryRowContext(ctx, `SELECT
 		(SELECT count(*) FROM requests WHERE address = ? AND created_at >= ? AND expires_at > ?),
 		(SELECT count(*) FROM requests WHERE client_ip = ? AND created_at >= ? AND expires_at > ?)`,
-		address, since.Unix(), now.Unix(), clientIP, since.Unix(), now.Unix()).Scan(&byAddr, &byClient)
+		address, addressSince.Unix(), now.Unix(), clientIP, clientSince.Unix(), now.Unix()).Scan(&byAddr, &byClient)
 	if err != nil {
 		return 0, 0, s.unavailable("counting requests", err)
 	}

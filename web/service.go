@@ -132,11 +132,8 @@ func (s *Service) address(addr string) (string, error) {
 func (s *Service) limit(ctx context.Context, addr, client string) error {
 	now := s.opt.Now()
 	s.store.PurgeRequests(ctx, now)
-	byAddr, _, err := s.store.CountRequests(ctx, addr, client, now.Add(-s.opt.TokenTTL), now)
-	if err != nil {
-		return err
-	}
-	_, byClient, err := s.store.CountRequests(ctx, addr, client, now.Add(-time.Hour), now)
+	// Unconfirmed requests per address; requests per client in the last hour.
+	byAddr, byClient, err := s.store.CountRequests(ctx, addr, client, now.Add(-s.opt.TokenTTL), now.Add(-time.Hour), now)
 	if err != nil {
 		return err
 	}
