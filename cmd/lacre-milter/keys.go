@@ -112,11 +112,8 @@ func readLimited(path string, limit int64) ([]byte, error) {
 }
 
 func keysList(e *env, args []string) error {
-	fs := e.flags("keys list")
-	if pos, err := parseFlags(fs, args); err != nil {
+	if err := e.noArgs("keys list", args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	_, s, r, err := e.open()
 	if err != nil {

@@ -138,6 +138,15 @@ func (e *env) flags(name string) *flag.FlagSet {
 	return fs
 }
 
+// noArgs parses the flags of a command that takes no arguments.
+func (e *env) noArgs(name string, args []string) error {
+	pos, err := parseFlags(e.flags(name), args)
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
+	return err
+}
+
 // parseFlags parses args, allowing flags after the positional arguments
 // ("keys add alice@example.org key.asc -replace").
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -174,11 +183,8 @@ func (e *env) loadConfig() (*config.Config, error) {
 }
 
 func checkConfig(e *env, args []string) error {
-	fs := e.flags("check-config")
-	if pos, err := parseFlags(fs, args); err != nil {
+	if err := e.noArgs("check-config", args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	c, err := e.loadConfig()
 	if err != nil {
@@ -213,10 +219,8 @@ func checkConfig(e *env, args []string) error {
 }
 
 func printVersion(e *env, args []string) error {
-	if pos, err := parseFlags(e.flags("version"), args); err != nil {
+	if err := e.noArgs("version", args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	v := version
 	if v == "" {

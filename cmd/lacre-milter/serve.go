@@ -50,11 +50,8 @@ func (w *stdlogWriter) Write(p []byte) (int, error) {
 // serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
 // configuration and drops cached key lookups without dropping sessions.
 func serve(e *env, args []string) error {
-	fs := e.flags("serve")
-	if pos, err := parseFlags(fs, args); err != nil {
+	if err := e.noArgs("serve", args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	c, err := e.loadConfig()
 	if err != nil {

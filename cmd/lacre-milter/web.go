@@ -19,11 +19,8 @@ import (
 // webCmd runs the key-registration service and the Web Key Directory on
 // [web] listen, sharing the key store with the milter.
 func webCmd(e *env, args []string) error {
-	fs := e.flags("web")
-	if pos, err := parseFlags(fs, args); err != nil {
+	if err := e.noArgs("web", args); err != nil {
 		return err
-	} else if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	c, err := e.loadConfig()
 	if err != nil {
