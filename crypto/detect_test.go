@@ -9,6 +9,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -276,7 +277,7 @@ func TestAlreadyEncryptedLooksInside(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, ct := openPGPMIME(t, delivered(t, fields, res))
+	_, ct := pgptest.Open(t, delivered(t, fields, res))
 
 	// A Marker packet (RFC 9580 §5.8) may precede the session-key packet.
 	blk, _ := armor.Decode(bytes.NewReader(ct))

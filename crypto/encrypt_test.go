@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"mime"
-	"mime/multipart"
-	"net/mail"
 	"runtime"
 	"strings"
 	"testing"
@@ -16,6 +13,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -41,68 +39,6 @@ func delivered(t testing.TB, fields []Field, res *Result) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
-}
-
-// openPGPMIME checks the RFC 3156 structure of a delivered message with
-// the standard library's parsers (independent of this package's code) and
-// returns the outer header and the armoured ciphertext.
-func openPGPMIME(t testing.TB, msg []byte) (mail.Header, []byte) {
-	t.Helper()
-	m, err := mail.ReadMessage(bytes.NewReader(msg))
-	if err != nil {
-		t.Fatalf("delivered message does not parse: %v", err)
-	}
-	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/encrypted" || params["protocol"] != "application/pgp-encrypted" {
-		t.Fatalf("outer Content-Type = %q (%v), want multipart/encrypted with protocol application/pgp-encrypted", m.Header.Get("Content-Type"), err)
-	}
-	if m.Header.Get("MIME-Version") != "1.0" {
-		t.Errorf("MIME-Version = %q", m.Header.Get("MIME-Version"))
-	}
-	for k := range m.Header {
-		if strings.HasPrefix(strings.ToLower(k), "content-") && !strings.EqualFold(k, "Content-Type") {
-			t.Errorf("outer header still has %s", k)
-		}
-	}
-	mr := multipart.NewReader(m.Body, params["boundary"])
-	p1, err := mr.NextRawPart()
-	if err != nil {
-		t.Fatalf("first part: %v", err)
-	}
-	v, _ := io.ReadAll(p1)
-	if p1.Header.Get("Content-Type") != "application/pgp-encrypted" || !bytes.Contains(v, []byte("Version: 1")) {
-		t.Fatalf("first part = %q %q, want application/pgp-encrypted with Version: 1", p1.Header.Get("Content-Type"), v)
-	}
-	p2, err := mr.NextRawPart()
-	if err != nil {
-		t.Fatalf("second part: %v", err)
-	}
-	if mt, _, _ := mime.ParseMediaType(p2.Header.Get("Content-Type")); mt != "application/octet-stream" {
-		t.Fatalf("second part Content-Type = %q", p2.Header.Get("Content-Type"))
-	}
-	ct, _ := io.ReadAll(p2)
-	if _, err := mr.NextRawPart(); err != io.EOF {
-		t.Fatalf("a third part or a broken closing boundary: %v", err)
-	}
-	return m.Header, ct
-}
-
-// decrypt decrypts an armoured message with the secret keys in ring.
-func decrypt(t testing.TB, armored []byte, ring ...*openpgp.Entity) ([]byte, *openpgp.MessageDetails) {
-	t.Helper()
-	blk, err := armor.Decode(bytes.NewReader(armored))
-	if err != nil {
-		t.Fatalf("armour: %v", err)
-	}
-	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList(ring), nil, nil)
-	if err != nil {
-		t.Fatalf("decrypt: %v", err)
-	}
-	pt, err := io.ReadAll(md.UnverifiedBody)
-	if err != nil {
-		t.Fatalf("decrypt body (integrity check): %v", err)
-	}
-	return pt, md
 }
 
 // checkInner asserts that the decrypted entity is the original Content-*
@@ -170,8 +106,8 @@ func TestEncryptRoundTrip(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					hdr, ct := openPGPMIME(t, delivered(t, fields, res))
-					inner, md := decrypt(t, ct, secret)
+					hdr, ct := pgptest.Open(t, delivered(t, fields, res))
+					inner, md := pgptest.Decrypt(t, ct, secret)
 					checkInner(t, m.name, inner, fields, body, protect)
 					if !md.IsEncrypted || md.DecryptedWith.Entity != secret {
 						t.Errorf("not decrypted with the recipient's key")
@@ -224,7 +160,7 @@ func TestEncryptPacketChoices(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, ct := openPGPMIME(t, delivered(t, fields, res))
+			_, ct := pgptest.Open(t, delivered(t, fields, res))
 			hasCRC := bytes.Contains(ct, []byte("\r\n=")) && bytes.Index(ct, []byte("\r\n=")) > bytes.LastIndex(ct, []byte("\r\n-----END"))-8
 			if hasCRC == tc.v2 {
 				t.Errorf("CRC24 line present = %v with SEIPDv2 = %v", hasCRC, tc.v2)
@@ -266,7 +202,7 @@ func TestEncryptPacketChoices(t *testing.T) {
 				}
 			}
 			for _, s := range tc.secrets {
-				inner, _ := decrypt(t, ct, s)
+				inner, _ := pgptest.Decrypt(t, ct, s)
 				checkInner(t, tc.name, inner, fields, body, false)
 			}
 			if !tc.v2 { // with v1 the cipher is inside the session key packet
@@ -338,7 +274,7 @@ func TestEncryptDeduplicatesKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, ct := openPGPMIME(t, delivered(t, fields, res))
+	_, ct := pgptest.Open(t, delivered(t, fields, res))
 	blk, _ := armor.Decode(bytes.NewReader(ct))
 	raw, _ := io.ReadAll(blk.Body)
 	n := 0
@@ -354,7 +290,7 @@ func TestEncryptDeduplicatesKeys(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d session-key packets for one distinct key", n)
 	}
-	inner, _ := decrypt(t, ct, secret)
+	inner, _ := pgptest.Decrypt(t, ct, secret)
 	checkInner(t, "dedup", inner, fields, body, false)
 }
 

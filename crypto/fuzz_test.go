@@ -13,6 +13,7 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -94,17 +95,17 @@ func FuzzEncrypt(f *testing.F) {
 			if err := WriteMessage(&m, []Field{{"MIME-Version", "1.0"}, {"Content-Type", ct}}, res.Body); err != nil {
 				t.Fatal(err)
 			}
-			_, armored := openPGPMIME(t, m.Bytes())
+			_, armored := pgptest.Open(t, m.Bytes())
 			// ...and on the delivered message as a whole, when the standard
 			// library can read the original header at all.
 			if fuzzStdlibReadable(fields) {
-				_, armored2 := openPGPMIME(t, delivered(t, fields, res))
+				_, armored2 := pgptest.Open(t, delivered(t, fields, res))
 				if !bytes.Equal(armored, armored2) {
 					t.Fatalf("protect=%v: the ciphertext part differs when read with the whole header", protect)
 				}
 			}
 
-			inner, md := decrypt(t, armored, secret)
+			inner, md := pgptest.Decrypt(t, armored, secret)
 			if !md.IsEncrypted || md.DecryptedWith.Entity != secret {
 				t.Fatalf("protect=%v: not decrypted with the recipient's key", protect)
 			}
@@ -328,7 +329,7 @@ func FuzzAlreadyEncrypted(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	_, armored := openPGPMIME(f, delivered(f, nil, res))
+	_, armored := pgptest.Open(f, delivered(f, nil, res))
 	for _, b := range []string{
 		string(armored),
 		"\r\n  " + string(armored) + "\r\n\r\n",

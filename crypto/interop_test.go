@@ -40,6 +40,7 @@ import (
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -255,7 +256,7 @@ func interopEncrypt(t *testing.T, key *keys.Key, hidden bool, c interopCase) []b
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, ct := openPGPMIME(t, delivered(t, c.fields, res))
+	_, ct := pgptest.Open(t, delivered(t, c.fields, res))
 	return ct
 }
 

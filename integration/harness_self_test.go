@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 )
 
@@ -244,7 +245,7 @@ func TestHarnessMilter(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := byMessageID(t, s, "encrypted")
-		_, inner := decryptPGPMIME(t, got.Data, alice)
+		_, inner := pgptest.OpenAndDecrypt(t, got.Data, alice)
 		_, body := splitMessage(msg)
 		if _, innerBody := splitMessage(inner); !bytes.Equal(innerBody, body) {
 			t.Errorf("decrypted body differs:\n got %q\nwant %q", innerBody, body)
@@ -263,6 +264,6 @@ func TestHarnessMilter(t *testing.T) {
 		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, selfTestMessage("up")); err != nil {
 			t.Fatalf("after restart: %v", err)
 		}
-		decryptPGPMIME(t, byMessageID(t, s, "up").Data, alice)
+		pgptest.OpenAndDecrypt(t, byMessageID(t, s, "up").Data, alice)
 	})
 }

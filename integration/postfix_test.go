@@ -15,6 +15,7 @@ import (
 
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 )
 
@@ -35,7 +36,7 @@ func checkDecrypts(t *testing.T, got, sent []byte, secrets ...*openpgp.Entity) {
 	t.Helper()
 	_, sentBody := splitMessage(sent)
 	for _, s := range secrets {
-		_, inner := decryptPGPMIME(t, got, s)
+		_, inner := pgptest.OpenAndDecrypt(t, got, s)
 		if _, innerBody := splitMessage(inner); !bytes.Equal(innerBody, sentBody) {
 			t.Fatalf("decrypted body differs (%d vs %d bytes)", len(innerBody), len(sentBody))
 		}

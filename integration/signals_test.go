@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 )
 
@@ -116,7 +117,7 @@ func TestSignals(t *testing.T) {
 		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, message("hup-after-bad", "alice@example.org", textFields, textBody)); err != nil {
 			t.Fatalf("after a refused reload: %v", err)
 		}
-		decryptPGPMIME(t, byMessageID(t, s, "hup-after-bad").Data, alice)
+		pgptest.OpenAndDecrypt(t, byMessageID(t, s, "hup-after-bad").Data, alice)
 	})
 
 	t.Run("SIGTERM drains the message in flight", func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 )
 
@@ -128,7 +129,7 @@ func TestWebRegistration(t *testing.T) {
 	if linkRE.Match(conf) {
 		t.Fatal("the confirmation link is readable without the key")
 	}
-	_, inner := decryptPGPMIME(t, conf, alice)
+	_, inner := pgptest.OpenAndDecrypt(t, conf, alice)
 	link := linkRE.Find(inner)
 	if link == nil {
 		t.Fatalf("no link in the decrypted confirmation:\n%s", inner)

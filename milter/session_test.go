@@ -5,12 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"mime"
-	"mime/multipart"
 	"net"
-	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,12 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 	gomilter "github.com/emersion/go-milter"
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -250,41 +246,6 @@ const plainMsg = "From: Sender <sender@example.net>\r\nTo: alice@example.org\r\n
 	"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.net>\r\nMIME-Version: 1.0\r\n" +
 	"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße,\r\nthe body.\r\n"
 
-// decryptDelivered checks the PGP/MIME structure with the standard
-// library, decrypts with secret and returns the inner entity.
-func decryptDelivered(t *testing.T, msg []byte, secret *openpgp.Entity) []byte {
-	t.Helper()
-	m, err := mail.ReadMessage(bytes.NewReader(msg))
-	if err != nil {
-		t.Fatalf("delivered message does not parse: %v", err)
-	}
-	mt, params, _ := mime.ParseMediaType(m.Header.Get("Content-Type"))
-	if mt != "multipart/encrypted" || params["protocol"] != "application/pgp-encrypted" {
-		t.Fatalf("delivered Content-Type %q", m.Header.Get("Content-Type"))
-	}
-	mr := multipart.NewReader(m.Body, params["boundary"])
-	if _, err := mr.NextPart(); err != nil {
-		t.Fatal(err)
-	}
-	p, err := mr.NextPart()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, err := armor.Decode(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
-	if err != nil {
-		t.Fatalf("decrypt: %v", err)
-	}
-	inner, err := io.ReadAll(md.UnverifiedBody)
-	if err != nil {
-		t.Fatalf("decrypt: %v", err)
-	}
-	return inner
-}
-
 // innerBody returns the body of the decrypted entity.
 func innerBody(t *testing.T, inner []byte) []byte {
 	t.Helper()
@@ -299,7 +260,7 @@ func TestKeyedRecipientIsEncrypted(t *testing.T) {
 	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept {
 		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
 	}
-	inner := decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+	_, inner := pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
 	_, origBody := crypto.Split([]byte(plainMsg))
 	if !bytes.Equal(innerBody(t, inner), origBody) {
 		t.Fatalf("inner body %q, want %q", innerBody(t, inner), origBody)
@@ -337,7 +298,7 @@ func TestMixedRecipientsSplit(t *testing.T) {
 	}
 	// One ciphertext both keyed recipients can read.
 	for _, who := range []string{"alice@example.org", "bob@example.org"} {
-		inner := decryptDelivered(t, r.delivered, f.secrets[who])
+		_, inner := pgptest.OpenAndDecrypt(t, r.delivered, f.secrets[who])
 		_, origBody := crypto.Split([]byte(plainMsg))
 		if !bytes.Equal(innerBody(t, inner), origBody) {
 			t.Errorf("%s: inner body differs", who)
@@ -350,7 +311,7 @@ func TestMixedRecipientsSplit(t *testing.T) {
 		t.Fatalf("second transaction ended at %s with %+v", r.endedAt, r.final)
 	}
 	r = m.send("Q5", []string{"carol@example.org"}, []byte(plainMsg))
-	inner := decryptDelivered(t, r.delivered, f.secrets["carol@example.org"])
+	_, inner := pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["carol@example.org"])
 	if fields, _ := crypto.Split(inner); !strings.Contains(fmt.Sprint(fields), "hello") {
 		t.Errorf("carol's protected headers missing: %v", fields)
 	}
@@ -398,7 +359,7 @@ func TestStoreDownFailsClosed(t *testing.T) {
 	}
 	f.store.SetFail(nil)
 	r = m.send("Q10", []string{"alice@example.org"}, []byte(plainMsg))
-	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+	pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
 }
 
 func TestUnusableKeyPolicy(t *testing.T) {
@@ -466,7 +427,7 @@ func TestNonSMTPMixedEncryptPolicy(t *testing.T) {
 	if r.quarantine != "" || len(r.rcptReplies) != 0 {
 		t.Fatalf("quarantine %q replies %v", r.quarantine, r.rcptReplies)
 	}
-	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+	pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
 }
 
 func TestAbortResetsState(t *testing.T) {
@@ -634,7 +595,7 @@ func TestUnixSocket(t *testing.T) {
 	}
 	m := &mta{t: t, s: s}
 	r := m.send("Q20", []string{"alice@example.org"}, []byte(plainMsg))
-	decryptDelivered(t, r.delivered, f.secrets["alice@example.org"])
+	pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
 }
 
 // TestNonSMTPEncryptPolicyNeedsUsableKeys: mixed_local = "encrypt" covers

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"mime"
-	"mime/multipart"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -23,6 +22,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -134,36 +134,15 @@ func openMail(t *testing.T, msg []byte, secret *openpgp.Entity) string {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(m.Body)
-	mt, params, _ := mime.ParseMediaType(m.Header.Get("Content-Type"))
 	if secret == nil {
-		if mt != "text/plain" {
+		if mt, _, _ := mime.ParseMediaType(m.Header.Get("Content-Type")); mt != "text/plain" {
 			t.Fatalf("confirmation mail is %s, want unencrypted text", mt)
 		}
 	} else {
-		if mt != "multipart/encrypted" {
-			t.Fatalf("confirmation mail is %s, want multipart/encrypted", mt)
-		}
 		if linkRE.Match(msg) {
 			t.Fatal("the link is readable without the key")
 		}
-		mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
-		mr.NextPart()
-		p, err := mr.NextPart()
-		if err != nil {
-			t.Fatal(err)
-		}
-		blk, err := armor.Decode(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
-		if err != nil {
-			t.Fatalf("cannot decrypt the confirmation mail with the submitted key: %v", err)
-		}
-		body, err = io.ReadAll(md.UnverifiedBody)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, body = pgptest.OpenAndDecrypt(t, msg, secret)
 	}
 	tok := linkRE.FindSubmatch(body)
 	if tok == nil {

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"mime"
-	"mime/multipart"
 	"net/mail"
 	"os"
 	"path/filepath"
@@ -21,6 +18,7 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
 	"lacre.io/milter/config"
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 )
 
@@ -932,72 +930,6 @@ func bodyOf(t *testing.T, msg string) []byte {
 	return []byte(msg[i+n:])
 }
 
-// openPGPMIME checks the RFC 3156 structure of an encrypted message with
-// the standard library's parsers and returns its header and the armoured
-// ciphertext.
-func openPGPMIME(t *testing.T, msg []byte) (mail.Header, []byte) {
-	t.Helper()
-	m, err := mail.ReadMessage(bytes.NewReader(msg))
-	if err != nil {
-		t.Fatalf("output does not parse as a message: %v\n%s", err, msg)
-	}
-	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/encrypted" || params["protocol"] != "application/pgp-encrypted" {
-		t.Fatalf("Content-Type = %q (%v), want multipart/encrypted; protocol=application/pgp-encrypted", m.Header.Get("Content-Type"), err)
-	}
-	if got := m.Header.Get("MIME-Version"); got != "1.0" {
-		t.Errorf("MIME-Version = %q", got)
-	}
-	for k := range m.Header {
-		if strings.HasPrefix(strings.ToLower(k), "content-") && k != "Content-Type" {
-			t.Errorf("outer header still has %s", k)
-		}
-	}
-	mr := multipart.NewReader(m.Body, params["boundary"])
-	p1, err := mr.NextRawPart()
-	if err != nil {
-		t.Fatalf("first part: %v", err)
-	}
-	v, _ := io.ReadAll(p1)
-	if p1.Header.Get("Content-Type") != "application/pgp-encrypted" || !bytes.Contains(v, []byte("Version: 1")) {
-		t.Fatalf("first part = %q %q", p1.Header.Get("Content-Type"), v)
-	}
-	p2, err := mr.NextRawPart()
-	if err != nil {
-		t.Fatalf("second part: %v", err)
-	}
-	if mt, _, _ := mime.ParseMediaType(p2.Header.Get("Content-Type")); mt != "application/octet-stream" {
-		t.Fatalf("second part Content-Type = %q", p2.Header.Get("Content-Type"))
-	}
-	ct, _ := io.ReadAll(p2)
-	if _, err := mr.NextRawPart(); err != io.EOF {
-		t.Fatalf("a third part or a broken closing boundary: %v", err)
-	}
-	return m.Header, ct
-}
-
-// decrypt decrypts armoured ciphertext with secret's key and returns the
-// inner entity.
-func decrypt(t *testing.T, armored []byte, secret *openpgp.Entity) []byte {
-	t.Helper()
-	blk, err := armor.Decode(bytes.NewReader(armored))
-	if err != nil {
-		t.Fatalf("armour: %v", err)
-	}
-	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
-	if err != nil {
-		t.Fatalf("decrypt with %s: %v", fpr(secret), err)
-	}
-	pt, err := io.ReadAll(md.UnverifiedBody)
-	if err != nil {
-		t.Fatalf("decrypt body (integrity check): %v", err)
-	}
-	if !md.IsEncrypted || md.DecryptedWith.Entity != secret {
-		t.Errorf("not decrypted with %s's key", fpr(secret))
-	}
-	return pt
-}
-
 // pkeskKeyIDs returns the key IDs of the ciphertext's session key packets.
 func pkeskKeyIDs(t *testing.T, armored []byte) []uint64 {
 	t.Helper()
@@ -1051,7 +983,7 @@ func TestEncrypt(t *testing.T) {
 				if r.stderr != "" {
 					t.Errorf("stderr: %s", r.stderr)
 				}
-				hdr, ct := openPGPMIME(t, []byte(r.stdout))
+				hdr, ct := pgptest.Open(t, []byte(r.stdout))
 				orig, err := mail.ReadMessage(strings.NewReader(tc.msg))
 				if err != nil {
 					t.Fatal(err)
@@ -1079,7 +1011,7 @@ func TestEncrypt(t *testing.T) {
 				}
 				want := bodyOf(t, tc.msg)
 				for _, s := range tc.secrets {
-					inner := decrypt(t, ct, s)
+					inner, _ := pgptest.Decrypt(t, ct, s)
 					i := bytes.Index(inner, []byte("\r\n\r\n"))
 					if i < 0 {
 						t.Fatalf("inner entity has no header/body separator:\n%q", inner)
@@ -1119,11 +1051,12 @@ func TestEncrypt(t *testing.T) {
 			f.must(nil, "keys", "set", "bob@example.org", "protect-headers", "on")
 			defer f.must(nil, "keys", "set", "bob@example.org", "protect-headers", "default")
 			r := f.must([]byte(plainCRLF), "encrypt", "bob@example.org")
-			hdr, ct := openPGPMIME(t, []byte(r.stdout))
+			hdr, ct := pgptest.Open(t, []byte(r.stdout))
 			if hdr.Get("Subject") != "[...]" {
 				t.Errorf("outer Subject = %q", hdr.Get("Subject"))
 			}
-			im, err := mail.ReadMessage(bytes.NewReader(decrypt(t, ct, bob)))
+			inner, _ := pgptest.Decrypt(t, ct, bob)
+			im, err := mail.ReadMessage(bytes.NewReader(inner))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1192,8 +1125,8 @@ func TestEncrypt(t *testing.T) {
 				t.Errorf("keys show source %q", got["source"])
 			}
 			r := f.must([]byte(plainCRLF), "encrypt", "anyone@example.com")
-			_, ct := openPGPMIME(t, []byte(r.stdout))
-			inner := decrypt(t, ct, bob)
+			_, ct := pgptest.Open(t, []byte(r.stdout))
+			inner, _ := pgptest.Decrypt(t, ct, bob)
 			if !bytes.HasSuffix(inner, bodyOf(t, plainCRLF)) {
 				t.Errorf("decrypted entity does not end with the body")
 			}
