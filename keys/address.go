@@ -145,6 +145,16 @@ func (n Normalizer) Candidates(addr string) ([]string, error) {
 	return out, nil
 }
 
+// NormalizeDomain returns the canonical form of a domain, as Normalize
+// gives it inside an address (lower case, IDNA A-labels, no final dot).
+func (n Normalizer) NormalizeDomain(domain string) (string, error) {
+	a, err := n.Normalize("x@" + domain)
+	if err != nil || strings.Contains(domain, "@") {
+		return "", &AddressError{fmt.Sprintf("%q is not a domain", domain)}
+	}
+	return Domain(a), nil
+}
+
 // Domain returns the domain part of a normalised address.
 func Domain(normalized string) string {
 	return normalized[strings.LastIndexByte(normalized, '@')+1:]

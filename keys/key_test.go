@@ -518,3 +518,13 @@ func TestDomain(t *testing.T) {
 		t.Errorf("Domain = %q", got)
 	}
 }
+
+func TestNormalizeDomain(t *testing.T) {
+	n := Normalizer{FoldLocalPartCase: true}
+	for in, want := range map[string]string{"Example.ORG.": "example.org", "Bücher.example": "xn--bcher-kva.example", "a@b": "", "exa mple.org": "", "": ""} {
+		got, err := n.NormalizeDomain(in)
+		if got != want || (want == "") != (err != nil) {
+			t.Errorf("NormalizeDomain(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}

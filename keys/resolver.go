@@ -134,15 +134,15 @@ func NewResolver(store Store, c *config.Config, now func() time.Time) (*Resolver
 		r.addresses[n] = formatAll(c.Static.Addresses[a])
 	}
 	for _, d := range slices.Sorted(maps.Keys(c.Static.Domains)) {
-		n, err := norm.Normalize("x@" + d)
+		n, err := norm.NormalizeDomain(d)
 		if err != nil {
-			return nil, fmt.Errorf("static.domains: %q is not a domain: %v", d, err)
+			return nil, fmt.Errorf("static.domains: %v", err)
 		}
-		if prev, dup := origin["@"+Domain(n)]; dup {
-			return nil, fmt.Errorf("static.domains: %q and %q are the same domain (%s)", prev, d, Domain(n))
+		if prev, dup := origin["@"+n]; dup {
+			return nil, fmt.Errorf("static.domains: %q and %q are the same domain (%s)", prev, d, n)
 		}
-		origin["@"+Domain(n)] = d
-		r.domains[Domain(n)] = formatAll(c.Static.Domains[d])
+		origin["@"+n] = d
+		r.domains[n] = formatAll(c.Static.Domains[d])
 	}
 	return r, nil
 }

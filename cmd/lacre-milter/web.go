@@ -33,11 +33,11 @@ func webCmd(e *env, args []string) error {
 	norm := keys.NewNormalizer(c.Keys)
 	var domains []string
 	for _, d := range c.Web.Domains {
-		n, err := norm.Normalize("x@" + d)
+		n, err := norm.NormalizeDomain(d)
 		if err != nil {
-			return fmt.Errorf("web.domains: %q: %v", d, err)
+			return fmt.Errorf("web.domains: %v", err)
 		}
-		domains = append(domains, keys.Domain(n))
+		domains = append(domains, n)
 	}
 	from := c.Web.From
 	if from == "" {
