@@ -1,0 +1,381 @@
+#!/usr/bin/env bash
+# demo/verify.sh — checks the demo stack end to end, without an image
+# registry: it makes a Debian base image with debootstrap and docker import
+# and a Go image from the host's Go, builds the demo's images from the
+# same docker-compose.yml a newcomer uses, starts it with host networking
+# (docker-compose.hostnet.yml) and plays the newcomer's scenario:
+#
+#   register a fresh key for alice@example.org through the web form,
+#   read the confirmation mail over IMAP, decrypt it, follow its link and
+#   press the button; send a mail to alice with swaks and check over IMAP
+#   that it arrived as PGP/MIME and decrypts to exactly what was sent;
+#   send one to bob (no key) and check it arrived in clear.
+#
+# Runs as root on Debian 12 with no stdin (CI); installs what it needs
+# (docker.io, docker-compose, debootstrap, swaks, curl, gnupg) if missing.
+# Uses the Docker engine at $DOCKER_HOST (or the default socket) if one
+# answers, else starts its own dockerd (no bridge, no iptables) and stops
+# it at the end. Every wait has a time limit; the stack is removed on exit.
+#
+# Environment (all optional):
+#   LACRE_SMTP_PORT=12525 LACRE_IMAP_PORT=11143 LACRE_WEB_PORT=18080
+#   LACRE_MILTER_PORT=18891 LACRE_METRICS_PORT=19191 LACRE_LMTP_PORT=12424
+#                              ports on 127.0.0.1; they must be free
+#   LACRE_DEMO_BASE=lacre-demo/base:bookworm   base image (made if missing)
+#   LACRE_DEMO_GO_IMAGE=lacre-demo/go:local    Go image (made if missing or
+#                              if the host's Go version changed)
+#   LACRE_DEMO_MIRROR=http://deb.debian.org/debian   for debootstrap
+#   LACRE_DEMO_REBUILD=1       remake the base and Go images
+#   LACRE_DEMO_KEEP=1          leave the stack running after the run
+set -euo pipefail
+cd "$(dirname "$0")"
+export PATH="/usr/local/go/bin:$PATH"
+export DEBIAN_FRONTEND=noninteractive
+
+export LACRE_SMTP_PORT="${LACRE_SMTP_PORT:-12525}"
+export LACRE_IMAP_PORT="${LACRE_IMAP_PORT:-11143}"
+export LACRE_WEB_PORT="${LACRE_WEB_PORT:-18080}"
+export LACRE_MILTER_PORT="${LACRE_MILTER_PORT:-18891}"
+export LACRE_METRICS_PORT="${LACRE_METRICS_PORT:-19191}"
+export LACRE_LMTP_PORT="${LACRE_LMTP_PORT:-12424}"
+export LACRE_DEMO_BASE="${LACRE_DEMO_BASE:-lacre-demo/base:bookworm}"
+export LACRE_DEMO_GO_IMAGE="${LACRE_DEMO_GO_IMAGE:-lacre-demo/go:local}"
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-lacre-demo-verify}"
+# The web service's links must point where this script reaches it.
+export LACRE_WEB_URL="http://localhost:${LACRE_WEB_PORT}"
+MIRROR="${LACRE_DEMO_MIRROR:-http://deb.debian.org/debian}"
+
+WEB="http://localhost:${LACRE_WEB_PORT}"
+IMAP="imap://127.0.0.1:${LACRE_IMAP_PORT}"
+
+T0=$(date +%s)
+TMP=$(mktemp -d /tmp/lacre-demo-verify.XXXXXX)
+export GNUPGHOME="$TMP/gnupg"
+STEP="start"
+DOCKERD_PID=""
+STACK_UP=""
+COMPOSE=()
+TIMINGS=()
+CHECKS=()
+
+say() { printf '\n== %s\n' "$*"; STEP="$*"; }
+info() { printf '   %s\n' "$*"; }
+die() { printf '   FAIL: %s\n' "$*" >&2; exit 1; }
+pass() { CHECKS+=("PASS  $*"); printf '   ok: %s\n' "$*"; }
+phase_start() { PHASE_T=$(date +%s); }
+phase_end() { TIMINGS+=("$(printf '%-28s %4ss' "$1" $(( $(date +%s) - PHASE_T )))"); }
+
+compose() { "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml "$@"; }
+
+cleanup() {
+	local rc=$?
+	set +e
+	if [ "$rc" != 0 ] && [ -n "$STACK_UP" ]; then
+		printf '\n== logs of the stack (last 40 lines per service)\n'
+		timeout 60 "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml logs --no-color --tail 40 2>&1
+	fi
+	if [ -n "$STACK_UP" ] && [ -z "${LACRE_DEMO_KEEP:-}" ]; then
+		timeout 120 "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml down -v --remove-orphans >/dev/null 2>&1
+	fi
+	if [ -n "$DOCKERD_PID" ]; then
+		if [ -n "${LACRE_DEMO_KEEP:-}" ]; then
+			printf '   the dockerd this script started keeps running (pid %s, DOCKER_HOST=%s)\n' "$DOCKERD_PID" "$DOCKER_HOST"
+		else
+			kill "$DOCKERD_PID" 2>/dev/null
+			for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+		fi
+	fi
+	[ -d "$GNUPGHOME" ] && gpgconf --kill gpg-agent >/dev/null 2>&1
+	rm -rf "$TMP"
+	printf '\n== summary\n'
+	for c in "${CHECKS[@]}"; do printf '   %s\n' "$c"; done
+	for t in "${TIMINGS[@]}"; do printf '   time: %s\n' "$t"; done
+	printf '   time: %-28s %4ss\n' "total" $(( $(date +%s) - T0 ))
+	if [ "$rc" = 0 ]; then
+		printf '\nPASS: the demo stack works end to end\n'
+	else
+		printf '\nFAIL: at step "%s" (exit %s)\n' "$STEP" "$rc"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------
+say "tools"
+phase_start
+engine_ok() { timeout 20 docker info >/dev/null 2>&1; }
+missing=()
+command -v timeout >/dev/null || missing+=(coreutils)
+command -v curl >/dev/null || missing+=(curl)
+command -v gpg >/dev/null || missing+=(gnupg)
+command -v swaks >/dev/null || missing+=(swaks)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+command -v docker >/dev/null || missing+=(docker.io)
+if ! command -v docker >/dev/null || ! docker compose version >/dev/null 2>&1; then
+	command -v docker-compose >/dev/null || missing+=(docker-compose)
+fi
+if ! engine_ok && ! command -v dockerd >/dev/null; then
+	missing+=(docker.io)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+	[ "$(id -u)" = 0 ] || die "missing ${missing[*]}; run as root or install them"
+	info "installing ${missing[*]}"
+	timeout 300 apt-get update -qq
+	timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if docker compose version >/dev/null 2>&1; then
+	COMPOSE=(docker compose)
+else
+	COMPOSE=(docker-compose)
+fi
+info "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version 2>/dev/null | head -n 1))"
+phase_end "tools"
+
+# ---------------------------------------------------------------------------
+say "docker engine"
+phase_start
+if engine_ok; then
+	info "using the engine at ${DOCKER_HOST:-the default socket}"
+else
+	[ "$(id -u)" = 0 ] || die "no Docker engine answers at ${DOCKER_HOST:-the default socket}, and starting one needs root"
+	own=/run/lacre-demo-docker
+	export DOCKER_HOST="unix://$own.sock"
+	info "no engine answers; starting dockerd at $DOCKER_HOST (log: $own.log)"
+	mkdir -p "$own"
+	# No bridge and no iptables: the containers use host networking.
+	dockerd --host "$DOCKER_HOST" --data-root /var/lib/lacre-demo-docker --exec-root "$own" \
+		--pidfile "$own.pid" --iptables=false --ip6tables=false --bridge=none \
+		</dev/null >"$own.log" 2>&1 &
+	DOCKERD_PID=$!
+	for _ in $(seq 60); do
+		engine_ok && break
+		kill -0 "$DOCKERD_PID" 2>/dev/null || die "dockerd exited; see $own.log"
+		sleep 1
+	done
+	engine_ok || die "dockerd did not answer within 60 s; see $own.log"
+fi
+info "$(docker version --format 'engine {{.Server.Version}}, API {{.Server.APIVersion}}')"
+phase_end "docker engine"
+
+# ---------------------------------------------------------------------------
+say "base images (no registry)"
+phase_start
+image_label() { docker image inspect --format "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true; }
+if [ -n "${LACRE_DEMO_REBUILD:-}" ] || ! docker image inspect "$LACRE_DEMO_BASE" >/dev/null 2>&1; then
+	[ "$LACRE_DEMO_BASE" = lacre-demo/base:bookworm ] || die "image $LACRE_DEMO_BASE not found"
+	[ "$(id -u)" = 0 ] || die "making the base image with debootstrap needs root"
+	root="$TMP/rootfs"
+	info "debootstrap --variant=minbase bookworm from $MIRROR"
+	timeout 900 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$MIRROR" >"$TMP/debootstrap.log" 2>&1 ||
+		{ tail -n 20 "$TMP/debootstrap.log"; die "debootstrap failed"; }
+	# Like the debian:bookworm-slim image: updates and security too.
+	cat >"$root/etc/apt/sources.list" <<EOF
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb http://deb.debian.org/debian-security bookworm-security main
+EOF
+	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
+	tar -C "$root" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
+		docker import --change 'CMD ["bash"]' - "$LACRE_DEMO_BASE" >/dev/null
+	rm -rf "$root"
+	info "made $LACRE_DEMO_BASE"
+else
+	info "$LACRE_DEMO_BASE exists"
+fi
+if [ "$LACRE_DEMO_GO_IMAGE" = lacre-demo/go:local ]; then
+	command -v go >/dev/null || die "no Go on this machine to make $LACRE_DEMO_GO_IMAGE; set LACRE_DEMO_GO_IMAGE to an image with Go 1.26"
+	gover=$(go env GOVERSION)
+	if [ -n "${LACRE_DEMO_REBUILD:-}" ] || [ "$(image_label "$LACRE_DEMO_GO_IMAGE" org.lacre.demo.go)" != "$gover" ]; then
+		goroot=$(go env GOROOT)
+		info "making $LACRE_DEMO_GO_IMAGE from $LACRE_DEMO_BASE and $goroot ($gover)"
+		mkdir -p "$TMP/goctx"
+		cat >"$TMP/goctx/Dockerfile" <<EOF
+FROM $LACRE_DEMO_BASE
+COPY go /usr/local/go
+ENV PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin GOTOOLCHAIN=local
+LABEL org.lacre.demo.go=$gover
+EOF
+		# The build context is a tar on stdin: the Dockerfile and Go's tree.
+		tar -c -C "$TMP/goctx" Dockerfile -C "$(dirname "$goroot")" --transform "s,^$(basename "$goroot"),go," "$(basename "$goroot")" |
+			DOCKER_BUILDKIT=0 timeout 600 docker build --network none -q -t "$LACRE_DEMO_GO_IMAGE" - >/dev/null
+	else
+		info "$LACRE_DEMO_GO_IMAGE exists ($gover)"
+	fi
+fi
+phase_end "base images"
+
+# ---------------------------------------------------------------------------
+say "build the demo images (docker-compose.yml + docker-compose.hostnet.yml)"
+phase_start
+timeout 1800 compose build
+phase_end "build"
+
+# ---------------------------------------------------------------------------
+say "start the stack"
+phase_start
+# A stack left over from an earlier run would hold the ports.
+STACK_UP=1
+timeout 120 compose down -v --remove-orphans >/dev/null 2>&1 || true
+busy=()
+for p in "$LACRE_SMTP_PORT" "$LACRE_IMAP_PORT" "$LACRE_WEB_PORT" "$LACRE_MILTER_PORT" "$LACRE_METRICS_PORT" "$LACRE_LMTP_PORT"; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then busy+=("$p"); fi
+done
+[ "${#busy[@]}" = 0 ] || die "ports in use on 127.0.0.1: ${busy[*]} (choose others with LACRE_*_PORT)"
+timeout 300 compose up -d
+deadline=$(( $(date +%s) + 120 ))
+for svc in dovecot milter postfix web; do
+	cid=$(compose ps -q "$svc")
+	[ -n "$cid" ] || die "service $svc has no container"
+	while :; do
+		st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid")
+		[ "$st" = "running healthy" ] && break
+		case "$st" in running*) ;; *) die "$svc is $st" ;; esac
+		[ "$(date +%s)" -lt "$deadline" ] || die "$svc not healthy within 120 s ($st)"
+		sleep 1
+	done
+	info "$svc healthy"
+done
+pass "stack up: dovecot, milter, postfix, web healthy (host networking)"
+phase_end "start"
+
+# ---------------------------------------------------------------------------
+phase_start
+say "register a fresh key for alice@example.org through the web form"
+mkdir -m 700 "$GNUPGHOME"
+gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
+	--quick-gen-key 'Alice Demo <alice@example.org>' future-default default never 2>/dev/null
+fpr=$(gpg --batch --with-colons --list-keys alice@example.org | awk -F: '$1 == "fpr" { print $10; exit }')
+gpg --batch --armor --export alice@example.org >"$TMP/alice.asc"
+info "key $fpr (GNUPGHOME in $TMP, removed at the end)"
+
+jar="$TMP/cookies"
+web() { curl -sS --max-time 30 -b "$jar" -c "$jar" "$@"; }
+field() { sed -n "s/.*name=\"$1\" value=\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1; }
+
+code=$(web -o "$TMP/index.html" -w '%{http_code}' "$WEB/")
+[ "$code" = 200 ] || die "GET / answered $code"
+grep -q 'Register your OpenPGP key' "$TMP/index.html" || die "GET / is not the registration page"
+csrf=$(field csrf "$TMP/index.html")
+[ -n "$csrf" ] || die "no CSRF token in the form"
+grep -q lacre_csrf "$jar" || die "no CSRF cookie"
+# As a browser posts the form: multipart, the key pasted into the text area.
+code=$(web -o "$TMP/pending.html" -w '%{http_code}' \
+	-F "csrf=$csrf" -F "address=alice@example.org" -F "key=<$TMP/alice.asc" \
+	"$WEB/submit")
+[ "$code" = 202 ] || { sed -e 's/<[^>]*>//g' "$TMP/pending.html" | grep -v '^\s*$' | head -n 20; die "POST /submit answered $code"; }
+grep -q 'Check your mailbox' "$TMP/pending.html" || die "POST /submit did not show the pending page"
+grep -q 'encrypted to' "$TMP/pending.html" || die "the pending page does not say the confirmation is encrypted"
+pass "web form: key submitted (202, confirmation pending)"
+
+# IMAP helpers: the demo mailboxes' passwords are the local parts.
+imap() { local user=$1 path=$2; shift 2; curl -sS --max-time 20 --user "$user:${user%@*}" "$IMAP/$path" "$@"; }
+# wait_mail USER SUBJECT → the UID of the first message whose Subject contains SUBJECT.
+wait_mail() {
+	local user=$1 subject=$2 deadline uid
+	deadline=$(( $(date +%s) + 60 ))
+	while :; do
+		uid=$(imap "$user" INBOX -X "UID SEARCH SUBJECT \"$subject\"" 2>/dev/null | tr -d '\r' |
+			sed -n 's/^\* SEARCH \([0-9][0-9]*\).*/\1/p')
+		[ -n "$uid" ] && { echo "$uid"; return 0; }
+		[ "$(date +%s)" -lt "$deadline" ] || return 1
+		sleep 1
+	done
+}
+fetch() { imap "$1" "INBOX;UID=$2" | tr -d '\r' >"$3"; [ -s "$3" ]; }
+# header FILE NAME → the unfolded value of the first top-level field NAME.
+header() {
+	awk '/^$/ { exit } /^[ \t]/ { sub(/^[ \t]+/, " "); h = h $0; next } { if (h != "") print h; h = $0 } END { if (h != "") print h }' "$1" |
+		grep -i -m 1 "^$2:" | sed 's/^[^:]*:[ \t]*//' || true
+}
+body() { awk 'b { print } /^$/ && !b { b = 1 }' "$1"; }
+# check_pgp_mime FILE: RFC 3156 structure, one armoured message.
+check_pgp_mime() {
+	local ct
+	ct=$(header "$1" Content-Type)
+	case "$ct" in
+		multipart/encrypted*protocol=\"application/pgp-encrypted\"*) ;;
+		*) die "$1: Content-Type is \"$ct\", not multipart/encrypted with protocol application/pgp-encrypted" ;;
+	esac
+	grep -qi '^Content-Type: application/pgp-encrypted' "$1" || die "$1: no application/pgp-encrypted part"
+	grep -qx 'Version: 1' "$1" || die "$1: no \"Version: 1\" part"
+	[ "$(grep -cx -- '-----BEGIN PGP MESSAGE-----' "$1")" = 1 ] || die "$1: not exactly one PGP message"
+}
+decrypt() {
+	sed -n '/^-----BEGIN PGP MESSAGE-----$/,/^-----END PGP MESSAGE-----$/p' "$1" |
+		gpg --batch --quiet --status-file "$2.status" --decrypt >"$2" 2>"$2.err" ||
+		{ cat "$2.err" >&2; die "gpg could not decrypt $1"; }
+	grep -q '^\[GNUPG:\] DECRYPTION_OKAY' "$2.status" || die "gpg did not report DECRYPTION_OKAY for $1"
+	tr -d '\r' <"$2" >"$2.lf" && mv "$2.lf" "$2"
+}
+
+say "read the confirmation mail over IMAP, decrypt it, confirm"
+uid=$(wait_mail alice@example.org "Confirm your OpenPGP key") || die "no confirmation mail in alice's INBOX within 60 s"
+fetch alice@example.org "$uid" "$TMP/confirm.eml" || die "could not fetch the confirmation mail"
+check_pgp_mime "$TMP/confirm.eml"
+decrypt "$TMP/confirm.eml" "$TMP/confirm.txt"
+link=$(grep -o "$WEB/confirm?token=[A-Za-z0-9%_=-]*" "$TMP/confirm.txt" | head -n 1)
+[ -n "$link" ] || { cat "$TMP/confirm.txt"; die "no confirmation link in the decrypted mail"; }
+pass "confirmation mail: in alice's INBOX over IMAP, PGP/MIME, decrypts, has the link"
+code=$(web -o "$TMP/confirm.html" -w '%{http_code}' "$link")
+[ "$code" = 200 ] || die "GET the confirmation link answered $code"
+csrf=$(field csrf "$TMP/confirm.html")
+token=$(field token "$TMP/confirm.html")
+{ [ -n "$csrf" ] && [ -n "$token" ]; } || die "the confirmation page has no form"
+code=$(web -o "$TMP/done.html" -w '%{http_code}' --data-urlencode "csrf=$csrf" --data-urlencode "token=$token" "$WEB/confirm")
+[ "$code" = 200 ] || die "POST /confirm answered $code"
+grep -q 'Your key is active' "$TMP/done.html" || die "POST /confirm did not show the done page"
+compose exec -T milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
+grep -q "$fpr" "$TMP/keys-show.txt" || { cat "$TMP/keys-show.txt"; die "the milter's key store has no key $fpr for alice"; }
+pass "confirmed: the key store has alice's key $fpr"
+# A lookup made before the confirmation ("no key", when the confirmation
+# mail passed) is cached for [store] cache_ttl, 1 s in the demo.
+sleep 2
+
+# mail FROM TO SUBJECT BODYFILE → a message, as a mail client writes it.
+message() {
+	printf 'From: %s\nTo: %s\nSubject: %s\nDate: %s\nMessage-ID: <%s@demo.example.org>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n' \
+		"$1" "$2" "$3" "$(date -R)" "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+	cat "$4"
+}
+send() {
+	timeout 60 swaks --server "127.0.0.1:$LACRE_SMTP_PORT" --helo verify.example.org \
+		--from "$1" --to "$2" --data "$3" --timeout 30 </dev/null >"$3.swaks" 2>&1 ||
+		{ cat "$3.swaks"; die "swaks could not send to $2"; }
+}
+nonce=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+
+say "send a mail to alice with swaks, read it over IMAP, decrypt it"
+printf 'Hello Alice,\n\nthis is the lacre demo, run %s.\nGrüße — the secret word is %s.\n\n-- \nBob\n' "$nonce" "secret-$nonce" >"$TMP/alice.body"
+message 'Bob <bob@example.org>' 'Alice <alice@example.org>' "lacre demo for alice $nonce" "$TMP/alice.body" >"$TMP/alice.eml"
+send bob@example.org alice@example.org "$TMP/alice.eml"
+uid=$(wait_mail alice@example.org "lacre demo for alice $nonce") || die "alice's mail did not arrive within 60 s"
+fetch alice@example.org "$uid" "$TMP/alice.got" || die "could not fetch alice's mail"
+check_pgp_mime "$TMP/alice.got"
+[ "$(header "$TMP/alice.got" X-Lacre)" = encrypted ] || die "no X-Lacre: encrypted header"
+! grep -q "secret-$nonce" "$TMP/alice.got" || die "the stored mail contains the plain text"
+pass "alice's mail: stored as PGP/MIME (multipart/encrypted, X-Lacre: encrypted), no plain text"
+decrypt "$TMP/alice.got" "$TMP/alice.dec"
+# What decrypts: the original Content-* fields, an empty line, the body
+# byte for byte (docs/encryption.md).
+{ printf 'Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n'; cat "$TMP/alice.body"; } >"$TMP/alice.want"
+if ! cmp -s "$TMP/alice.want" "$TMP/alice.dec"; then
+	diff -u "$TMP/alice.want" "$TMP/alice.dec" || true
+	die "alice's mail does not decrypt to what was sent"
+fi
+pass "alice's mail: decrypts with gpg to exactly the text sent"
+
+say "send a mail to bob (no key): it arrives in clear"
+printf 'Hello Bob,\n\nno key, no encryption: run %s.\nGrüße, Alice\n' "$nonce" >"$TMP/bob.body"
+message 'Alice <alice@example.org>' 'Bob <bob@example.org>' "lacre demo for bob $nonce" "$TMP/bob.body" >"$TMP/bob.eml"
+send alice@example.org bob@example.org "$TMP/bob.eml"
+uid=$(wait_mail bob@example.org "lacre demo for bob $nonce") || die "bob's mail did not arrive within 60 s"
+fetch bob@example.org "$uid" "$TMP/bob.got" || die "could not fetch bob's mail"
+[ "$(header "$TMP/bob.got" Content-Type)" = "text/plain; charset=utf-8" ] || die "bob's mail has Content-Type \"$(header "$TMP/bob.got" Content-Type)\""
+[ -z "$(header "$TMP/bob.got" X-Lacre)" ] || die "bob's mail has an X-Lacre header"
+if ! body "$TMP/bob.got" | cmp -s "$TMP/bob.body" -; then
+	body "$TMP/bob.got" | diff -u "$TMP/bob.body" - || true
+	die "bob's mail body is not what was sent"
+fi
+pass "bob's mail: in clear, body exactly as sent"
+phase_end "scenario"
+STEP="done"
