@@ -137,9 +137,7 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
-	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
-	defer cancel()
-	l, lerr := s.st.Resolver.Lookup(ctx, rcpt)
+	l, lerr := s.lookup(rcpt)
 	s.srv.metrics.Lookup(lerr)
 	var c class
 	switch {
@@ -184,6 +182,42 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	}
 	s.rcpts = append(s.rcpts, recipient{addr: rcpt, lookup: l, class: c})
 	return gomilter.RespContinue, nil
+}
+
+// lookup asks the resolver about rcpt, bounded by milter.lookup_timeout
+// even when the store does not heed the context: SQLite waiting for a
+// lock that another process holds retries for seconds (about 10 s for a
+// WAL read lock) whatever the context says, and the MTA must have its
+// reply in time (Sendmail waits 10 s by default). An abandoned lookup
+// finishes in the background.
+func (s *session) lookup(rcpt string) (*keys.Lookup, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
+	defer cancel()
+	type answer struct {
+		l     *keys.Lookup
+		err   error
+		panic any
+	}
+	done := make(chan answer, 1)
+	res := s.st.Resolver
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- answer{panic: fmt.Sprintf("%v\n%s", v, debug.Stack())}
+			}
+		}()
+		l, err := res.Lookup(ctx, rcpt)
+		done <- answer{l: l, err: err}
+	}()
+	select {
+	case a := <-done:
+		if a.panic != nil {
+			panic(a.panic) // for guard: logged with the queue id, a temporary failure
+		}
+		return a.l, a.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("key lookup for %s: %w", rcpt, context.Cause(ctx))
+	}
 }
 
 // needsWork reports whether any accepted recipient needs encryption (or a
