@@ -21,11 +21,13 @@
 #   LACRE_SMTP_PORT=12525 LACRE_IMAP_PORT=11143 LACRE_WEB_PORT=18080
 #   LACRE_MILTER_PORT=18891 LACRE_METRICS_PORT=19191 LACRE_LMTP_PORT=12424
 #                              ports on 127.0.0.1; they must be free
-#   LACRE_DEMO_BASE=lacre-demo/base:bookworm   base image (made if missing)
-#   LACRE_DEMO_GO_IMAGE=lacre-demo/go:local    Go image (made if missing or
-#                              if the host's Go version changed)
+#   LACRE_DEMO_BASE=lacre-demo/base:bookworm   base image: made from
+#                              lacre-demo/rootfs:bookworm (debootstrap) and
+#                              the host's /usr/local/share/ca-certificates
+#   LACRE_DEMO_GO_IMAGE=lacre-demo/go:local    Go image: the base plus the
+#                              host's Go; remade when either changes
 #   LACRE_DEMO_MIRROR=http://deb.debian.org/debian   for debootstrap
-#   LACRE_DEMO_REBUILD=1       remake the base and Go images
+#   LACRE_DEMO_REBUILD=1       run debootstrap again
 #   LACRE_DEMO_KEEP=1          leave the stack running after the run
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -65,17 +67,18 @@ pass() { CHECKS+=("PASS  $*"); printf '   ok: %s\n' "$*"; }
 phase_start() { PHASE_T=$(date +%s); }
 phase_end() { TIMINGS+=("$(printf '%-28s %4ss' "$1" $(( $(date +%s) - PHASE_T )))"); }
 
-compose() { "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml "$@"; }
+# compose SECONDS ARGS...: docker compose on both files, with a time limit.
+compose() { local t=$1; shift; timeout "$t" "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml "$@"; }
 
 cleanup() {
 	local rc=$?
 	set +e
 	if [ "$rc" != 0 ] && [ -n "$STACK_UP" ]; then
 		printf '\n== logs of the stack (last 40 lines per service)\n'
-		timeout 60 "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml logs --no-color --tail 40 2>&1
+		compose 60 logs --no-color --tail 40 2>&1
 	fi
 	if [ -n "$STACK_UP" ] && [ -z "${LACRE_DEMO_KEEP:-}" ]; then
-		timeout 120 "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml down -v --remove-orphans >/dev/null 2>&1
+		compose 120 down -v --remove-orphans >/dev/null 2>&1
 	fi
 	if [ -n "$DOCKERD_PID" ]; then
 		if [ -n "${LACRE_DEMO_KEEP:-}" ]; then
@@ -160,46 +163,78 @@ phase_end "docker engine"
 # ---------------------------------------------------------------------------
 say "base images (no registry)"
 phase_start
+image_id() { docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 image_label() { docker image inspect --format "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true; }
-if [ -n "${LACRE_DEMO_REBUILD:-}" ] || ! docker image inspect "$LACRE_DEMO_BASE" >/dev/null 2>&1; then
-	[ "$LACRE_DEMO_BASE" = lacre-demo/base:bookworm ] || die "image $LACRE_DEMO_BASE not found"
-	[ "$(id -u)" = 0 ] || die "making the base image with debootstrap needs root"
-	root="$TMP/rootfs"
-	info "debootstrap --variant=minbase bookworm from $MIRROR"
-	timeout 900 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$MIRROR" >"$TMP/debootstrap.log" 2>&1 ||
-		{ tail -n 20 "$TMP/debootstrap.log"; die "debootstrap failed"; }
-	# Like the debian:bookworm-slim image: updates and security too.
-	cat >"$root/etc/apt/sources.list" <<EOF
+# build_stdin IMAGE TAR-ARGS...: docker build with the context (a Dockerfile
+# and what it copies) sent as a tar made with TAR-ARGS; no network needed.
+build_stdin() {
+	local image=$1; shift
+	tar -c "$@" | DOCKER_BUILDKIT=0 timeout 600 docker build --network none -q -t "$image" - >"$TMP/build.log" 2>&1 ||
+		{ cat "$TMP/build.log"; die "could not make $image"; }
+}
+ROOTFS=lacre-demo/rootfs:bookworm
+if [ "$LACRE_DEMO_BASE" = lacre-demo/base:bookworm ]; then
+	# 1. Debian 12 minbase, imported: the equivalent of debian:bookworm-slim.
+	if [ -n "${LACRE_DEMO_REBUILD:-}" ] || [ -z "$(image_id "$ROOTFS")" ]; then
+		[ "$(id -u)" = 0 ] || die "making the base image with debootstrap needs root"
+		root="$TMP/rootfs"
+		info "debootstrap --variant=minbase bookworm from $MIRROR"
+		timeout 900 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$MIRROR" >"$TMP/debootstrap.log" 2>&1 ||
+			{ tail -n 20 "$TMP/debootstrap.log"; die "debootstrap failed"; }
+		# Like the debian:bookworm-slim image: updates and security too.
+		cat >"$root/etc/apt/sources.list" <<EOF
 deb $MIRROR bookworm main
 deb $MIRROR bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 EOF
-	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
-	tar -C "$root" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
-		docker import --change 'CMD ["bash"]' - "$LACRE_DEMO_BASE" >/dev/null
-	rm -rf "$root"
-	info "made $LACRE_DEMO_BASE"
-else
-	info "$LACRE_DEMO_BASE exists"
+		rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
+		tar -C "$root" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
+			docker import --change 'CMD ["bash"]' - "$ROOTFS" >/dev/null
+		rm -rf "$root"
+		info "made $ROOTFS"
+	else
+		info "$ROOTFS exists"
+	fi
+	# 2. Plus this machine's own CA certificates (/usr/local/share/ca-certificates),
+	# so that builds behind a TLS-inspecting proxy reach the Go module proxy.
+	mkdir -p "$TMP/basectx/cas"
+	cp /usr/local/share/ca-certificates/*.crt "$TMP/basectx/cas/" 2>/dev/null || true
+	cas=$(cat "$TMP"/basectx/cas/*.crt 2>/dev/null | sha256sum | cut -c1-16)
+	from=$(image_id "$ROOTFS")
+	if [ "$(image_label "$LACRE_DEMO_BASE" org.lacre.demo.from)" != "$from" ] || [ "$(image_label "$LACRE_DEMO_BASE" org.lacre.demo.cas)" != "$cas" ]; then
+		info "making $LACRE_DEMO_BASE ($(find "$TMP/basectx/cas" -name '*.crt' | wc -l) local CA certificates)"
+		cat >"$TMP/basectx/Dockerfile" <<EOF
+FROM $ROOTFS
+COPY cas/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates >/dev/null
+LABEL org.lacre.demo.from=$from org.lacre.demo.cas=$cas
+EOF
+		build_stdin "$LACRE_DEMO_BASE" -C "$TMP/basectx" .
+	else
+		info "$LACRE_DEMO_BASE is up to date"
+	fi
+elif [ -z "$(image_id "$LACRE_DEMO_BASE")" ]; then
+	info "$LACRE_DEMO_BASE is not here: the build pulls it"
 fi
 if [ "$LACRE_DEMO_GO_IMAGE" = lacre-demo/go:local ]; then
+	# 3. The base plus the host's Go tree: the equivalent of golang:1.26-bookworm.
 	command -v go >/dev/null || die "no Go on this machine to make $LACRE_DEMO_GO_IMAGE; set LACRE_DEMO_GO_IMAGE to an image with Go 1.26"
 	gover=$(go env GOVERSION)
-	if [ -n "${LACRE_DEMO_REBUILD:-}" ] || [ "$(image_label "$LACRE_DEMO_GO_IMAGE" org.lacre.demo.go)" != "$gover" ]; then
-		goroot=$(go env GOROOT)
+	goroot=$(go env GOROOT)
+	from=$(image_id "$LACRE_DEMO_BASE")
+	if [ "$(image_label "$LACRE_DEMO_GO_IMAGE" org.lacre.demo.go)" != "$gover" ] || [ "$(image_label "$LACRE_DEMO_GO_IMAGE" org.lacre.demo.from)" != "$from" ]; then
 		info "making $LACRE_DEMO_GO_IMAGE from $LACRE_DEMO_BASE and $goroot ($gover)"
 		mkdir -p "$TMP/goctx"
 		cat >"$TMP/goctx/Dockerfile" <<EOF
 FROM $LACRE_DEMO_BASE
 COPY go /usr/local/go
 ENV PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin GOTOOLCHAIN=local
-LABEL org.lacre.demo.go=$gover
+LABEL org.lacre.demo.go=$gover org.lacre.demo.from=$from
 EOF
-		# The build context is a tar on stdin: the Dockerfile and Go's tree.
-		tar -c -C "$TMP/goctx" Dockerfile -C "$(dirname "$goroot")" --transform "s,^$(basename "$goroot"),go," "$(basename "$goroot")" |
-			DOCKER_BUILDKIT=0 timeout 600 docker build --network none -q -t "$LACRE_DEMO_GO_IMAGE" - >/dev/null
+		build_stdin "$LACRE_DEMO_GO_IMAGE" -C "$TMP/goctx" Dockerfile \
+			-C "$(dirname "$goroot")" --transform "s,^$(basename "$goroot"),go," "$(basename "$goroot")"
 	else
-		info "$LACRE_DEMO_GO_IMAGE exists ($gover)"
+		info "$LACRE_DEMO_GO_IMAGE is up to date ($gover)"
 	fi
 fi
 phase_end "base images"
@@ -207,7 +242,7 @@ phase_end "base images"
 # ---------------------------------------------------------------------------
 say "build the demo images (docker-compose.yml + docker-compose.hostnet.yml)"
 phase_start
-timeout 1800 compose build
+compose 1800 build
 phase_end "build"
 
 # ---------------------------------------------------------------------------
@@ -215,16 +250,16 @@ say "start the stack"
 phase_start
 # A stack left over from an earlier run would hold the ports.
 STACK_UP=1
-timeout 120 compose down -v --remove-orphans >/dev/null 2>&1 || true
+compose 120 down -v --remove-orphans >/dev/null 2>&1 || true
 busy=()
 for p in "$LACRE_SMTP_PORT" "$LACRE_IMAP_PORT" "$LACRE_WEB_PORT" "$LACRE_MILTER_PORT" "$LACRE_METRICS_PORT" "$LACRE_LMTP_PORT"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then busy+=("$p"); fi
 done
 [ "${#busy[@]}" = 0 ] || die "ports in use on 127.0.0.1: ${busy[*]} (choose others with LACRE_*_PORT)"
-timeout 300 compose up -d
+compose 300 up -d
 deadline=$(( $(date +%s) + 120 ))
 for svc in dovecot milter postfix web; do
-	cid=$(compose ps -q "$svc")
+	cid=$(compose 60 ps -q "$svc")
 	[ -n "$cid" ] || die "service $svc has no container"
 	while :; do
 		st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid")
@@ -324,7 +359,7 @@ token=$(field token "$TMP/confirm.html")
 code=$(web -o "$TMP/done.html" -w '%{http_code}' --data-urlencode "csrf=$csrf" --data-urlencode "token=$token" "$WEB/confirm")
 [ "$code" = 200 ] || die "POST /confirm answered $code"
 grep -q 'Your key is active' "$TMP/done.html" || die "POST /confirm did not show the done page"
-compose exec -T milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
+compose 60 exec -T milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
 grep -q "$fpr" "$TMP/keys-show.txt" || { cat "$TMP/keys-show.txt"; die "the milter's key store has no key $fpr for alice"; }
 pass "confirmed: the key store has alice's key $fpr"
 # A lookup made before the confirmation ("no key", when the confirmation
