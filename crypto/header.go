@@ -156,7 +156,10 @@ func WriteMessage(w io.Writer, fields []Field, body []byte) error {
 }
 
 // writeField writes "Name: value" with every line end inside the value
-// made CRLF (the MTA may pass folded values with bare LF).
+// made CRLF (the MTA may pass folded values with bare LF). Bare CRs just
+// before a line end are dropped: a following CRLF would make them part of
+// a different line end when the entity is read again (found by
+// FuzzEncrypt with "Content-0:\r\r\r").
 func writeField(b *bytes.Buffer, name, value string) {
 	b.WriteString(name)
 	b.WriteString(": ")
@@ -165,11 +168,11 @@ func writeField(b *bytes.Buffer, name, value string) {
 		if i < 0 {
 			break
 		}
-		b.WriteString(strings.TrimSuffix(value[:i], "\r"))
+		b.WriteString(strings.TrimRight(value[:i], "\r"))
 		b.WriteString("\r\n")
 		value = value[i+1:]
 	}
-	b.WriteString(strings.TrimSuffix(value, "\r"))
+	b.WriteString(strings.TrimRight(value, "\r"))
 	b.WriteString("\r\n")
 }
 
