@@ -274,9 +274,27 @@ func TestFaultsUnderLoad(t *testing.T) {
 	}
 
 	// Run until every recipient has its copy and both streams ended.
+	//
+	// When the streams have ended and nothing arrives for a while, A's
+	// queue is flushed: under load, A's queue manager sometimes finds a
+	// message it just deferred still locked by the delivery agent ("skipped,
+	// still being delivered"); it then puts the message back into the
+	// incoming queue for 60 s, and with no new mail arriving only its
+	// periodic wakeup (300 s in the harness's master.cf) looks there again.
 	running := 2
+	flushes := 0
+	progress, progressAt := 0, time.Now()
 	for {
 		check()
+		if len(seen) != progress {
+			progress, progressAt = len(seen), time.Now()
+		} else if running == 0 && time.Since(progressAt) > 3*time.Second {
+			if err := a.flush(); err != nil {
+				t.Fatal(err)
+			}
+			flushes++
+			progressAt = time.Now()
+		}
 		if len(faults) > 0 && len(seen) >= faults[0].at {
 			faults[0].do()
 			faults = faults[1:]
@@ -369,11 +387,12 @@ func TestFaultsUnderLoad(t *testing.T) {
 	storeErrors := strings.Count(m.out.String(), "file is not a database")
 	t.Logf("messages sent by smtp-source: %d (%d with one recipient, %d with two); recipients: %d (keyed %d, unkeyed %d)",
 		faultSingles+faultPairs, faultSingles, faultPairs, len(seen), keyedCopies, clearCopies)
-	t.Logf("sink: %d deliveries (%d keyed copies shared by two recipients); Postfix A: %d recipient deliveries to B, deferrals %v, %d lines with 452 4.5.3",
-		deliveries, sharedCopies, sent, deferred, splits)
+	t.Logf("sink: %d deliveries (%d keyed copies shared by two recipients); Postfix A: %d recipient deliveries to B, deferrals %v, %d lines with 452 4.5.3, %d \"skipped, still being delivered\"",
+		deliveries, sharedCopies, sent, deferred, splits, strings.Count(alog, "skipped, still being delivered"))
 	t.Logf("faults: %d milter restarts after SIGKILL (Postfix B logged %d milter failures), key store down %v with %d failed lookups (%d \"file is not a database\")",
 		restarts, milterFailures(), outage.Round(time.Millisecond), lookupFailures(), storeErrors)
-	t.Logf("duration: %v until every copy arrived, %v in all", loadDone.Round(time.Millisecond), time.Since(begin).Round(time.Millisecond))
+	t.Logf("duration: %v until every copy arrived (A's queue flushed %d times when deliveries stalled), %v in all",
+		loadDone.Round(time.Millisecond), flushes, time.Since(begin).Round(time.Millisecond))
 
 	if len(problems) > 0 {
 		t.Fatalf("%d problem(s):\n%s", len(problems), strings.Join(problems, "\n"))
