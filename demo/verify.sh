@@ -242,7 +242,9 @@ phase_end "base images"
 # ---------------------------------------------------------------------------
 say "build the demo images (docker-compose.yml + docker-compose.hostnet.yml)"
 phase_start
-compose 1800 build
+# web has the same build as milter (one image, lacre-demo/lacre), so
+# building it again would only redo milter's work; "up" uses the image.
+compose 1800 build dovecot milter postfix
 phase_end "build"
 
 # ---------------------------------------------------------------------------
