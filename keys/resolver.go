@@ -180,12 +180,15 @@ func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) 
 	key := cands[0]
 	now := r.now()
 	r.mu.Lock()
-	if c, ok := r.cache[key]; ok && now.Before(c.expires) {
-		r.mu.Unlock()
-		return c.l, nil
-	}
+	c, ok := r.cache[key]
 	gen := r.generation
 	r.mu.Unlock()
+	// A cached answer stands only while its keys can still encrypt: one
+	// that expired while cached must get [encryption] unusable_key now,
+	// not for the rest of the TTL a failed encryption.
+	if ok && now.Before(c.expires) && r.stillUsable(c.l, now) {
+		return c.l, nil
+	}
 
 	l, err := r.resolve(ctx, cands, now)
 	if err != nil {
@@ -202,6 +205,16 @@ func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) 
 		r.mu.Unlock()
 	}
 	return l, nil
+}
+
+// stillUsable reports whether every key of a cached answer is usable at now.
+func (r *Resolver) stillUsable(l *Lookup, now time.Time) bool {
+	for _, k := range l.Keys {
+		if r.policy.Usable(k, now) != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Resolver) resolve(ctx context.Context, cands []string, now time.Time) (*Lookup, error) {
