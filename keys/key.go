@@ -48,6 +48,69 @@ func (k *Key) Expires() time.Time {
 	return k.Created().Add(time.Duration(*sig.KeyLifetimeSecs) * time.Second)
 }
 
+// NextChange returns the first instant after now at which the key's
+// usability can change with time alone: the primary key, a subkey or a
+// self-signature expiring, or a signature dated in the future becoming
+// valid. It is zero when nothing is due. It errs on the early side (any
+// signature's expiry counts), which only costs a fresh lookup.
+//
+// go-crypto compares whole Unix seconds (expired when now.Unix() >
+// expiry.Unix()), so an expiry takes effect one second after its second.
+func (k *Key) NextChange(now time.Time) time.Time {
+	var next time.Time
+	consider := func(t time.Time) {
+		if t.After(now) && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	expiry := func(created time.Time, secs *uint32) {
+		if secs != nil && *secs != 0 {
+			consider(time.Unix(created.Add(time.Duration(*secs)*time.Second).Unix()+1, 0))
+		}
+	}
+	sig := func(vs *packet.VerifiableSignature, keyCreated time.Time) {
+		if vs == nil || vs.Packet == nil {
+			return
+		}
+		p := vs.Packet
+		consider(time.Unix(p.CreationTime.Unix(), 0))
+		expiry(p.CreationTime, p.SigLifetimeSecs)
+		expiry(keyCreated, p.KeyLifetimeSecs)
+	}
+	e := k.Entity
+	primary := e.PrimaryKey.CreationTime
+	consider(time.Unix(primary.Unix(), 0)) // a key made "in the future"
+	for _, vs := range e.DirectSignatures {
+		sig(vs, primary)
+	}
+	for _, vs := range e.Revocations {
+		sig(vs, primary)
+	}
+	for _, id := range e.Identities {
+		for _, vs := range id.SelfCertifications {
+			sig(vs, primary)
+		}
+		for _, vs := range id.Revocations {
+			sig(vs, primary)
+		}
+	}
+	for _, sk := range e.Subkeys {
+		consider(time.Unix(sk.PublicKey.CreationTime.Unix(), 0))
+		for _, vs := range sk.Bindings {
+			sig(vs, sk.PublicKey.CreationTime)
+			if vs != nil && vs.Packet != nil && vs.Packet.EmbeddedSignature != nil {
+				es := vs.Packet.EmbeddedSignature
+				consider(time.Unix(es.CreationTime.Unix(), 0))
+				expiry(es.CreationTime, es.SigLifetimeSecs)
+			}
+		}
+		for _, vs := range sk.Revocations {
+			sig(vs, sk.PublicKey.CreationTime)
+		}
+	}
+	return next
+}
+
 // UserIDs returns the names of the key's User IDs, sorted.
 func (k *Key) UserIDs() []string {
 	var out []string

@@ -183,10 +183,7 @@ func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) 
 	c, ok := r.cache[key]
 	gen := r.generation
 	r.mu.Unlock()
-	// A cached answer stands only while its keys can still encrypt: one
-	// that expired while cached must get [encryption] unusable_key now,
-	// not for the rest of the TTL a failed encryption.
-	if ok && now.Before(c.expires) && r.stillUsable(c.l, now) {
+	if ok && now.Before(c.expires) {
 		return c.l, nil
 	}
 
@@ -200,21 +197,27 @@ func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) 
 			if len(r.cache) >= maxCacheEntries {
 				r.cache = map[string]cached{}
 			}
-			r.cache[key] = cached{l: l, expires: now.Add(r.ttl)}
+			r.cache[key] = cached{l: l, expires: cacheUntil(l, now, r.ttl)}
 		}
 		r.mu.Unlock()
 	}
 	return l, nil
 }
 
-// stillUsable reports whether every key of a cached answer is usable at now.
-func (r *Resolver) stillUsable(l *Lookup, now time.Time) bool {
+// cacheUntil is when a cached answer ends: after the TTL, or sooner when
+// one of its keys can change by the passage of time alone (a key or
+// signature expiring). A key that expires while cached must get
+// [encryption] unusable_key from that moment, not a failed encryption for
+// the rest of the TTL; checking this once here keeps a cache hit as cheap
+// as a map lookup.
+func cacheUntil(l *Lookup, now time.Time, ttl time.Duration) time.Time {
+	until := now.Add(ttl)
 	for _, k := range l.Keys {
-		if r.policy.Usable(k, now) != nil {
-			return false
+		if t := k.NextChange(now); !t.IsZero() && t.Before(until) {
+			until = t
 		}
 	}
-	return true
+	return until
 }
 
 func (r *Resolver) resolve(ctx context.Context, cands []string, now time.Time) (*Lookup, error) {
