@@ -368,15 +368,19 @@ pass "confirmed: the key store has alice's key $fpr"
 # mail passed) is cached for [store] cache_ttl, 1 s in the demo.
 sleep 2
 
-# mail FROM TO SUBJECT BODYFILE → a message, as a mail client writes it.
+# message FROM TO SUBJECT BODYFILE → a message, as a mail client writes it.
 message() {
 	printf 'From: %s\nTo: %s\nSubject: %s\nDate: %s\nMessage-ID: <%s@demo.example.org>\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n' \
 		"$1" "$2" "$3" "$(date -R)" "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 	cat "$4"
 }
+# send FROM TO FILE: swaks sends FILE as the message. swaks ends the data
+# with CRLF "." CRLF after the text, so the file's last newline is left
+# off: the body on the wire is then exactly the file's.
 send() {
+	printf '%s' "$(cat "$3")" >"$3.data"
 	timeout 60 swaks --server "127.0.0.1:$LACRE_SMTP_PORT" --helo verify.example.org \
-		--from "$1" --to "$2" --data "$3" --timeout 30 </dev/null >"$3.swaks" 2>&1 ||
+		--from "$1" --to "$2" --data "$3.data" --timeout 30 </dev/null >"$3.swaks" 2>&1 ||
 		{ cat "$3.swaks"; die "swaks could not send to $2"; }
 }
 nonce=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
