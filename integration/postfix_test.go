@@ -178,8 +178,17 @@ func TestPostfix(t *testing.T) {
 		p.postsuper(t, "-r", held)
 		// Requeued mail waits in the maildrop for pickup's next scan
 		// (up to 60 s); wake pickup instead of waiting.
-		if out, err := exec.Command("postkick", "-c", p.configDir, "public", "pickup", "W").CombinedOutput(); err != nil {
-			t.Fatalf("postkick: %v %s", err, out)
+		// postkick dies of SIGPIPE when pickup closes its FIFO at that
+		// moment (seen under load): try again.
+		for i := 0; ; i++ {
+			out, err := exec.Command("postkick", "-c", p.configDir, "public", "pickup", "W").CombinedOutput()
+			if err == nil {
+				break
+			}
+			if i == 9 {
+				t.Fatalf("postkick: %v %s", err, out)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 		got := byMessageID(t, s, "local-mixed")
 		if mt := string(got.Data); !strings.Contains(mt, "Content-Type: text/plain") || strings.Contains(mt, "multipart/encrypted") {
