@@ -175,7 +175,9 @@ build_stdin() {
 ROOTFS=lacre-demo/rootfs:bookworm
 if [ "$LACRE_DEMO_BASE" = lacre-demo/base:bookworm ]; then
 	# 1. Debian 12 minbase, imported: the equivalent of debian:bookworm-slim.
-	if [ -n "${LACRE_DEMO_REBUILD:-}" ] || [ -z "$(image_id "$ROOTFS")" ]; then
+	# The recipe's version: changing what follows must change it.
+	recipe=2
+	if [ -n "${LACRE_DEMO_REBUILD:-}" ] || [ "$(image_label "$ROOTFS" org.lacre.demo.recipe)" != "$recipe" ]; then
 		[ "$(id -u)" = 0 ] || die "making the base image with debootstrap needs root"
 		root="$TMP/rootfs"
 		info "debootstrap --variant=minbase bookworm from $MIRROR"
@@ -187,9 +189,31 @@ deb $MIRROR bookworm main
 deb $MIRROR bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 EOF
-		rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
+		# Slim like debian:bookworm-slim: no documentation, manuals or
+		# translations, no apt caches (what Debian's image build does).
+		cat >"$root/etc/dpkg/dpkg.cfg.d/docker-slim" <<EOF
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/overrides/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/man/*
+EOF
+		cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+		find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+		find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+		rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/groff/* \
+			"$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/* "$root"/var/log/*.log
 		tar -C "$root" --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -c . |
-			docker import --change 'CMD ["bash"]' - "$ROOTFS" >/dev/null
+			docker import --change 'CMD ["bash"]' --change "LABEL org.lacre.demo.recipe=$recipe" - "$ROOTFS" >/dev/null
 		rm -rf "$root"
 		info "made $ROOTFS"
 	else
@@ -244,7 +268,10 @@ say "build the demo images (docker-compose.yml + docker-compose.hostnet.yml)"
 phase_start
 # web has the same build as milter (one image, lacre-demo/lacre), so
 # building it again would only redo milter's work; "up" uses the image.
-compose 1800 build dovecot milter postfix
+# (docker-compose 1.29 would keep the container of a failed step.)
+build_opts=()
+[ "${COMPOSE[0]}" != docker-compose ] || build_opts=(--force-rm)
+compose 1800 build "${build_opts[@]}" dovecot milter postfix
 phase_end "build"
 
 # ---------------------------------------------------------------------------
