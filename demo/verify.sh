@@ -29,6 +29,11 @@
 #   LACRE_DEMO_MIRROR=http://deb.debian.org/debian   for debootstrap
 #   LACRE_DEMO_REBUILD=1       run debootstrap again
 #   LACRE_DEMO_KEEP=1          leave the stack running after the run
+#   LACRE_DEMO_NETWORK=bridge  run the stack as "docker compose up" does
+#                              (docker-compose.override.yml: a bridge
+#                              network, ports published on 127.0.0.1)
+#                              instead of with host networking; the images
+#                              are built with host networking either way
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="/usr/local/go/bin:$PATH"
@@ -68,7 +73,16 @@ phase_start() { PHASE_T=$(date +%s); }
 phase_end() { TIMINGS+=("$(printf '%-28s %4ss' "$1" $(( $(date +%s) - PHASE_T )))"); }
 
 # compose SECONDS ARGS...: docker compose on both files, with a time limit.
-compose() { local t=$1; shift; timeout "$t" "${COMPOSE[@]}" -f docker-compose.yml -f docker-compose.hostnet.yml "$@"; }
+# The stack runs with docker-compose.hostnet.yml (host networking) or, with
+# LACRE_DEMO_NETWORK=bridge, docker-compose.override.yml (what "docker
+# compose up" reads); images are built with host networking.
+case "${LACRE_DEMO_NETWORK:-host}" in
+	host) RUN_FILES=(-f docker-compose.yml -f docker-compose.hostnet.yml) ;;
+	bridge) RUN_FILES=(-f docker-compose.yml -f docker-compose.override.yml) ;;
+	*) echo "LACRE_DEMO_NETWORK must be host or bridge" >&2; exit 2 ;;
+esac
+BUILD_FILES=(-f docker-compose.yml -f docker-compose.hostnet.yml)
+compose() { local t=$1; shift; timeout "$t" "${COMPOSE[@]}" "${RUN_FILES[@]}" "$@"; }
 
 cleanup() {
 	local rc=$?
@@ -271,7 +285,7 @@ phase_start
 # (docker-compose 1.29 would keep the container of a failed step.)
 build_opts=()
 [ "${COMPOSE[0]}" != docker-compose ] || build_opts=(--force-rm)
-compose 1800 build "${build_opts[@]}" dovecot milter postfix
+timeout 1800 "${COMPOSE[@]}" "${BUILD_FILES[@]}" build "${build_opts[@]}" dovecot milter postfix
 phase_end "build"
 
 # ---------------------------------------------------------------------------
@@ -281,7 +295,9 @@ phase_start
 STACK_UP=1
 compose 120 down -v --remove-orphans >/dev/null 2>&1 || true
 busy=()
-for p in "$LACRE_SMTP_PORT" "$LACRE_IMAP_PORT" "$LACRE_WEB_PORT" "$LACRE_MILTER_PORT" "$LACRE_METRICS_PORT" "$LACRE_LMTP_PORT"; do
+ports=("$LACRE_SMTP_PORT" "$LACRE_IMAP_PORT" "$LACRE_WEB_PORT")
+[ "${LACRE_DEMO_NETWORK:-host}" = bridge ] || ports+=("$LACRE_MILTER_PORT" "$LACRE_METRICS_PORT" "$LACRE_LMTP_PORT")
+for p in "${ports[@]}"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then busy+=("$p"); fi
 done
 [ "${#busy[@]}" = 0 ] || die "ports in use on 127.0.0.1: ${busy[*]} (choose others with LACRE_*_PORT)"
@@ -299,7 +315,7 @@ for svc in dovecot milter postfix web; do
 	done
 	info "$svc healthy"
 done
-pass "stack up: dovecot, milter, postfix, web healthy (host networking)"
+pass "stack up: dovecot, milter, postfix, web healthy (${LACRE_DEMO_NETWORK:-host} networking)"
 phase_end "start"
 
 # ---------------------------------------------------------------------------
