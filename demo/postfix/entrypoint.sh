@@ -18,6 +18,9 @@ myorigin = example.org
 inet_interfaces = ${interfaces}
 inet_protocols = ipv4
 smtpd_banner = \$myhostname ESMTP lacre demo
+# No reverse DNS of clients: the host's address on a Docker network has
+# none, and waiting for that answer makes each connection take seconds.
+smtpd_peername_lookup = no
 maillog_file = /dev/stdout
 biff = no
 append_dot_mydomain = no
