@@ -100,6 +100,10 @@ cleanup() {
 		else
 			kill "$DOCKERD_PID" 2>/dev/null
 			for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+			# dockerd leaves its network namespace mounted.
+			for m in /run/lacre-demo-docker/netns/*; do
+				mountpoint -q "$m" && umount "$m"
+			done
 		fi
 	fi
 	[ -d "$GNUPGHOME" ] && gpgconf --kill gpg-agent >/dev/null 2>&1
@@ -285,7 +289,9 @@ phase_start
 # (docker-compose 1.29 would keep the container of a failed step.)
 build_opts=()
 [ "${COMPOSE[0]}" != docker-compose ] || build_opts=(--force-rm)
-timeout 1800 "${COMPOSE[@]}" "${BUILD_FILES[@]}" build "${build_opts[@]}" dovecot milter postfix
+info "building lacre-demo/dovecot, lacre-demo/lacre, lacre-demo/postfix"
+timeout 1800 "${COMPOSE[@]}" "${BUILD_FILES[@]}" build "${build_opts[@]}" dovecot milter postfix >"$TMP/compose-build.log" 2>&1 ||
+	{ tail -n 60 "$TMP/compose-build.log"; die "the build failed"; }
 phase_end "build"
 
 # ---------------------------------------------------------------------------
@@ -324,7 +330,7 @@ say "register a fresh key for alice@example.org through the web form"
 mkdir -m 700 "$GNUPGHOME"
 gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
 	--quick-gen-key 'Alice Demo <alice@example.org>' future-default default never 2>/dev/null
-fpr=$(gpg --batch --with-colons --list-keys alice@example.org | awk -F: '$1 == "fpr" { print $10; exit }')
+fpr=$(gpg --batch --with-colons --list-keys alice@example.org 2>/dev/null | awk -F: '$1 == "fpr" { print $10; exit }')
 gpg --batch --armor --export alice@example.org >"$TMP/alice.asc"
 info "key $fpr (GNUPGHOME in $TMP, removed at the end)"
 
@@ -461,5 +467,13 @@ if ! body "$TMP/bob.got" | cmp -s "$TMP/bob.body" -; then
 	die "bob's mail body is not what was sent"
 fi
 pass "bob's mail: in clear, body exactly as sent"
+
+say "mail for another domain is refused (the demo relays nothing)"
+if timeout 60 swaks --server "127.0.0.1:$LACRE_SMTP_PORT" --from bob@example.org --to someone@example.net \
+	--timeout 30 </dev/null >"$TMP/relay.swaks" 2>&1; then
+	die "the demo Postfix accepted mail for someone@example.net"
+fi
+grep -q '<\*\* *554.*Relay access denied' "$TMP/relay.swaks" || { cat "$TMP/relay.swaks"; die "no \"554 Relay access denied\" for someone@example.net"; }
+pass "someone@example.net: 554 Relay access denied"
 phase_end "scenario"
 STEP="done"

@@ -28,14 +28,17 @@ readme_directory = no
 
 # Nothing is delivered locally or relayed: example.org is the only
 # destination, its mailboxes are in Dovecot (LMTP), and only the demo users
-# exist. Mail for anywhere else is refused (no open relay).
+# exist. Mail for anywhere else is refused, from any client, and nothing
+# ever leaves the demo.
 mydestination =
 local_recipient_maps =
 alias_maps =
 alias_database =
 relay_domains =
 mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_relay_restrictions = reject_unauth_destination
+default_transport = error:the lacre demo delivers to example.org only
+relay_transport = \$default_transport
 virtual_mailbox_domains = example.org
 virtual_mailbox_maps = texthash:/etc/postfix/vmailbox
 virtual_transport = lmtp:${lmtp}
