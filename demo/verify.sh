@@ -60,7 +60,8 @@ TMP=$(mktemp -d /tmp/lacre-demo-verify.XXXXXX)
 export GNUPGHOME="$TMP/gnupg"
 STEP="start"
 DOCKERD_PID=""
-STACK_UP=""
+STACK_UP=""       # compose may have made containers: remove them at exit
+STACK_STARTED=""  # "up" ran: show the logs if the run fails
 COMPOSE=()
 TIMINGS=()
 CHECKS=()
@@ -87,7 +88,7 @@ compose() { local t=$1; shift; timeout "$t" "${COMPOSE[@]}" "${RUN_FILES[@]}" "$
 cleanup() {
 	local rc=$?
 	set +e
-	if [ "$rc" != 0 ] && [ -n "$STACK_UP" ]; then
+	if [ "$rc" != 0 ] && [ -n "$STACK_STARTED" ]; then
 		printf '\n== logs of the stack (last 40 lines per service)\n'
 		compose 60 logs --no-color --tail 40 2>&1
 	fi
@@ -307,6 +308,7 @@ for p in "${ports[@]}"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then busy+=("$p"); fi
 done
 [ "${#busy[@]}" = 0 ] || die "ports in use on 127.0.0.1: ${busy[*]} (choose others with LACRE_*_PORT)"
+STACK_STARTED=1
 compose 300 up -d
 deadline=$(( $(date +%s) + 120 ))
 for svc in dovecot milter postfix web; do
