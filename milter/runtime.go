@@ -14,8 +14,15 @@ const (
 	DefaultGCPercent = 400
 	// DefaultMemoryLimit is the soft limit that keeps the higher GOGC from
 	// letting the heap grow to five times a large live set (many big
-	// messages in flight): near it, the GC runs as often as needed.
-	DefaultMemoryLimit = 1 << 30
+	// messages in flight): near it, the GC runs as often as needed. The
+	// heap of small mail stays far below it (16 sessions of 4 KiB: a few
+	// MB live), so there GOGC alone decides. With 16 sessions each
+	// carrying a 10 MiB message, the live heap is about 100 MB and the
+	// peak RSS was 440–770 MiB with a limit of 1 GiB, 265–277 MiB with
+	// this one, for the same CPU time (docs/performance.md, "Against
+	// plain Postfix"). A live set above the limit is allowed (it is soft);
+	// the GC then uses at most about half the CPU.
+	DefaultMemoryLimit = 256 << 20
 )
 
 // TuneRuntime applies DefaultGCPercent and DefaultMemoryLimit unless the
