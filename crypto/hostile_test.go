@@ -17,12 +17,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/hostiletest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -55,103 +54,9 @@ const (
 	hostileHang         = 60 * time.Second
 )
 
-type hostileMeasure struct {
-	wall  time.Duration
-	cpu   time.Duration // user+system time of the process meanwhile
-	alloc uint64        // bytes allocated by the process meanwhile
-}
-
-func hostileCPUTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// hostileRun runs f on its own goroutine and returns its cost. A panic in
-// f, or f still running after hang, fails the test with name.
-func hostileRun(t *testing.T, name string, hang time.Duration, f func()) hostileMeasure {
-	t.Helper()
-	if raceEnabled {
-		hang *= 10
-	}
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	cpu0, start := hostileCPUTime(), time.Now()
-	done := make(chan string, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- fmt.Sprintf("%v\n%s", v, debug.Stack())
-			}
-		}()
-		f()
-		done <- ""
-	}()
-	select {
-	case p := <-done:
-		if p != "" {
-			t.Fatalf("%s: panic: %s", name, p)
-		}
-	case <-time.After(hang):
-		t.Fatalf("%s: still running after %v: a hang", name, hang)
-	}
-	m := hostileMeasure{wall: time.Since(start), cpu: hostileCPUTime() - cpu0}
-	runtime.ReadMemStats(&after)
-	m.alloc = after.TotalAlloc - before.TotalAlloc
-	return m
-}
-
-// hostileCheckBounds asserts the bounds of one case and returns the
-// share of the allocation bound used.
-func hostileCheckBounds(t *testing.T, name string, m hostileMeasure, maxAlloc uint64) float64 {
-	t.Helper()
-	t.Logf("%s: %v CPU, %v wall, %.2f MiB allocated (bound %.2f MiB)", name, m.cpu.Round(time.Millisecond),
-		m.wall.Round(time.Millisecond), float64(m.alloc)/(1<<20), float64(maxAlloc)/(1<<20))
-	if !raceEnabled {
-		if m.cpu > hostileCPU {
-			t.Errorf("%s: took %v of CPU time, more than %v", name, m.cpu, hostileCPU)
-		}
-		if m.wall > hostileWall {
-			t.Errorf("%s: took %v, more than %v", name, m.wall, hostileWall)
-		}
-	}
-	if m.alloc > maxAlloc {
-		t.Errorf("%s: allocated %d bytes, more than the bound of %d", name, m.alloc, maxAlloc)
-	}
-	return float64(m.alloc) / float64(maxAlloc)
-}
-
-// hostileFiles returns the names and contents of a corpus directory.
-func hostileFiles(t *testing.T, dir string) ([]string, map[string][]byte) {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	data := map[string][]byte{}
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, e.Name())
-		data[e.Name()] = b
-	}
-	if len(names) == 0 {
-		t.Fatalf("no files in %s", dir)
-	}
-	return names, data
-}
-
 func TestHostileMIME(t *testing.T) {
-	names, files := hostileFiles(t, filepath.Join(hostileDir, "mime"))
-	var worst hostileMeasure
+	names, files := hostiletest.Files(t, filepath.Join(hostileDir, "mime"))
+	var worst hostiletest.Measure
 	worstShare, worstName := 0.0, ""
 	for _, kind := range []testkeys.Kind{testkeys.Curve25519, testkeys.V6} {
 		key, secret := testKey(t, kind, "alice@example.org")
@@ -165,12 +70,12 @@ func TestHostileMIME(t *testing.T) {
 					var body []byte
 					var res *Result
 					var err error
-					m := hostileRun(t, run, hostileHang, func() {
+					m := hostiletest.Run(t, run, hostileHang, func() {
 						fields, body = Split(data)
 						res, err = Encrypt(fields, body, []*keys.Key{key}, Options{ProtectHeaders: protect})
 					})
-					share := hostileCheckBounds(t, run, m, uint64(hostileAllocPerByte*len(data)+hostileAllocConst))
-					worst.cpu, worst.wall = max(worst.cpu, m.cpu), max(worst.wall, m.wall)
+					share := m.Check(t, run, hostiletest.Bounds{CPU: hostileCPU, Wall: hostileWall, Alloc: uint64(hostileAllocPerByte*len(data) + hostileAllocConst)})
+					worst.CPU, worst.Wall = max(worst.CPU, m.CPU), max(worst.Wall, m.Wall)
 					if share > worstShare {
 						worstShare, worstName = share, run
 					}
@@ -204,7 +109,7 @@ func TestHostileMIME(t *testing.T) {
 		}
 	}
 	t.Logf("worst case: %v CPU, %v wall; %.0f%% of the allocation bound (%s)",
-		worst.cpu.Round(time.Millisecond), worst.wall.Round(time.Millisecond), 100*worstShare, worstName)
+		worst.CPU.Round(time.Millisecond), worst.Wall.Round(time.Millisecond), 100*worstShare, worstName)
 }
 
 // hostileCheckOuter checks the outer header and returns its Content-Type:

@@ -18,11 +18,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +30,7 @@ import (
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
+	"lacre.io/milter/internal/hostiletest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/keys"
 )
@@ -97,88 +96,6 @@ const (
 	// of letting it hang the package until go test's timeout.
 	hostileHang = 60 * time.Second
 )
-
-// hostileRace reports whether the test binary was built with -race, which
-// slows everything about tenfold: the time bounds are then not asserted.
-func hostileRace() bool {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" {
-				return s.Value == "true"
-			}
-		}
-	}
-	return false
-}
-
-// hostileMeasure is what one bounded case cost.
-type hostileMeasure struct {
-	wall  time.Duration
-	cpu   time.Duration // user+system time of the process meanwhile
-	alloc uint64        // bytes allocated by the process meanwhile
-}
-
-func hostileCPUTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// hostileRun runs f on its own goroutine and returns its cost. A panic in
-// f, or f still running after hang, fails the test with name.
-func hostileRun(t *testing.T, name string, hang time.Duration, f func()) hostileMeasure {
-	t.Helper()
-	if hostileRace() {
-		hang *= 10
-	}
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	cpu0, start := hostileCPUTime(), time.Now()
-	done := make(chan string, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- fmt.Sprintf("%v\n%s", v, debug.Stack())
-			}
-		}()
-		f()
-		done <- ""
-	}()
-	select {
-	case p := <-done:
-		if p != "" {
-			t.Fatalf("%s: panic: %s", name, p)
-		}
-	case <-time.After(hang):
-		t.Fatalf("%s: still running after %v: a hang", name, hang)
-	}
-	m := hostileMeasure{wall: time.Since(start), cpu: hostileCPUTime() - cpu0}
-	runtime.ReadMemStats(&after)
-	m.alloc = after.TotalAlloc - before.TotalAlloc
-	return m
-}
-
-// hostileCheckBounds asserts the time and memory bounds of one case and
-// returns the share of the allocation bound used.
-func hostileCheckBounds(t *testing.T, name string, m hostileMeasure, maxCPU time.Duration, maxAlloc uint64) float64 {
-	t.Helper()
-	t.Logf("%s: %v CPU, %v wall, %.1f MiB allocated (bound %.1f MiB)", name, m.cpu.Round(time.Millisecond),
-		m.wall.Round(time.Millisecond), float64(m.alloc)/(1<<20), float64(maxAlloc)/(1<<20))
-	if !hostileRace() {
-		if m.cpu > maxCPU {
-			t.Errorf("%s: took %v of CPU time, more than %v", name, m.cpu, maxCPU)
-		}
-		if m.wall > hostileWall {
-			t.Errorf("%s: took %v, more than %v", name, m.wall, hostileWall)
-		}
-	}
-	if m.alloc > maxAlloc {
-		t.Errorf("%s: allocated %d bytes, more than the bound of %d", name, m.alloc, maxAlloc)
-	}
-	return float64(m.alloc) / float64(maxAlloc)
-}
 
 func hostilePolicy() keys.Policy {
 	c := config.Default()
@@ -270,25 +187,6 @@ func hostileKeySubmit(st keys.Store, data []byte, now time.Time) (out hostileKey
 	return out
 }
 
-// hostileKeyFiles lists the files of a key corpus directory.
-func hostileKeyFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range ents {
-		if e.Type().IsRegular() {
-			names = append(names, e.Name())
-		}
-	}
-	if len(names) == 0 {
-		t.Fatalf("no files in %s", dir)
-	}
-	return names
-}
-
 // hostileCheckKeyOutcome checks the general rule and, if known, the
 // expected outcome. It returns the rule ("" when accepted).
 func hostileCheckKeyOutcome(t *testing.T, name string, out hostileKeyOutcome) keys.Rule {
@@ -377,13 +275,13 @@ func hostileOpenStore(t *testing.T) keys.Store {
 // TestHostileKeys runs every committed key of the corpus.
 func TestHostileKeys(t *testing.T) {
 	st := hostileOpenStore(t)
-	names := hostileKeyFiles(t, hostileKeyDir)
+	names, _ := hostiletest.Files(t, hostileKeyDir)
 	for name := range hostileKeyExpect {
 		if _, err := os.Stat(filepath.Join(hostileKeyDir, name)); err != nil {
 			t.Errorf("%s: listed in hostileKeyExpect but not in %s", name, hostileKeyDir)
 		}
 	}
-	var worst hostileMeasure
+	var worst hostiletest.Measure
 	worstShare, worstName := 0.0, ""
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
@@ -392,17 +290,17 @@ func TestHostileKeys(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out hostileKeyOutcome
-			m := hostileRun(t, name, hostileHang, func() { out = hostileKeySubmit(st, data, time.Now()) })
-			share := hostileCheckBounds(t, name, m, hostileKeyCPU, uint64(hostileKeyAllocPerByte*len(data)+hostileKeyAllocConst))
+			m := hostiletest.Run(t, name, hostileHang, func() { out = hostileKeySubmit(st, data, time.Now()) })
+			share := m.Check(t, name, hostiletest.Bounds{CPU: hostileKeyCPU, Wall: hostileWall, Alloc: uint64(hostileKeyAllocPerByte*len(data) + hostileKeyAllocConst)})
 			hostileCheckKeyOutcome(t, name, out)
-			worst.cpu, worst.wall = max(worst.cpu, m.cpu), max(worst.wall, m.wall)
+			worst.CPU, worst.Wall = max(worst.CPU, m.CPU), max(worst.Wall, m.Wall)
 			if share > worstShare {
 				worstShare, worstName = share, name
 			}
 		})
 	}
 	t.Logf("worst case: %v CPU, %v wall; %.0f%% of the allocation bound (%s)",
-		worst.cpu.Round(time.Millisecond), worst.wall.Round(time.Millisecond), 100*worstShare, worstName)
+		worst.CPU.Round(time.Millisecond), worst.Wall.Round(time.Millisecond), 100*worstShare, worstName)
 }
 
 // TestHostileKeysGenerated runs the generator (gen.go -keys -secrets) into
@@ -411,7 +309,7 @@ func TestHostileKeys(t *testing.T) {
 // from its generator), and every accepted one must decrypt with its
 // secret key, which exists only in the temporary directory.
 func TestHostileKeysGenerated(t *testing.T) {
-	if testing.Short() && hostileRace() {
+	if testing.Short() && hostiletest.Race() {
 		// About 17 s under the race detector; TestHostileKeys still runs
 		// every committed key.
 		t.Skip("slow under -race -short")
@@ -426,8 +324,8 @@ func TestHostileKeysGenerated(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("gen.go -keys: %v\n%s", err, out)
 	}
-	fresh := hostileKeyFiles(t, filepath.Join(tmp, "keys"))
-	committed := hostileKeyFiles(t, hostileKeyDir)
+	fresh, _ := hostiletest.Files(t, filepath.Join(tmp, "keys"))
+	committed, _ := hostiletest.Files(t, hostileKeyDir)
 	if strings.Join(fresh, " ") != strings.Join(committed, " ") {
 		t.Errorf("gen.go makes %q, the corpus has %q: regenerate it (go run testdata/hostile/gen.go -keys)", fresh, committed)
 	}
@@ -440,12 +338,12 @@ func TestHostileKeysGenerated(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out hostileKeyOutcome
-			m := hostileRun(t, name, hostileHang, func() { out = hostileKeySubmit(st, data, now) })
-			hostileCheckBounds(t, name, m, hostileKeyCPU, uint64(hostileKeyAllocPerByte*len(data)+hostileKeyAllocConst))
+			m := hostiletest.Run(t, name, hostileHang, func() { out = hostileKeySubmit(st, data, now) })
+			m.Check(t, name, hostiletest.Bounds{CPU: hostileKeyCPU, Wall: hostileWall, Alloc: uint64(hostileKeyAllocPerByte*len(data) + hostileKeyAllocConst)})
 			rule := hostileCheckKeyOutcome(t, name, out)
 			if old, err := os.ReadFile(filepath.Join(hostileKeyDir, name)); err == nil {
 				var was hostileKeyOutcome
-				hostileRun(t, name, hostileHang, func() { was = hostileKeySubmit(st, old, now) })
+				hostiletest.Run(t, name, hostileHang, func() { was = hostileKeySubmit(st, old, now) })
 				if r := hostileRuleOf(was.err); r != rule {
 					t.Errorf("%s: the generator's key is %s, the committed one %s", name, hostileWant(rule), hostileWant(r))
 				}

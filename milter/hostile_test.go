@@ -19,10 +19,7 @@ import (
 	"mime"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +29,7 @@ import (
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
+	"lacre.io/milter/internal/hostiletest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/keys"
 )
@@ -67,86 +65,6 @@ const (
 	hostileAllocConst    = 8 << 20
 	hostileHang          = 60 * time.Second
 )
-
-// hostileRace reports whether the test binary was built with -race.
-func hostileRace() bool {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "-race" {
-				return s.Value == "true"
-			}
-		}
-	}
-	return false
-}
-
-type hostileMeasure struct {
-	wall  time.Duration
-	cpu   time.Duration // user+system time of the process meanwhile
-	alloc uint64        // bytes allocated by the process meanwhile
-}
-
-func hostileCPUTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// hostileRun runs f on its own goroutine and returns its cost. A panic in
-// f, or f still running after hang, fails the test with name.
-func hostileRun(t *testing.T, name string, hang time.Duration, f func()) hostileMeasure {
-	t.Helper()
-	if hostileRace() {
-		hang *= 10
-	}
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	cpu0, start := hostileCPUTime(), time.Now()
-	done := make(chan string, 1)
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- fmt.Sprintf("%v\n%s", v, debug.Stack())
-			}
-		}()
-		f()
-		done <- ""
-	}()
-	select {
-	case p := <-done:
-		if p != "" {
-			t.Fatalf("%s: panic: %s", name, p)
-		}
-	case <-time.After(hang):
-		t.Fatalf("%s: still running after %v: a hang", name, hang)
-	}
-	m := hostileMeasure{wall: time.Since(start), cpu: hostileCPUTime() - cpu0}
-	runtime.ReadMemStats(&after)
-	m.alloc = after.TotalAlloc - before.TotalAlloc
-	return m
-}
-
-// hostileCheckBounds asserts the bounds and returns the share of the
-// allocation bound used.
-func hostileCheckBounds(t *testing.T, name string, m hostileMeasure, maxAlloc uint64) float64 {
-	t.Helper()
-	t.Logf("%s: %v CPU, %v wall, %.2f MiB allocated (bound %.2f MiB)", name, m.cpu.Round(time.Millisecond),
-		m.wall.Round(time.Millisecond), float64(m.alloc)/(1<<20), float64(maxAlloc)/(1<<20))
-	if !hostileRace() {
-		if m.cpu > hostileCPU {
-			t.Errorf("%s: took %v of CPU time, more than %v", name, m.cpu, hostileCPU)
-		}
-		if m.wall > hostileWall {
-			t.Errorf("%s: took %v, more than %v", name, m.wall, hostileWall)
-		}
-	}
-	if m.alloc > maxAlloc {
-		t.Errorf("%s: allocated %d bytes, more than the bound of %d", name, m.alloc, maxAlloc)
-	}
-	return float64(m.alloc) / float64(maxAlloc)
-}
 
 // goMilterMaxPacket is go-milter's limit on one command packet (its
 // maxPacketSize): a header field longer than that cannot be passed on.
@@ -430,10 +348,10 @@ func TestHostileMIMESessions(t *testing.T) {
 				n++
 				queueID := fmt.Sprintf("QH%d", n)
 				var out hostileOutcome
-				m := hostileRun(t, name, hostileHang, func() { out = hostileSend(f.addr, queueID, rc.rcpt, in.data) })
+				m := hostiletest.Run(t, name, hostileHang, func() { out = hostileSend(f.addr, queueID, rc.rcpt, in.data) })
 				fields, _ := crypto.Split(in.data)
-				share := hostileCheckBounds(t, name, m, uint64(hostileAllocPerByte*len(in.data)+hostileAllocPerField*len(fields)+hostileAllocConst))
-				worstCPU, worstWall = max(worstCPU, m.cpu), max(worstWall, m.wall)
+				share := m.Check(t, name, hostiletest.Bounds{CPU: hostileCPU, Wall: hostileWall, Alloc: uint64(hostileAllocPerByte*len(in.data) + hostileAllocPerField*len(fields) + hostileAllocConst)})
+				worstCPU, worstWall = max(worstCPU, m.CPU), max(worstWall, m.Wall)
 				if share > worstShare {
 					worstShare, worstName = share, name
 				}
