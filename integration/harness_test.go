@@ -776,14 +776,21 @@ func (p *postfixInstance) log() string {
 // waitLog waits until the maillog contains substr and returns the log.
 func (p *postfixInstance) waitLog(t testing.TB, substr string, timeout time.Duration) string {
 	t.Helper()
+	return waitText(t, "Postfix log", p.log, substr, timeout)
+}
+
+// waitText polls read until its text contains substr and returns the
+// text; after timeout it fails the test with the text's last lines.
+func waitText(t testing.TB, what string, read func() string, substr string, timeout time.Duration) string {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		l := p.log()
+		l := read()
 		if strings.Contains(l, substr) {
 			return l
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Postfix log: no %q within %v; last lines:\n%s", substr, timeout, tail(l, 40))
+			t.Fatalf("%s: no %q within %v; last lines:\n%s", what, substr, timeout, tail(l, 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -90,10 +90,7 @@ func TestPostfix(t *testing.T) {
 	})
 
 	t.Run("already encrypted passes unchanged", func(t *testing.T) {
-		msg := message("pgpmime", "alice@example.org",
-			"MIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\n",
-			"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"+
-				"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n--b--\r\n")
+		msg := pgpMIMEMessage("pgpmime")
 		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
 			t.Fatal(err)
 		}
@@ -101,18 +98,7 @@ func TestPostfix(t *testing.T) {
 	})
 
 	t.Run("20 MB attachment is encrypted", func(t *testing.T) {
-		raw := make([]byte, 15<<20) // base64 makes it 20 MB
-		rand.Read(raw)
-		enc := base64.StdEncoding.EncodeToString(raw)
-		var body strings.Builder
-		body.WriteString("--m\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n--m\r\n" +
-			"Content-Type: application/octet-stream; name=\"big.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n")
-		for len(enc) > 76 {
-			body.WriteString(enc[:76] + "\r\n")
-			enc = enc[76:]
-		}
-		body.WriteString(enc + "\r\n--m--\r\n")
-		msg := message("big", "alice@example.org", "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"m\"\n", body.String())
+		msg := attachmentMessage("big", 15<<20) // base64 makes it 20 MB
 		t.Logf("message of %d bytes", len(msg))
 		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
 			t.Fatal(err)
@@ -201,45 +187,8 @@ func TestPostfix(t *testing.T) {
 	})
 
 	t.Run("keyed and unkeyed from a sending MTA both arrive", func(t *testing.T) {
-		// A second Postfix plays the sender's MTA: it gets 452 4.5.3 for
-		// the recipient of the other class and delivers it in a later
-		// transaction.
 		sender := startPostfix(t, postfixOptions{RelayPort: p.smtpPort})
-		msg := message("mixed", "alice@example.org, bob@example.net", textFields, textBody)
-		if err := sender.sendSMTP(t, "sender@example.com", []string{"alice@example.org", "bob@example.net"}, msg); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		var enc, clear *sinkMessage
-		for (enc == nil || clear == nil) && time.Now().Before(deadline) {
-			sender.flush()
-			time.Sleep(500 * time.Millisecond)
-			for _, sm := range s.messages() {
-				if !bytes.Contains(sm.Data, []byte("<mixed@example.com>")) {
-					continue
-				}
-				sm := sm
-				switch {
-				case sameSet(sm.To, []string{"alice@example.org"}):
-					enc = &sm
-				case sameSet(sm.To, []string{"bob@example.net"}):
-					clear = &sm
-				default:
-					t.Fatalf("a copy went to %v together", sm.To)
-				}
-			}
-		}
-		if enc == nil || clear == nil {
-			t.Fatalf("after 60 s: encrypted copy %v, clear copy %v\nsender log:\n%s", enc != nil, clear != nil, tail(sender.log(), 30))
-		}
-		checkDecrypts(t, enc.Data, msg, alice)
-		_, body := splitMessage(clear.Data)
-		if _, want := splitMessage(msg); !bytes.Equal(body, want) {
-			t.Fatal("the unkeyed recipient's copy changed")
-		}
-		if !strings.Contains(sender.log(), "452 4.5.3") {
-			t.Error("the sending MTA's log does not show the 452 4.5.3 split")
-		}
+		checkSplitBySender(t, sender, s, "mixed", alice)
 	})
 
 	// Last: it stops the milter.
@@ -258,4 +207,74 @@ func TestPostfix(t *testing.T) {
 			t.Fatalf("%d message(s) reached the sink while the milter was down", n-before)
 		}
 	})
+}
+
+// pgpMIMEMessage is a message to alice that is already PGP/MIME.
+func pgpMIMEMessage(id string) []byte {
+	return message(id, "alice@example.org",
+		"MIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\n",
+		"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"+
+			"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n--b--\r\n")
+}
+
+// attachmentMessage is a message to alice with rawSize random bytes as a
+// base64 attachment (4/3 of rawSize on the wire).
+func attachmentMessage(id string, rawSize int) []byte {
+	raw := make([]byte, rawSize)
+	rand.Read(raw)
+	enc := base64.StdEncoding.EncodeToString(raw)
+	var body strings.Builder
+	body.WriteString("--m\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n--m\r\n" +
+		"Content-Type: application/octet-stream; name=\"big.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	for len(enc) > 76 {
+		body.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	body.WriteString(enc + "\r\n--m--\r\n")
+	return message(id, "alice@example.org", "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"m\"\n", body.String())
+}
+
+// checkSplitBySender sends a message to alice@example.org (keyed) and
+// bob@example.net (not) through sender, a Postfix playing the sender's
+// MTA in front of the MTA under test: it gets 452 4.5.3 for the
+// recipient of the other class and delivers it in a later transaction.
+// Both copies must reach the sink s, each alone, alice's encrypted and
+// bob's unchanged.
+func checkSplitBySender(t *testing.T, sender *postfixInstance, s *sink, id string, alice *openpgp.Entity) {
+	t.Helper()
+	msg := message(id, "alice@example.org, bob@example.net", textFields, textBody)
+	if err := sender.sendSMTP(t, "sender@example.com", []string{"alice@example.org", "bob@example.net"}, msg); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	var enc, clear *sinkMessage
+	for (enc == nil || clear == nil) && time.Now().Before(deadline) {
+		sender.flush()
+		time.Sleep(500 * time.Millisecond)
+		for _, sm := range s.messages() {
+			if !bytes.Contains(sm.Data, []byte("<"+id+"@example.com>")) {
+				continue
+			}
+			sm := sm
+			switch {
+			case sameSet(sm.To, []string{"alice@example.org"}):
+				enc = &sm
+			case sameSet(sm.To, []string{"bob@example.net"}):
+				clear = &sm
+			default:
+				t.Fatalf("a copy went to %v together", sm.To)
+			}
+		}
+	}
+	if enc == nil || clear == nil {
+		t.Fatalf("after 60 s: encrypted copy %v, clear copy %v\nsender log:\n%s", enc != nil, clear != nil, tail(sender.log(), 30))
+	}
+	checkDecrypts(t, enc.Data, msg, alice)
+	_, body := splitMessage(clear.Data)
+	if _, want := splitMessage(msg); !bytes.Equal(body, want) {
+		t.Fatal("the unkeyed recipient's copy changed")
+	}
+	if !strings.Contains(sender.log(), "452 4.5.3") {
+		t.Error("the sending MTA's log does not show the 452 4.5.3 split")
+	}
 }

@@ -302,15 +302,5 @@ func (si *sendmailInstance) log() string { return si.syslog.String() }
 // waitLog waits until Sendmail's log contains substr.
 func (si *sendmailInstance) waitLog(t testing.TB, substr string, timeout time.Duration) string {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		l := si.log()
-		if strings.Contains(l, substr) {
-			return l
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v Sendmail's log has no %q:\n%s", timeout, substr, tail(l, 30))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return waitText(t, "Sendmail log", si.log, substr, timeout)
 }

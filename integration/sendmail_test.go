@@ -2,8 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -42,7 +40,7 @@ func TestSendmail(t *testing.T) {
 		// The queue id Sendmail gives the milter ({i} at MAIL) is in
 		// lacre's log line, so the two logs can be joined.
 		id := sendmailQueueID(t, sm, "sm-keyed")
-		waitOutput(t, m, "queue_id="+id, 5*time.Second)
+		waitText(t, "lacre-milter output", m.out.String, "queue_id="+id, 5*time.Second)
 	})
 
 	t.Run("unkeyed recipient is unchanged", func(t *testing.T) {
@@ -66,10 +64,7 @@ func TestSendmail(t *testing.T) {
 	})
 
 	t.Run("already encrypted passes unchanged", func(t *testing.T) {
-		msg := message("sm-pgpmime", "alice@example.org",
-			"MIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\n",
-			"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"+
-				"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n--b--\r\n")
+		msg := pgpMIMEMessage("sm-pgpmime")
 		if err := sm.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
 			t.Fatal(err)
 		}
@@ -111,18 +106,7 @@ func TestSendmail(t *testing.T) {
 	})
 
 	t.Run("10 MB attachment is encrypted", func(t *testing.T) {
-		raw := make([]byte, 7<<20) // base64 makes it about 10 MB
-		rand.Read(raw)
-		enc := base64.StdEncoding.EncodeToString(raw)
-		var body strings.Builder
-		body.WriteString("--m\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n--m\r\n" +
-			"Content-Type: application/octet-stream; name=\"big.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n")
-		for len(enc) > 76 {
-			body.WriteString(enc[:76] + "\r\n")
-			enc = enc[76:]
-		}
-		body.WriteString(enc + "\r\n--m--\r\n")
-		msg := message("sm-big", "alice@example.org", "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"m\"\n", body.String())
+		msg := attachmentMessage("sm-big", 7<<20) // base64 makes it about 10 MB
 		if err := sm.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
 			t.Fatal(err)
 		}
@@ -132,45 +116,8 @@ func TestSendmail(t *testing.T) {
 	})
 
 	t.Run("keyed and unkeyed from a sending MTA both arrive", func(t *testing.T) {
-		// A Postfix plays the sender's MTA in front of Sendmail: it gets
-		// 452 4.5.3 for the recipient of the other class and delivers it
-		// in a later transaction.
 		sender := startPostfix(t, postfixOptions{RelayPort: sm.smtpPort})
-		msg := message("sm-relay", "alice@example.org, bob@example.net", textFields, textBody)
-		if err := sender.sendSMTP(t, "sender@example.com", []string{"alice@example.org", "bob@example.net"}, msg); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		var enc, clear *sinkMessage
-		for (enc == nil || clear == nil) && time.Now().Before(deadline) {
-			sender.flush()
-			time.Sleep(500 * time.Millisecond)
-			for _, got := range s.messages() {
-				if !bytes.Contains(got.Data, []byte("<sm-relay@example.com>")) {
-					continue
-				}
-				got := got
-				switch {
-				case sameSet(got.To, []string{"alice@example.org"}):
-					enc = &got
-				case sameSet(got.To, []string{"bob@example.net"}):
-					clear = &got
-				default:
-					t.Fatalf("a copy went to %v together", got.To)
-				}
-			}
-		}
-		if enc == nil || clear == nil {
-			t.Fatalf("after 60 s: encrypted copy %v, clear copy %v\nsender log:\n%s", enc != nil, clear != nil, tail(sender.log(), 30))
-		}
-		checkDecrypts(t, enc.Data, msg, alice)
-		_, body := splitMessage(clear.Data)
-		if _, want := splitMessage(msg); !bytes.Equal(body, want) {
-			t.Fatal("the unkeyed recipient's copy changed")
-		}
-		if !strings.Contains(sender.log(), "452 4.5.3") {
-			t.Error("the sending MTA's log does not show the 452 4.5.3 split")
-		}
+		checkSplitBySender(t, sender, s, "sm-relay", alice)
 	})
 
 	// Last: it stops the milter.
@@ -218,16 +165,4 @@ func sendmailQueueID(t testing.TB, sm *sendmailInstance, id string) string {
 	}
 	t.Fatalf("no queue id for %s in Sendmail's log", id)
 	return ""
-}
-
-// waitOutput waits until lacre-milter's output contains substr.
-func waitOutput(t testing.TB, m *milterProc, substr string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(m.out.String(), substr) {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v lacre-milter's output has no %q:\n%s", timeout, substr, tail(m.out.String(), 20))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
