@@ -16,12 +16,12 @@
 #     bob@bench.test; carol@bench.test has no key;
 #   * starts smtp-sink (the destination, counting messages with -c), one
 #     private Postfix in $WORK/pf relaying everything to it, lacre-milter
-#     serve, and nullmilter three times (-mode replace, accept-rcpt,
-#     accept-header). The Postfix has one smtpd per case, each on its own
+#     serve, and nullmilter four times (-mode replace, accept-rcpt,
+#     accept-header, accept-data). The Postfix has one smtpd per case, each on its own
 #     port with its own smtpd_milters, so the cases share one queue, qmgr
 #     and delivery agent and need no restart in between;
 #   * checks one message per case, dumped at the sink (b replaced by the
-#     null milter, c PGP/MIME, d-f unchanged);
+#     null milter, c PGP/MIME, d-g unchanged);
 #   * sends N messages with "smtp-source -s 20 -l 4096 -m N -r 1" (20
 #     parallel sessions, one message per SMTP session, one recipient,
 #     4096-byte body) through each case:
@@ -31,10 +31,12 @@
 #       d  nullmilter -mode accept-rcpt                   to carol (no key)
 #       e  lacre-milter, clear mail                       to carol
 #       f  nullmilter -mode accept-header                 to carol
-#     (f only if CASES names it: it shows what accepting at the first
-#     header, where lacre accepts clear mail, costs in itself), first once
-#     with WARMUP_N messages each (warm-up, not counted), then ROUNDS times
-#     in the order of CASES;
+#       g  nullmilter -mode accept-data                   to carol
+#     (f and g only if CASES names them: g shows what accepting at DATA,
+#     where lacre accepts clear mail, costs in itself; f is where lacre
+#     accepted it while it spoke milter protocol 2), first once with
+#     WARMUP_N messages each (warm-up, not counted), then ROUNDS times in
+#     the order of CASES;
 #   * msg/s is end to end: N divided by the time from the start of
 #     smtp-source until smtp-sink has counted N more messages (its -c
 #     counter, read from its output; smtp-sink -M would exit before
@@ -140,14 +142,15 @@ chmod 755 "$WORK"
 log "building lacre-milter and nullmilter"
 (cd "$REPO" && go build -o "$WORK/bin/lacre-milter" ./cmd/lacre-milter && go build -o "$WORK/bin/nullmilter" ./bench/nullmilter)
 
-SINK_PORT="" LACRE_PORT="" NULLR_PORT="" NULLA_PORT="" NULLH_PORT=""
+SINK_PORT="" LACRE_PORT="" NULLR_PORT="" NULLA_PORT="" NULLH_PORT="" NULLD_PORT=""
 free_port SINK_PORT
 free_port LACRE_PORT
 free_port NULLR_PORT
 free_port NULLA_PORT
 free_port NULLH_PORT
+free_port NULLD_PORT
 declare -A SMTP_PORT
-for c in a b c d f; do free_port "SMTP_PORT[$c]"; done
+for c in a b c d f g; do free_port "SMTP_PORT[$c]"; done
 SMTP_PORT[e]=${SMTP_PORT[c]} # the same smtpd: lacre-milter, another recipient
 
 cat >"$WORK/lacre/lacre.toml" <<EOF
@@ -224,6 +227,7 @@ cat >"$PF/etc/master.cf" <<EOF
 127.0.0.1:${SMTP_PORT[c]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$LACRE_PORT
 127.0.0.1:${SMTP_PORT[d]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLA_PORT
 127.0.0.1:${SMTP_PORT[f]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLH_PORT
+127.0.0.1:${SMTP_PORT[g]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLD_PORT
 pickup     unix  n - n 60    1 pickup
 cleanup    unix  n - n -     0 cleanup
 qmgr       unix  n - n 300   1 qmgr
@@ -318,10 +322,11 @@ start_lacre
 start_null "$NULLR_PORT" replace
 start_null "$NULLA_PORT" accept-rcpt
 start_null "$NULLH_PORT" accept-header
+start_null "$NULLD_PORT" accept-data
 postfix -c "$PF/etc" start >/dev/null 2>&1 || { tail -n 20 "$PF/maillog" >&2; die "postfix start failed"; }
-for c in a b c d f; do wait_port "${SMTP_PORT[$c]}"; done
+for c in a b c d f g; do wait_port "${SMTP_PORT[$c]}"; done
 
-rcpt_of() { case $1 in a | b | c) echo "$KEYED" ;; d | e | f) echo "$CLEAR" ;; esac; }
+rcpt_of() { case $1 in a | b | c) echo "$KEYED" ;; d | e | f | g) echo "$CLEAR" ;; esac; }
 milter_of() {
 	case $1 in
 	a) echo "" ;;
@@ -329,6 +334,7 @@ milter_of() {
 	c | e) echo "$LACRE_PID" ;;
 	d) echo "${NULL_PID[accept-rcpt]}" ;;
 	f) echo "${NULL_PID[accept-header]}" ;;
+	g) echo "${NULL_PID[accept-data]}" ;;
 	esac
 }
 
@@ -367,7 +373,7 @@ run() {
 }
 
 # check: one message through each case, dumped, to show that each case
-# does what it should (b: replaced, c: encrypted, d and e: unchanged).
+# does what it should (b: replaced, c: encrypted, d to g: unchanged).
 check() {
 	log "check: one message per case, dumped"
 	local dump=$WORK/check.dump c got
@@ -375,7 +381,7 @@ check() {
 	rm -f "$dump"
 	install -d -o nobody "$WORK/checkdir"
 	start_sink -D "$WORK/checkdir/dump"
-	for c in a b c d e f; do
+	for c in a b c d e f g; do
 		got=$(sink_count)
 		smtp-source -s 1 -l "$SIZE" -m 1 -r 1 -f "$SENDER" -t "$(rcpt_of "$c")" "127.0.0.1:${SMTP_PORT[$c]}" >/dev/null 2>&1 ||
 			die "check: case $c: smtp-source failed; see $PF/maillog"
@@ -385,7 +391,7 @@ check() {
 		awk -v c="$c" 'BEGIN { RS = "X-Client-Addr: " } NR > 1 { m = $0 } END {
 			enc = (m ~ /Content-Type: multipart\/encrypted/ && m ~ /BEGIN PGP MESSAGE/)
 			trace = (m ~ /\nX-Lacre: /); repl = (m ~ /\nX-Lacre: null-milter/)
-			ok = (c == "a" && !trace) || (c == "b" && repl && !enc) || (c == "c" && enc && trace) || ((c == "d" || c == "e" || c == "f") && !trace)
+			ok = (c == "a" && !trace) || (c == "b" && repl && !enc) || (c == "c" && enc && trace) || ((c == "d" || c == "e" || c == "f" || c == "g") && !trace)
 			printf "  case %s: %s (%d bytes delivered%s%s)\n", c, ok ? "ok" : "WRONG", length(m), enc ? ", PGP/MIME" : "", repl ? ", replaced by nullmilter" : ""
 			exit !ok }' "$WORK/checkdir/dump" >&2 || die "check: case $c delivered the wrong thing; see $WORK/checkdir/dump"
 	done
@@ -433,6 +439,7 @@ throughput() {
 		d) desc="d: nullmilter, accept at RCPT (unkeyed rcpt)" ;;
 		e) desc="e: lacre-milter, clear mail (unkeyed rcpt)" ;;
 		f) desc="f: nullmilter, accept at first header (unkeyed rcpt)" ;;
+		g) desc="g: nullmilter, accept at DATA (unkeyed rcpt)" ;;
 		esac
 		read -r med lo hi < <(awk -v c="$c" '$1 !~ /^#/ && $2 == c && $4 != "FAIL" { print $6 }' "$RESULTS" | median_range)
 		MED[$c]=$med
@@ -458,6 +465,10 @@ throughput() {
 	if [[ -n ${MED[f]:-} ]]; then
 		echo "e/f (clear mail vs do-nothing accept at header): $(ratio "${MED[e]:-}" "${MED[f]:-}")"
 		echo "f/d (accept at first header vs at RCPT):         $(ratio "${MED[f]:-}" "${MED[d]:-}")"
+	fi
+	if [[ -n ${MED[g]:-} ]]; then
+		echo "e/g (clear mail vs do-nothing accept at DATA):   $(ratio "${MED[e]:-}" "${MED[g]:-}")"
+		echo "g/d (accept at DATA vs at RCPT):                 $(ratio "${MED[g]:-}" "${MED[d]:-}")"
 	fi
 	echo
 	# Deliveries that did not go straight through would distort the figures.

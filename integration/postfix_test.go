@@ -71,10 +71,14 @@ func TestPostfix(t *testing.T) {
 
 	t.Run("unkeyed recipient is unchanged", func(t *testing.T) {
 		msg := message("unkeyed", "bob@example.net", textFields, textBody)
-		if err := p.sendSMTP(t, "sender@example.com", []string{"bob@example.net"}, msg); err != nil {
+		id, err := p.sendSMTPID(t, "sender@example.com", []string{"bob@example.net"}, msg)
+		if err != nil {
 			t.Fatal(err)
 		}
 		checkRelayed(t, byMessageID(t, s, "unkeyed").Data, msg)
+		// Postfix speaks milter protocol 6 and sends DATA: clear mail is
+		// accepted there, before Postfix sends the milter any content.
+		checkClearAcceptedAtData(t, m, id)
 	})
 
 	t.Run("two keyed recipients share one ciphertext", func(t *testing.T) {
@@ -276,5 +280,21 @@ func checkSplitBySender(t *testing.T, sender *postfixInstance, s *sink, id strin
 	}
 	if !strings.Contains(sender.log(), "452 4.5.3") {
 		t.Error("the sending MTA's log does not show the 452 4.5.3 split")
+	}
+}
+
+// checkClearAcceptedAtData finds lacre-milter's log line for the message
+// with queue id id and checks that it was accepted in clear at DATA.
+func checkClearAcceptedAtData(t *testing.T, m *milterProc, id string) {
+	t.Helper()
+	if id == "" {
+		t.Fatal("no queue id")
+	}
+	prefix := "queue_id=" + id + " action=clear "
+	logs := waitText(t, "lacre-milter output", m.out.String, prefix, 5*time.Second)
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, prefix) && !strings.HasSuffix(line, " at=data") {
+			t.Errorf("clear mail not accepted at DATA: %s", line)
+		}
 	}
 }

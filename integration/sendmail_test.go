@@ -49,6 +49,8 @@ func TestSendmail(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkRelayed(t, byMessageID(t, s, "sm-unkeyed").Data, msg)
+		// Sendmail 8.17 speaks milter protocol 6 too.
+		checkClearAcceptedAtData(t, m, sendmailQueueID(t, sm, "sm-unkeyed"))
 	})
 
 	t.Run("two keyed recipients share one ciphertext", func(t *testing.T) {

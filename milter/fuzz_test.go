@@ -98,8 +98,9 @@ type fuzzPacket struct {
 	data []byte
 }
 
-// fuzzCodes are the commands go-milter's server knows (SMFIC_*).
-var fuzzCodes = []byte{'A', 'B', 'C', 'D', 'E', 'H', 'L', 'M', 'N', 'O', 'Q', 'R', 'T'}
+// fuzzCodes are the commands go-milter's server knows (SMFIC_*), version 6's
+// DATA, unknown command and QUIT_NC included.
+var fuzzCodes = []byte{'A', 'B', 'C', 'D', 'E', 'H', 'L', 'M', 'N', 'O', 'Q', 'R', 'T', 'U', 'K'}
 
 // fuzzCanned are well-formed payloads, so that the fuzzer reaches
 // keyed recipients and whole messages without having to guess them.
@@ -143,7 +144,7 @@ var fuzzCanned = map[byte][]string{
 
 // fuzzDecodePackets turns fuzz input into at most 64 packets. Each packet
 // is a selector byte and a length byte: the command is
-// fuzzCodes[selector%13]; with the selector's high bit set and a canned
+// fuzzCodes[selector%15]; with the selector's high bit set and a canned
 // payload for the command, the length byte picks a canned payload,
 // otherwise up to that many following input bytes are the payload.
 func fuzzDecodePackets(in []byte) []fuzzPacket {
@@ -176,7 +177,9 @@ func fuzzEncode(pkts ...fuzzPacket) []byte {
 			}
 		}
 		if canned >= 0 {
-			b = append(b, byte(idx+13*10), byte(canned)) // 130+idx ≥ 0x80, and ≡ idx mod 13
+			// The smallest selector ≥ 0x80 that picks this command.
+			n := len(fuzzCodes)
+			b = append(b, byte((0x80+n-1)/n*n+idx), byte(canned))
 			continue
 		}
 		b = append(b, byte(idx), byte(len(p.data)))
@@ -189,7 +192,7 @@ func fuzzOptNeg() string {
 	var b [12]byte
 	binary.BigEndian.PutUint32(b[0:], 6)
 	binary.BigEndian.PutUint32(b[4:], uint32(actions))
-	binary.BigEndian.PutUint32(b[8:], 0)
+	binary.BigEndian.PutUint32(b[8:], 0x1fffff) // every flag, as Postfix 3.7 offers
 	return string(b[:])
 }
 
@@ -203,9 +206,10 @@ func fuzzSessionSeeds() [][]byte {
 	rcpt := func(i int) fuzzPacket { return p('R', fuzzCanned['R'][i]) }
 	hdr := func(i int) fuzzPacket { return p('L', fuzzCanned['L'][i]) }
 	body := func(i int) fuzzPacket { return p('B', fuzzCanned['B'][i]) }
-	eoh, eom, abort := p('N', ""), p('E', ""), p('A', "")
+	data, eoh, eom, abort := p('T', ""), p('N', ""), p('E', ""), p('A', "")
 	macro := p('D', fuzzCanned['D'][0])
-	plain := []fuzzPacket{hdr(0), hdr(1), hdr(2), hdr(3), eoh, body(0), body(2), p('D', fuzzCanned['D'][1]), eom}
+	plain := []fuzzPacket{data, hdr(0), hdr(1), hdr(2), hdr(3), eoh, body(0), body(2), p('D', fuzzCanned['D'][1]), eom}
+	noData := plain[1:] // an MTA speaking protocol 2
 	seq := func(parts ...[]fuzzPacket) []byte {
 		var all []fuzzPacket
 		for _, x := range parts {
@@ -219,7 +223,11 @@ func fuzzSessionSeeds() [][]byte {
 		seq(one(conn, p('H', fuzzCanned['H'][0]), mail, macro, rcpt(0)), plain),                            // keyed: encrypted
 		seq(one(conn, mail, rcpt(0), rcpt(1), rcpt(3), rcpt(2)), plain),                                    // mixed: split
 		seq(one(conn, mail, rcpt(2)), plain, one(mail, rcpt(5)), plain),                                    // protected headers, then subaddress
-		seq(one(conn, mail, rcpt(3)), plain),                                                               // clear
+		seq(one(conn, mail, rcpt(3)), plain),                                                               // clear: accepted at DATA
+		seq(one(conn, mail, rcpt(3)), noData),                                                              // clear, protocol 2: at the first header
+		seq(one(conn, mail, rcpt(0)), noData),                                                              // keyed, protocol 2
+		seq(one(conn, mail, rcpt(0), hdr(0), p('K', ""), conn, mail, rcpt(3)), plain),                      // QUIT_NC mid-message, then clear
+		seq(one(conn, p('U', "XYZZY\x00"), mail, rcpt(0), p('U', "NOOP\x00"), data, p('U', "")), noData),   // unknown commands
 		seq(one(conn, mail, rcpt(0), hdr(4), eoh, body(0), eom)),                                           // already encrypted by header
 		seq(one(conn, mail, rcpt(0), hdr(3), eoh, body(1), eom)),                                           // inline PGP
 		seq(one(conn, mail, rcpt(0), hdr(5), eoh, body(0), eom)),                                           // signed-only S/MIME
@@ -272,6 +280,9 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 			continue // no reply
 		case 'D':
 			continue // no reply; an empty one closes the connection
+		case 'K':
+			tx = fuzzTx{}
+			continue // no reply: a new SMTP connection follows
 		case 'Q':
 			return
 		}
@@ -335,7 +346,7 @@ func fuzzCheckReply(t *testing.T, fx *fixture, i int, p fuzzPacket, tx *fuzzTx, 
 	if len(mods) > 0 && (p.code != 'E' || reply.code != 'a') {
 		t.Fatalf("%s: %d modification(s) with reply %c", where, len(mods), reply.code)
 	}
-	if reply.code == 'a' && strings.IndexByte("LNE", p.code) < 0 {
+	if reply.code == 'a' && strings.IndexByte("TLNE", p.code) < 0 {
 		t.Fatalf("%s: message accepted at this stage", where)
 	}
 	switch p.code {
@@ -348,6 +359,10 @@ func fuzzCheckReply(t *testing.T, fx *fixture, i int, p fuzzPacket, tx *fuzzTx, 
 			if err == nil && l.Encrypt() {
 				tx.keyed = true
 			}
+		}
+	case 'T':
+		if reply.code == 'a' && tx.keyed {
+			t.Fatalf("%s: message with a keyed recipient accepted at DATA", where)
 		}
 	case 'L':
 		if reply.code == 'a' && tx.keyed {
@@ -512,8 +527,9 @@ func fuzzNegotiate(c net.Conn, r *bufio.Reader) error {
 	if code != 'O' || len(data) < 12 {
 		return fmt.Errorf("reply %q %q", code, data)
 	}
-	if v, a := binary.BigEndian.Uint32(data), binary.BigEndian.Uint32(data[4:]); v < 2 || gomilter.OptAction(a) != actions {
-		return fmt.Errorf("version %d, actions %#x", v, a)
+	v, a, p := binary.BigEndian.Uint32(data), binary.BigEndian.Uint32(data[4:]), binary.BigEndian.Uint32(data[8:])
+	if v != protocolVersion || gomilter.OptAction(a) != actions || gomilter.OptProtocol(p) != protocol {
+		return fmt.Errorf("version %d, actions %#x, protocol %#x", v, a, p)
 	}
 	return nil
 }

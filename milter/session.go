@@ -234,14 +234,28 @@ func (s *session) needsWork() bool {
 	return false
 }
 
-// Header collects the header section. At the first field of a message no
-// recipient needs encrypted, the message is accepted: clear mail costs the
-// MTA one round trip per header field less.
+// Data comes after the last RCPT (milter protocol 4 and later): every
+// recipient is known, so a message that no recipient needs encrypted is
+// accepted here, and the MTA sends us none of its content.
+func (s *session) Data(m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.guard(&resp, &err)
+	s.macros(m)
+	if !s.needsWork() {
+		return s.accept("clear", "data", nil), nil
+	}
+	return gomilter.RespContinue, nil
+}
+
+var _ gomilter.DataMilter = (*session)(nil)
+
+// Header collects the header section. An MTA that sent no DATA event
+// (Postfix with milter_protocol = 2) has clear mail accepted at its first
+// header field instead.
 func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	if !s.needsWork() {
-		return s.accept("clear", nil), nil
+		return s.accept("clear", "header", nil), nil
 	}
 	if s.tooBig {
 		return gomilter.RespContinue, nil
@@ -260,10 +274,10 @@ func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp go
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	if !s.needsWork() {
-		return s.accept("clear", nil), nil
+		return s.accept("clear", "eoh", nil), nil
 	}
 	if len(s.localMix) == 0 && crypto.EncryptedByHeader(s.fields) {
-		return s.accept("already-encrypted", nil), nil
+		return s.accept("already-encrypted", "eoh", nil), nil
 	}
 	return gomilter.RespContinue, nil
 }
@@ -313,10 +327,10 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 		return s.decideLocalMix(m)
 	}
 	if !s.needsWork() {
-		return s.accept("clear", nil), nil
+		return s.accept("clear", "eom", nil), nil
 	}
 	if crypto.AlreadyEncrypted(s.fields, s.body) {
-		return s.accept("already-encrypted", nil), nil
+		return s.accept("already-encrypted", "eom", nil), nil
 	}
 	return s.encrypt(m, s.rcpts[0].class.protect)
 }
@@ -332,7 +346,7 @@ func (s *session) decideLocalMix(m *gomilter.Modifier) (gomilter.Response, error
 	if err := m.Quarantine("lacre: " + reason); err != nil {
 		return nil, err
 	}
-	return s.accept("held", fmt.Errorf("%s", reason)), nil
+	return s.accept("held", "eom", fmt.Errorf("%s", reason)), nil
 }
 
 // encrypt encrypts the message to every keyed recipient and applies the
@@ -346,7 +360,7 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 		}
 	}
 	if len(to) == 0 {
-		return s.accept("clear", nil), nil
+		return s.accept("clear", "eom", nil), nil
 	}
 	encStart := time.Now()
 	res, err := crypto.Encrypt(s.fields, s.body, to, crypto.Options{
@@ -425,10 +439,14 @@ func apply(m *gomilter.Modifier, res *crypto.Result, trace string) error {
 	return nil
 }
 
-// accept ends the message unchanged.
-func (s *session) accept(action string, reason error) gomilter.Response {
+// accept ends the message unchanged. at is the milter stage that decided
+// ("data", "header", "eoh", "eom"); it is logged, so that an operator can
+// see whether clear mail is accepted at DATA (Postfix with
+// milter_protocol = 6, Sendmail 8.14 and later) or only at the first
+// header field (an MTA speaking milter protocol 2).
+func (s *session) accept(action, at string, reason error) gomilter.Response {
 	s.conn.busy.Store(false)
-	s.logResult(action, Reply{}, reason)
+	s.logResult(action, Reply{}, reason, "at", at)
 	return gomilter.RespAccept
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -102,17 +103,23 @@ func (f *fixture) start(t testing.TB) {
 	})
 }
 
-// mta is one MTA-side milter connection (go-milter's client).
+// mta is one MTA-side milter connection (go-milter's client), speaking
+// milter protocol 6 as Postfix does.
 type mta struct {
 	t *testing.T
 	s *gomilter.ClientSession
+	// noData: behave like an MTA speaking protocol 2 (Postfix with
+	// milter_protocol = 2), which sends no DATA event.
+	noData bool
 }
 
-// The client's default masks ask for actions a v2 server does not offer;
-// ask for exactly what lacre-milter negotiates.
+// The client's default action mask asks for actions lacre-milter does not
+// take; ask for exactly what it negotiates. Offer every protocol flag
+// Postfix 3.7 offers (it offers all of version 6's); the milter picks.
 var clientOptions = gomilter.ClientOptions{
 	ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
-	ActionMask: actions,
+	ActionMask:   actions,
+	ProtocolMask: 0x1fffff,
 }
 
 func (f *fixture) connect(t *testing.T, nonSMTP bool) *mta {
@@ -138,15 +145,15 @@ func (f *fixture) connect(t *testing.T, nonSMTP bool) *mta {
 type result struct {
 	rcptReplies map[string]*gomilter.Action // non-continue replies to RCPT
 	final       *gomilter.Action            // the reply that ended the message
-	endedAt     string                      // "header", "eoh", "body", "eom"
+	endedAt     string                      // "data", "header", "eoh", "body", "eom"
 	mods        []gomilter.ModifyAction
 	delivered   []byte // the message after the modifications
 	quarantine  string
 }
 
 // send runs one message through the milter like Postfix does: MAIL, the
-// RCPTs, the header fields, end of header, the body in 64 KiB chunks, end
-// of message; stopping where the milter ends the message.
+// RCPTs, DATA, the header fields, end of header, the body in 64 KiB chunks,
+// end of message; stopping where the milter ends the message.
 func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 	t := m.t
 	t.Helper()
@@ -173,6 +180,14 @@ func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 	if accepted == 0 {
 		s.Abort()
 		return r
+	}
+	if !m.noData {
+		s.Macros(gomilter.CodeData, "i", queueID)
+		if a := must(s.Data()); a.Code != gomilter.ActContinue {
+			r.final, r.endedAt = a, "data"
+			r.delivered = msg
+			return r
+		}
 	}
 	fields, body := crypto.Split(msg)
 	for _, fl := range fields {
@@ -273,12 +288,33 @@ func TestKeyedRecipientIsEncrypted(t *testing.T) {
 	}
 }
 
-func TestClearMailIsAcceptedAtFirstHeader(t *testing.T) {
+func TestClearMailIsAcceptedAtData(t *testing.T) {
 	f := newFixture(t, nil)
 	m := f.connect(t, false)
+	if v := m.s.ProtocolOpts; v&(gomilter.OptNoData|gomilter.OptNoHelo|gomilter.OptNoUnknown) != gomilter.OptNoHelo|gomilter.OptNoUnknown {
+		t.Fatalf("negotiated protocol flags %#x", v)
+	}
 	r := m.send("Q2", []string{"nobody@example.org", "other@example.net"}, []byte(plainMsg))
-	if r.endedAt != "header" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+	if r.endedAt != "data" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
 		t.Fatalf("ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
+	}
+	if !regexp.MustCompile(`queue_id=Q2 action=clear rcpts=2 classes=clear:2 .* at=data\n`).MatchString(f.logs.String()) {
+		t.Errorf("log line missing:\n%s", f.logs.String())
+	}
+	// An MTA that sends no DATA (protocol 2) has it accepted at the first
+	// header field; one with a keyed recipient goes on past DATA.
+	m.noData = true
+	r = m.send("Q2b", []string{"nobody@example.org"}, []byte(plainMsg))
+	if r.endedAt != "header" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+		t.Fatalf("without DATA: ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
+	}
+	if !regexp.MustCompile(`queue_id=Q2b action=clear .* at=header\n`).MatchString(f.logs.String()) {
+		t.Errorf("log line missing:\n%s", f.logs.String())
+	}
+	m.noData = false
+	r = m.send("Q2c", []string{"alice@example.org"}, []byte(plainMsg))
+	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+		t.Fatalf("keyed: ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
 	}
 }
 
@@ -307,7 +343,7 @@ func TestMixedRecipientsSplit(t *testing.T) {
 	// The deferred ones come back in a new transaction on the same
 	// connection; the state of the first did not leak into it.
 	r = m.send("Q4", []string{"nobody@example.org"}, []byte(plainMsg))
-	if r.endedAt != "header" || r.final.Code != gomilter.ActAccept {
+	if r.endedAt != "data" || r.final.Code != gomilter.ActAccept {
 		t.Fatalf("second transaction ended at %s with %+v", r.endedAt, r.final)
 	}
 	r = m.send("Q5", []string{"carol@example.org"}, []byte(plainMsg))
@@ -323,7 +359,7 @@ func TestMixedRecipientsSplit(t *testing.T) {
 	if a := r.rcptReplies["alice@example.org"]; a == nil || a.SMTPCode != 452 {
 		t.Errorf("keyed after unkeyed: %+v", a)
 	}
-	if r.endedAt != "header" {
+	if r.endedAt != "data" {
 		t.Errorf("clear transaction ended at %s", r.endedAt)
 	}
 }
@@ -372,7 +408,7 @@ func TestUnusableKeyPolicy(t *testing.T) {
 			f := newFixture(t, func(c *config.Config) { c.Encryption.UnusableKey = tc.policy })
 			r := f.connect(t, false).send("Q11", []string{"old@example.org"}, []byte(plainMsg))
 			if tc.clear {
-				if r.endedAt != "header" || r.final.Code != gomilter.ActAccept {
+				if r.endedAt != "data" || r.final.Code != gomilter.ActAccept {
 					t.Fatalf("clear policy: ended at %s %+v", r.endedAt, r.final)
 				}
 				return
@@ -445,7 +481,7 @@ func TestAbortResetsState(t *testing.T) {
 	}
 	// After RSET, an unkeyed recipient starts a clear transaction.
 	r := m.send("Q17", []string{"nobody@example.org"}, []byte(plainMsg))
-	if r.endedAt != "header" {
+	if r.endedAt != "data" {
 		t.Fatalf("ended at %s", r.endedAt)
 	}
 }

@@ -5,7 +5,8 @@
 //
 //	nullmilter -listen 127.0.0.1:8892 -mode replace
 //	nullmilter -listen 127.0.0.1:8893 -mode accept-rcpt
-//	nullmilter -listen 127.0.0.1:8894 -mode accept-header
+//	nullmilter -listen 127.0.0.1:8894 -mode accept-data
+//	nullmilter -listen 127.0.0.1:8895 -mode accept-header
 //
 // -mode replace makes, at end of message, the same kind and number of
 // changes that lacre-milter makes when it encrypts (milter/session.go,
@@ -21,21 +22,23 @@
 // -mode accept-rcpt accepts every message at its first RCPT
 // (SMFIR_ACCEPT), as the cheapest milter that decides per recipient can.
 // lacre-milter answers a clear (unkeyed) transaction one step later, at
-// the first header field: until the DATA phase another RCPT may still
-// come that needs encryption, and a message accepted at RCPT would be
-// delivered in clear to it. (go-milter announces milter protocol version
-// 2, so Postfix sends it no DATA event: the first header field is the
-// earliest point after the last RCPT.)
+// DATA: until then another RCPT may still come that needs encryption, and
+// a message accepted at RCPT would be delivered in clear to it.
+//
+// -mode accept-data accepts every message at DATA, where lacre-milter
+// accepts clear mail: it shows what that later point costs in itself,
+// apart from lacre's own work.
 //
 // -mode accept-header accepts every message at its first header field,
-// where lacre-milter accepts clear mail: it shows what that later point
-// costs in itself, apart from lacre's own work.
+// where lacre-milter accepted clear mail while it spoke milter protocol
+// version 2 (no DATA event).
 //
-// All modes negotiate what lacre-milter negotiates (every protocol stage,
-// the same actions). The connection does what lacre's does to save system
-// calls, only more: reads are buffered, and everything written is held
-// until the milter next reads, so each reply, with the changes before it,
-// goes out in one write. Nothing is logged.
+// All modes negotiate what lacre-milter negotiates (milter/server.go:
+// protocol version 6, every stage but HELO and unknown commands, the same
+// actions). The connection does what lacre's does to save system calls,
+// only more: reads are buffered, and everything written is held until the
+// milter next reads, so each reply, with the changes before it, goes out
+// in one write. Nothing is logged.
 package main
 
 import (
@@ -57,10 +60,12 @@ const maxBodyPacket = 65535
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8892", "TCP address to listen on (loopback)")
-	mode := flag.String("mode", "replace", `"replace" (change headers and body at end of message), "accept-rcpt" or "accept-header"`)
+	mode := flag.String("mode", "replace", `"replace" (change headers and body at end of message), "accept-rcpt", "accept-data" or "accept-header"`)
 	trace := flag.String("trace", "X-Lacre", "trace header added in replace mode")
 	flag.Parse()
-	if *mode != "replace" && *mode != "accept-rcpt" && *mode != "accept-header" {
+	switch *mode {
+	case "replace", "accept-rcpt", "accept-data", "accept-header":
+	default:
 		log.Fatalf("nullmilter: unknown -mode %q", *mode)
 	}
 	// The same GC setting as lacre-milter serve (milter.TuneRuntime):
@@ -74,8 +79,10 @@ func main() {
 	}
 	srv := &gomilter.Server{
 		NewMilter: func() gomilter.Milter { return &session{mode: *mode, trace: *trace} },
-		// lacre's actions (milter/server.go); Protocol 0: every stage.
-		Actions: gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine,
+		// lacre's negotiation (milter/server.go).
+		Actions:         gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine,
+		Protocol:        gomilter.OptNoHelo | gomilter.OptNoUnknown,
+		ProtocolVersion: 6,
 	}
 	log.Fatal(srv.Serve(&listener{ln}))
 }
@@ -91,6 +98,13 @@ type session struct {
 
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, error) {
 	if s.mode == "accept-rcpt" {
+		return gomilter.RespAccept, nil
+	}
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) Data(m *gomilter.Modifier) (gomilter.Response, error) {
+	if s.mode == "accept-data" {
 		return gomilter.RespAccept, nil
 	}
 	return gomilter.RespContinue, nil
@@ -164,7 +178,10 @@ func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
 	return gomilter.RespAccept, nil
 }
 
-var _ gomilter.Milter = (*session)(nil)
+var (
+	_ gomilter.Milter     = (*session)(nil)
+	_ gomilter.DataMilter = (*session)(nil)
+)
 
 // listener wraps each accepted connection in a batchConn.
 type listener struct{ net.Listener }

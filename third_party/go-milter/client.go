@@ -370,6 +370,27 @@ func (s *ClientSession) Rcpt(rcpt string, esmtpArgs []string) (*Action, error) {
 	return &Action{Code: ActContinue}, nil
 }
 
+// Data sends SMFIC_DATA, which an MTA sends after the last RCPT, with
+// protocol version 4 or later and unless the milter negotiated OptNoData.
+func (s *ClientSession) Data() (*Action, error) {
+	if s.ProtocolOpts&OptNoData != 0 || s.clientProtocolVersion < 4 {
+		return &Action{Code: ActContinue}, nil
+	}
+
+	if err := writePacket(s.conn, &Message{Code: byte(CodeData)}, s.writeTimeout); err != nil {
+		return nil, fmt.Errorf("milter: data: %w", err)
+	}
+
+	if !s.ProtocolOption(OptNoDataReply) {
+		act, err := s.readAction()
+		if err != nil {
+			return nil, fmt.Errorf("milter: data: %w", err)
+		}
+		return act, nil
+	}
+	return &Action{Code: ActContinue}, nil
+}
+
 // HeaderField sends a single header field to the milter.
 //
 // Value should be the original field value without any unfolding applied.

@@ -54,6 +54,7 @@ const (
 
 	// [v6]
 	CodeQuitNewConn Code = 'K' // SMFIC_QUIT_NC
+	CodeUnknown     Code = 'U' // SMFIC_UNKNOWN [v3]
 )
 
 const MaxBodyChunk = 65535

@@ -6,11 +6,13 @@ import (
 	"net/textproto"
 )
 
-// Milter protocol version implemented by the server.
-//
-// Note: Not exported as we might want to support multiple versions
-// transparently in the future.
-var serverProtocolVersion uint32 = 2
+// Milter protocol versions the server can speak. Without
+// Server.ProtocolVersion it announces version 2, as go-milter v0.5.0 did.
+const (
+	minProtocolVersion     uint32 = 2
+	defaultProtocolVersion uint32 = 2
+	maxProtocolVersion     uint32 = 6
+)
 
 // ErrServerClosed is returned by the Server's Serve method after a call to
 // Close.
@@ -54,6 +56,17 @@ type Milter interface {
 	// should be reset to prior to the Helo callback. Connection data should be
 	// preserved.
 	Abort(m *Modifier) error
+}
+
+// DataMilter is implemented by a Milter that wants the DATA event: the MTA
+// sends it after the last RCPT, before the header fields. It is the
+// earliest point at which every recipient is known, so a milter can accept
+// (or reject) the message there without the MTA sending it the content.
+// The MTA sends DATA only with milter protocol version 4 or later (see
+// Server.ProtocolVersion) and unless OptNoData was negotiated; a Milter that
+// does not implement it has DATA answered with RespContinue.
+type DataMilter interface {
+	Data(m *Modifier) (Response, error)
 }
 
 // NoOpMilter is a dummy Milter implementation that does nothing.
@@ -102,6 +115,15 @@ type Server struct {
 	NewMilter func() Milter
 	Actions   OptAction
 	Protocol  OptProtocol
+
+	// ProtocolVersion is the highest milter protocol version the server
+	// negotiates: 2 (the default when zero) up to 6. It answers an MTA with
+	// the lower of this and the MTA's own version. Version 6 (Postfix 2.6
+	// and later, Sendmail 8.14 and later) brings the DATA event
+	// (DataMilter), unknown SMTP commands (answered with RespContinue) and
+	// SMFIC_QUIT_NC. Protocol flags that the MTA does not offer are
+	// dropped from the answer: the MTA then sends those events anyway.
+	ProtocolVersion uint32
 
 	// SymList is the list of macros that the milter wants to receive from
 	// the MTA for the selected protocol stages.

@@ -1,7 +1,6 @@
 package milter
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -29,6 +28,8 @@ type milterSession struct {
 	headers  textproto.MIMEHeader
 	macros   map[string]string
 	backend  Milter
+	// version is the negotiated protocol version (0 before SMFIC_OPTNEG).
+	version uint32
 }
 
 // ReadPacket reads incoming milter packet
@@ -80,31 +81,30 @@ func writePacket(conn net.Conn, msg *Message, timeout time.Duration) error {
 		defer conn.SetWriteDeadline(time.Time{})
 	}
 
-	buffer := bufio.NewWriter(conn)
-
-	// calculate and write response length
-	length := uint32(len(msg.Data) + 1)
-	if err := binary.Write(buffer, binary.BigEndian, length); err != nil {
+	// One write per packet, with the length and the code in front of the
+	// data: a reply is one segment, and nothing is allocated beyond the
+	// packet itself (a bufio.Writer here allocated 4 KiB per packet).
+	// Large packets (body replacements) go out in two writes rather than
+	// being copied.
+	var head [5]byte
+	binary.BigEndian.PutUint32(head[:4], uint32(len(msg.Data)+1))
+	head[4] = msg.Code
+	if len(msg.Data) > smallPacket {
+		if _, err := conn.Write(head[:]); err != nil {
+			return err
+		}
+		_, err := conn.Write(msg.Data)
 		return err
 	}
-
-	// write response code
-	if err := buffer.WriteByte(msg.Code); err != nil {
-		return err
-	}
-
-	// write response data
-	if _, err := buffer.Write(msg.Data); err != nil {
-		return err
-	}
-
-	// flush data to network socket stream
-	if err := buffer.Flush(); err != nil {
-		return err
-	}
-
-	return nil
+	packet := make([]byte, 0, len(head)+len(msg.Data))
+	packet = append(append(packet, head[:]...), msg.Data...)
+	_, err := conn.Write(packet)
+	return err
 }
+
+// smallPacket is the largest payload that writePacket copies to send the
+// whole packet in one write.
+const smallPacket = 4096
 
 // Process processes incoming milter commands
 func (m *milterSession) Process(msg *Message) (Response, error) {
@@ -214,10 +214,36 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 		return m.backend.Headers(m.headers, newModifier(m))
 
 	case CodeOptNeg:
-		// ignore request and prepare response buffer
+		// The MTA offers its version, the actions it allows and the
+		// protocol flags it understands.
+		if len(msg.Data) < 12 {
+			return nil, fmt.Errorf("milter: malformed option negotiation (%d bytes)", len(msg.Data))
+		}
+		mtaVersion := binary.BigEndian.Uint32(msg.Data[0:4])
+		mtaProtocol := OptProtocol(binary.BigEndian.Uint32(msg.Data[8:12]))
+		version := defaultProtocolVersion
+		if m.server != nil && m.server.ProtocolVersion != 0 {
+			version = m.server.ProtocolVersion
+		}
+		if version > maxProtocolVersion {
+			version = maxProtocolVersion
+		}
+		if version < minProtocolVersion {
+			version = minProtocolVersion
+		}
+		if mtaVersion < minProtocolVersion {
+			return nil, fmt.Errorf("milter: MTA speaks protocol version %d, need %d or later", mtaVersion, minProtocolVersion)
+		}
+		if mtaVersion < version {
+			version = mtaVersion
+		}
+		m.version = version
+		// Ask only for what the MTA can do; a flag it does not know
+		// would make it end the connection.
+		m.protocol &= mtaProtocol
 		var buffer bytes.Buffer
 		// prepare response data
-		for _, value := range []uint32{serverProtocolVersion, uint32(m.actions), uint32(m.protocol)} {
+		for _, value := range []uint32{version, uint32(m.actions), uint32(m.protocol)} {
 			if err := binary.Write(&buffer, binary.BigEndian, value); err != nil {
 				return nil, err
 			}
@@ -248,7 +274,25 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 		return m.backend.RcptTo(strings.Trim(to, "<>"), newModifier(m))
 
 	case CodeData:
-		// data, ignore
+		// DATA (protocol version 4 and later): every recipient is known.
+		if dm, ok := m.backend.(DataMilter); ok {
+			return dm.Data(newModifier(m))
+		}
+
+	case CodeUnknown:
+		// An SMTP command the MTA did not recognise (protocol version 3
+		// and later); nothing in the Milter interface for it.
+
+	case CodeQuitNewConn:
+		// The MTA closes this SMTP connection but keeps the milter
+		// connection for its next one, which starts with SMFIC_CONNECT
+		// (protocol version 6): end a message in progress as SMFIC_ABORT
+		// does, then start over as with a new connection. No reply.
+		err := m.backend.Abort(newModifier(m))
+		m.backend = m.server.NewMilter()
+		m.headers = nil
+		m.macros = nil
+		return nil, err
 
 	default:
 		// print error and close session
