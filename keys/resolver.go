@@ -166,28 +166,12 @@ func (r *Resolver) Normalizer() Normalizer { return r.norm }
 // address malformed): the caller must not treat it as "no key". Every
 // lookup of alias resolution, when it comes, belongs behind this function.
 func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) {
-	cands, err := r.norm.Candidates(address)
-	var ae *AddressError
-	if errors.As(err, &ae) {
-		// No key can be registered for an address without a domain
-		// ("<postmaster>"): answering an error would make its mail wait
-		// forever.
-		return &Lookup{Address: address, Source: SourceNone, ProtectHeaders: r.protect}, nil
-	}
-	if err != nil {
-		return nil, err
+	l, cands, gen, now, err := r.fromMemory(address)
+	if l != nil || err != nil {
+		return l, err
 	}
 	key := cands[0]
-	now := r.now()
-	r.mu.Lock()
-	c, ok := r.cache[key]
-	gen := r.generation
-	r.mu.Unlock()
-	if ok && now.Before(c.expires) {
-		return c.l, nil
-	}
-
-	l, err := r.resolve(ctx, cands, now)
+	l, err = r.resolve(ctx, cands, now)
 	if err != nil {
 		return nil, err
 	}
@@ -202,6 +186,41 @@ func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) 
 		r.mu.Unlock()
 	}
 	return l, nil
+}
+
+// Cached is Lookup without the store: the answer when it is in the cache
+// (or needs no key at all), and ok false when only Lookup can tell. It
+// never waits for I/O, so the milter can call it directly on the RCPT path
+// and start a bounded Lookup only on a miss.
+func (r *Resolver) Cached(address string) (l *Lookup, ok bool) {
+	l, _, _, _, err := r.fromMemory(address)
+	return l, l != nil && err == nil
+}
+
+// fromMemory is the part of Lookup that needs no store: a non-nil Lookup
+// or error is the answer; otherwise cands (normalised, first is the cache
+// key), the cache generation and the time are what resolving needs.
+func (r *Resolver) fromMemory(address string) (l *Lookup, cands []string, gen uint64, now time.Time, err error) {
+	cands, err = r.norm.Candidates(address)
+	var ae *AddressError
+	if errors.As(err, &ae) {
+		// No key can be registered for an address without a domain
+		// ("<postmaster>"): answering an error would make its mail wait
+		// forever.
+		return &Lookup{Address: address, Source: SourceNone, ProtectHeaders: r.protect}, nil, 0, now, nil
+	}
+	if err != nil {
+		return nil, nil, 0, now, err
+	}
+	now = r.now()
+	r.mu.Lock()
+	c, ok := r.cache[cands[0]]
+	gen = r.generation
+	r.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.l, nil, 0, now, nil
+	}
+	return nil, cands, gen, now, nil
 }
 
 // cacheUntil is when a cached answer ends: after the TTL, or sooner when

@@ -195,6 +195,46 @@ func TestResolverCache(t *testing.T) {
 	}
 }
 
+// TestResolverCached: Cached answers what is in the cache, exactly as
+// Lookup would, and never reaches the store.
+func TestResolverCached(t *testing.T) {
+	s, c, _ := resolverFixture(t)
+	now := time.Now()
+	c.Store.CacheTTL = config.Duration(30 * time.Second)
+	r, err := NewResolver(s, c, func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := s.Calls
+	if l, ok := r.Cached("alice@example.org"); ok || l != nil {
+		t.Fatalf("empty cache answered %+v", l)
+	}
+	if l, ok := r.Cached("postmaster"); !ok || l.Encrypt() {
+		t.Errorf("an address without a domain: %+v, %v; want a clear answer", l, ok)
+	}
+	if s.Calls != calls {
+		t.Fatalf("Cached reached the store")
+	}
+	want, err := r.Lookup(context.Background(), "alice@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, ok := r.Cached("Alice@EXAMPLE.org"); !ok || l != want {
+		t.Errorf("after Lookup: %+v, %v; want the cached answer", l, ok)
+	}
+	if _, ok := r.Cached("alice+tag@example.org"); ok {
+		t.Error("a subaddress was answered from its base address's entry")
+	}
+	calls = s.Calls
+	now = now.Add(31 * time.Second)
+	if _, ok := r.Cached("alice@example.org"); ok {
+		t.Error("an expired entry was answered")
+	}
+	if s.Calls != calls {
+		t.Errorf("Cached reached the store")
+	}
+}
+
 func TestResolverFailsClosed(t *testing.T) {
 	s, c, _ := resolverFixture(t)
 	r, err := NewResolver(s, c, nil)

@@ -41,3 +41,32 @@ func TestLookupTimeoutBoundsASlowStore(t *testing.T) {
 		t.Errorf("the log does not say the lookup timed out:\n%s", f.logs.String())
 	}
 }
+
+// cachedOnlyResolver answers from its "cache" at once and would block on
+// the store for ever.
+type cachedOnlyResolver struct{ l *keys.Lookup }
+
+func (r cachedOnlyResolver) Lookup(ctx context.Context, _ string) (*keys.Lookup, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (r cachedOnlyResolver) Cached(string) (*keys.Lookup, bool) { return r.l, true }
+
+// TestCachedAnswerNeedsNoLookup: a recipient whose answer is cached is
+// answered from the cache (*keys.Resolver.Cached) without a Lookup, so
+// the RCPT path starts no goroutine for it.
+func TestCachedAnswerNeedsNoLookup(t *testing.T) {
+	f := newFixture(t, nil)
+	clear := &keys.Lookup{Address: "nobody@example.org", Source: keys.SourceNone}
+	f.srv.Reload(&Settings{Resolver: cachedOnlyResolver{clear}, LookupTimeout: 5 * time.Second, MaxMessageSize: 1 << 20})
+	m := f.connect(t, false)
+	start := time.Now()
+	r := m.send("Q41", []string{"nobody@example.org"}, []byte(plainMsg))
+	if len(r.rcptReplies) != 0 || r.endedAt != "data" || r.final.Code != 'a' {
+		t.Fatalf("replies %v, ended at %s with %+v", r.rcptReplies, r.endedAt, r.final)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %v: the blocking Lookup was used", took)
+	}
+}

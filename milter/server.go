@@ -28,6 +28,12 @@ type Resolver interface {
 	Lookup(ctx context.Context, address string) (*keys.Lookup, error)
 }
 
+// cacheResolver is a Resolver that can also answer from memory without
+// blocking (*keys.Resolver does).
+type cacheResolver interface {
+	Cached(address string) (*keys.Lookup, bool)
+}
+
 // Settings are the options a session reads; they can be swapped on reload.
 type Settings struct {
 	Resolver       Resolver
@@ -111,9 +117,9 @@ type connState struct {
 	seen    bool        // Connect was received
 }
 
-// Serve accepts MTA connections on ln until Shutdown. Each connection gets
-// its own go-milter server whose backend factory is bound to that
-// connection's connState.
+// Serve accepts MTA connections on ln until Shutdown. Each connection is
+// served in a goroutine of its own by a go-milter server whose backend
+// factory is bound to that connection's connState.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
@@ -140,8 +146,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		cs := &connState{}
-		done := make(chan struct{})
-		cs.conn = &trackedConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10), done: done}
+		cs.conn = &trackedConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10)}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -157,7 +162,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			ProtocolVersion: protocolVersion,
 		}
 		go func() {
-			ms.Serve(&oneConnListener{conn: cs.conn, done: done})
+			ms.ServeConn(cs.conn) // closes the connection when done
 			s.mu.Lock()
 			delete(s.conns, cs)
 			s.mu.Unlock()
@@ -225,9 +230,8 @@ func (s *Server) InFlight() int {
 	return n
 }
 
-// trackedConn is the MTA connection as go-milter sees it. It closes done
-// when the connection is closed, so the connection's listener can stop,
-// and it saves system calls that go-milter would make: reads go through a
+// trackedConn is the MTA connection as go-milter sees it. It saves system
+// calls that go-milter would make: reads go through a
 // buffer (go-milter reads a packet's length and its data separately), and
 // the end-of-message modifications can be held and sent together with the
 // final reply in one write (see holdUntilReply). Only the session's
@@ -235,8 +239,6 @@ func (s *Server) InFlight() int {
 type trackedConn struct {
 	net.Conn
 	r       *bufio.Reader
-	once    sync.Once
-	done    chan struct{}
 	holding bool
 	final   bool
 	pending []byte
@@ -274,31 +276,6 @@ func (c *trackedConn) releaseWithReply() {
 
 // dropHeld forgets held writes after an error; the session ends anyway.
 func (c *trackedConn) dropHeld() { c.holding, c.final, c.pending = false, false, nil }
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() { close(c.done) })
-	return c.Conn.Close()
-}
-
-// oneConnListener hands out one connection, then blocks until it is
-// closed; go-milter's Serve then returns.
-type oneConnListener struct {
-	conn   net.Conn
-	served bool
-	done   chan struct{}
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	if !l.served {
-		l.served = true
-		return l.conn, nil
-	}
-	<-l.done
-	return nil, net.ErrClosed
-}
-
-func (l *oneConnListener) Close() error   { return nil }
-func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 
 // Listen opens the listener for a "inet:HOST:PORT" or "unix:PATH" address.
 // A stale unix socket file is removed first.

@@ -191,6 +191,14 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 // reply in time (Sendmail waits 10 s by default). An abandoned lookup
 // finishes in the background.
 func (s *session) lookup(rcpt string) (*keys.Lookup, error) {
+	// A cached answer needs no goroutine: most recipients are answered
+	// from the cache, and starting and waiting for a goroutine costs the
+	// runtime thread wake-ups on every RCPT.
+	if c, ok := s.st.Resolver.(cacheResolver); ok {
+		if l, ok := c.Cached(rcpt); ok {
+			return l, nil
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
 	defer cancel()
 	type answer struct {

@@ -149,15 +149,23 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 
-		session := milterSession{
-			server:   s,
-			actions:  s.Actions,
-			protocol: s.Protocol,
-			conn:     conn,
-			backend:  s.NewMilter(),
-		}
-		go session.HandleMilterCommands()
+		go s.ServeConn(conn)
 	}
+}
+
+// ServeConn serves one MTA connection in the calling goroutine, until the
+// MTA quits or the connection fails, and then closes it. It is for a caller
+// that accepts connections itself (for one NewMilter per connection, say):
+// no listener or extra goroutine per connection is needed.
+func (s *Server) ServeConn(conn net.Conn) {
+	session := milterSession{
+		server:   s,
+		actions:  s.Actions,
+		protocol: s.Protocol,
+		conn:     conn,
+		backend:  s.NewMilter(),
+	}
+	session.HandleMilterCommands()
 }
 
 func (s *Server) Close() error {
