@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -188,6 +189,30 @@ func TestPostfix(t *testing.T) {
 		m.mu.Lock()
 		m.cmd.Process.Signal(syscall.SIGHUP)
 		m.mu.Unlock()
+	})
+
+	// Postfix with milter_protocol = 2 sends no DATA event: lacre-milter
+	// negotiates version 2, accepts clear mail at the first header line,
+	// and still encrypts.
+	t.Run("milter protocol 2 still works", func(t *testing.T) {
+		p.setMain(t, map[string]string{"milter_protocol": "2"})
+		defer p.setMain(t, map[string]string{"milter_protocol": "6"})
+		msg := message("v2-unkeyed", "bob@example.net", textFields, textBody)
+		id, err := p.sendSMTPID(t, "sender@example.com", []string{"bob@example.net"}, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRelayed(t, byMessageID(t, s, "v2-unkeyed").Data, msg)
+		logs := waitText(t, "lacre-milter output", m.out.String, "queue_id="+id+" action=clear ", 5*time.Second)
+		if !strings.Contains(logs, "queue_id="+id+" action=clear rcpts=1 classes=clear:1 size_in=0") ||
+			!regexp.MustCompile(`queue_id=`+id+` action=clear [^\n]* at=header\n`).MatchString(logs) {
+			t.Errorf("clear mail over protocol 2 not accepted at the first header:\n%s", tail(logs, 5))
+		}
+		keyed := message("v2-keyed", "alice@example.org", textFields, textBody)
+		if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, keyed); err != nil {
+			t.Fatal(err)
+		}
+		checkDecrypts(t, byMessageID(t, s, "v2-keyed").Data, keyed, alice)
 	})
 
 	t.Run("keyed and unkeyed from a sending MTA both arrive", func(t *testing.T) {
