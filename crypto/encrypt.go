@@ -97,7 +97,7 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	}
 
 	entities := make([]*openpgp.Entity, 0, len(to))
-	seipdV2 := true
+	used := make([]*keys.Key, 0, len(to))
 	seen := make(map[string]bool, len(to))
 	for _, k := range to {
 		// Recipients may share a key (a static mapping, a team key): one
@@ -106,7 +106,23 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 			continue
 		}
 		seen[k.Fingerprint] = true
+		used = append(used, k)
 		entities = append(entities, k.Entity)
+	}
+	// go-crypto writes into a key's signatures while it checks them, and
+	// the keys are shared with concurrent sessions: hold their locks for
+	// the key work (keys.Key), released before the message is encrypted.
+	unlock := keys.LockKeys(used)
+	locked := true
+	release := func() {
+		if locked {
+			locked = false
+			unlock()
+		}
+	}
+	defer release()
+	seipdV2 := true
+	for _, k := range used {
 		sig, err := k.Entity.PrimarySelfSignature(now, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("key %s: no valid self-signature: %w", k.Fingerprint, err)
@@ -131,9 +147,9 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	armor := newArmorWriter(&out, !seipdV2)
 
 	if seipdV2 {
-		err = encryptV2(armor, entities, opt.HideRecipients, cfg, inner, body)
+		err = encryptV2(armor, entities, opt.HideRecipients, cfg, release, inner, body)
 	} else {
-		err = encryptV1(armor, entities, opt.HideRecipients, cfg, inner, body)
+		err = encryptV1(armor, entities, opt.HideRecipients, cfg, release, inner, body)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
@@ -269,8 +285,9 @@ func outerChanges(fields []Field, boundary string, protect bool) []Change {
 }
 
 // encryptV2 uses go-crypto for recipients who all support SEIPDv2
-// (RFC 9580 §5.13.2): AEAD with the best cipher suite they share.
-func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, inner, body []byte) error {
+// (RFC 9580 §5.13.2): AEAD with the best cipher suite they share. It
+// calls keysDone when it no longer uses the Entities.
+func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, keysDone func(), inner, body []byte) error {
 	var toVisible, toHidden []*openpgp.Entity
 	if hide {
 		toHidden = to
@@ -278,6 +295,7 @@ func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config,
 		toVisible = to
 	}
 	pt, err := openpgp.EncryptWithParams(w, toVisible, toHidden, &openpgp.EncryptParams{Config: cfg})
+	keysDone() // no signing: the writer does not go back to the keys
 	if err != nil {
 		return err
 	}
@@ -301,7 +319,7 @@ func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config,
 // (v3 PKESK, RFC 9580 §5.1) and the data with writeSEIPDv1. The cipher is
 // AES-256 unless a key's preferences exclude it (then AES-128, which
 // every implementation must support, RFC 9580 §9.3).
-func encryptV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, inner, body []byte) error {
+func encryptV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, keysDone func(), inner, body []byte) error {
 	now := cfg.Now()
 	cipherFunc := packet.CipherAES256
 	for _, e := range to {
@@ -333,6 +351,7 @@ func encryptV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config,
 			return err
 		}
 	}
+	keysDone()
 	return writeSEIPDv1(w, sessionKey, cfg.Random(), inner, body)
 }
 

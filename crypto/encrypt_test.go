@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -319,5 +320,69 @@ func TestEncryptMemoryIsLinear(t *testing.T) {
 		if ratio > 1.6 {
 			t.Errorf("%d MiB body: allocated %.2f × the body, want ≤ 1.6 ×", size>>20, ratio)
 		}
+	}
+}
+
+// TestEncryptConcurrentlyToOneKey: sessions share a key through the lookup
+// cache, and go-crypto records its signature checks in the key while it
+// encrypts. Under -race this fails unless Encrypt holds the key's lock for
+// that work; every ciphertext must decrypt either way.
+func TestEncryptConcurrentlyToOneKey(t *testing.T) {
+	// Keys whose signatures nobody has checked yet (keys.Parse checks
+	// some), so that go-crypto checks them during the concurrent calls.
+	unchecked := func(kind testkeys.Kind, address string) (*keys.Key, *openpgp.Entity) {
+		k, secret := testKey(t, kind, address)
+		el, err := openpgp.ReadKeyRing(bytes.NewReader(k.Raw))
+		if err != nil || len(el) != 1 {
+			t.Fatalf("read %s: %v", address, err)
+		}
+		e := el[0]
+		forget := func(sigs []*packet.VerifiableSignature) {
+			for _, s := range sigs {
+				s.Valid = nil
+			}
+		}
+		forget(e.DirectSignatures)
+		for _, id := range e.Identities {
+			forget(id.SelfCertifications)
+		}
+		for _, sk := range e.Subkeys {
+			forget(sk.Bindings)
+		}
+		return &keys.Key{Entity: e, Fingerprint: k.Fingerprint, Raw: k.Raw}, secret
+	}
+	k, secret := unchecked(testkeys.Curve25519, "alice@example.org")
+	other, _ := unchecked(testkeys.RSA3072, "bob@example.org")
+	fields, body := Split([]byte("From: a@example.net\r\nSubject: s\r\n\r\nshared key\r\n"))
+	var wg sync.WaitGroup
+	results := make(chan *Result, 16)
+	for i := range 16 {
+		to := []*keys.Key{k}
+		if i%2 == 1 {
+			to = []*keys.Key{other, k} // two locks, in another order than given
+		}
+		wg.Go(func() {
+			res, err := Encrypt(fields, body, to, Options{Now: time.Now()})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			results <- res
+		})
+	}
+	wg.Wait()
+	close(results)
+	n := 0
+	for res := range results {
+		var msg bytes.Buffer
+		WriteMessage(&msg, Apply(fields, res.Changes), res.Body)
+		_, inner := pgptest.OpenAndDecrypt(t, msg.Bytes(), secret)
+		if !bytes.HasSuffix(inner, body) {
+			t.Fatalf("decrypted %q", inner)
+		}
+		n++
+	}
+	if n != 16 {
+		t.Fatalf("%d results", n)
 	}
 }

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"net/mail"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
@@ -26,11 +28,44 @@ import (
 const MaxKeyBytes = 1 << 20
 
 // Key is one parsed OpenPGP certificate (a transferable public key).
+//
+// One Key may be shared by concurrent sessions (the lookup cache hands the
+// same Key to every message for its address). go-crypto checks a
+// certificate's signatures lazily, when a question needs them, and stores
+// the result in the signature (packet.VerifiableSignature.Valid): asking
+// Entity about validity writes to it. So every such question goes through
+// the key's lock: the methods of Key and Policy take it, and code that
+// hands Entity to go-crypto itself (crypto.Encrypt) holds it with
+// LockKeys.
 type Key struct {
 	Entity      *openpgp.Entity
 	Fingerprint string // upper-case hex, 40 (v4) or 64 (v6) digits
 	// Raw is the binary certificate as stored and exported.
 	Raw []byte
+
+	mu sync.Mutex // see above
+}
+
+// LockKeys locks the keys for a caller that uses their Entities with
+// go-crypto directly, and returns the function that unlocks them. The
+// keys must have distinct fingerprints; they are locked in fingerprint
+// order, so two callers never wait for each other in a cycle. Hold the
+// locks for the key work only (choosing the subkey, wrapping the session
+// key), not while encrypting the message.
+func LockKeys(ks []*Key) (unlock func()) {
+	sorted := slices.Clone(ks)
+	slices.SortFunc(sorted, func(a, b *Key) int { return strings.Compare(a.Fingerprint, b.Fingerprint) })
+	for i, k := range sorted {
+		if i > 0 && sorted[i-1].Fingerprint == k.Fingerprint {
+			panic("keys.LockKeys: two keys with fingerprint " + k.Fingerprint)
+		}
+		k.mu.Lock()
+	}
+	return func() {
+		for _, k := range sorted {
+			k.mu.Unlock()
+		}
+	}
 }
 
 // KeyID returns the 64-bit key ID in the "0x…" form operators know from gpg.
@@ -41,6 +76,12 @@ func (k *Key) Created() time.Time { return k.Entity.PrimaryKey.CreationTime }
 
 // Expires returns when the primary key expires, or the zero time if never.
 func (k *Key) Expires() time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.expires()
+}
+
+func (k *Key) expires() time.Time {
 	sig, err := k.Entity.PrimarySelfSignature(time.Time{}, nil)
 	if err != nil || sig.KeyLifetimeSecs == nil || *sig.KeyLifetimeSecs == 0 {
 		return time.Time{}
@@ -321,11 +362,13 @@ func (p Policy) packetConfig(now time.Time) *packet.Config {
 // address must already be normalised with p.Normalizer. The error is a
 // *RejectError naming the first rule that failed.
 func (p Policy) Validate(k *Key, address string, now time.Time) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
 	e := k.Entity
 	if e.PrivateKey != nil || hasSecretSubkey(e) {
 		return reject(e, RuleSecret, "contains secret key material; submit only the public key")
 	}
-	if err := p.Usable(k, now); err != nil {
+	if err := p.usable(k, now); err != nil {
 		return err
 	}
 	return p.checkUserID(k, address, now)
@@ -336,6 +379,13 @@ func (p Policy) Validate(k *Key, address string, now time.Time) error {
 // milter calls it before encrypting, because a key that was valid when it
 // was registered may have expired since.
 func (p Policy) Usable(k *Key, now time.Time) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return p.usable(k, now)
+}
+
+// usable is Usable with k's lock held.
+func (p Policy) usable(k *Key, now time.Time) error {
 	e := k.Entity
 	cfg := p.packetConfig(now)
 	if e.PrimaryKey.CreationTime.After(now) {
@@ -350,7 +400,7 @@ func (p Policy) Usable(k *Key, now time.Time) error {
 	}
 	if _, err := e.VerifyPrimaryKey(now, cfg); err != nil {
 		if errors.Is(err, pgperrors.ErrKeyExpired) {
-			return reject(e, RuleExpired, "the key expired on %s", dateOr(k.Expires(), "an unknown date"))
+			return reject(e, RuleExpired, "the key expired on %s", dateOr(k.expires(), "an unknown date"))
 		}
 		return reject(e, RuleSelfSig, "the primary key is not valid now: %v", err)
 	}
@@ -374,7 +424,13 @@ func (p Policy) Usable(k *Key, now time.Time) error {
 // export would silently drop a revocation or an extended expiry that the
 // store has: refuse copies that are older or lack a revocation.
 func (p Policy) CheckUpdate(stored, submitted *Key, now time.Time) error {
-	if stored.Entity.Revoked(now) && !submitted.Entity.Revoked(now) {
+	// One lock at a time: both keys have the same fingerprint.
+	revoked := func(k *Key) bool {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		return k.Entity.Revoked(now)
+	}
+	if revoked(stored) && !revoked(submitted) {
 		return reject(submitted.Entity, RuleRevoked, "the key store holds a revoked copy of this key; a copy without the revocation cannot replace it")
 	}
 	if s, n := latestSelfSignature(stored.Entity), latestSelfSignature(submitted.Entity); n.Before(s) {

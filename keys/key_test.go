@@ -5,7 +5,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"reflect"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -527,4 +529,38 @@ func TestNormalizeDomain(t *testing.T) {
 			t.Errorf("NormalizeDomain(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
+}
+
+// TestLockKeysOrder: callers that lock the same keys given in different
+// orders never deadlock (LockKeys sorts by fingerprint), and a list with
+// one fingerprint twice is refused.
+func TestLockKeysOrder(t *testing.T) {
+	a := parseOne(t, testkeys.Curve25519, "a@example.org")
+	b := parseOne(t, testkeys.Curve25519, "b@example.org")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for _, order := range [][]*Key{{a, b}, {b, a}} {
+			wg.Go(func() {
+				for range 20000 {
+					unlock := LockKeys(order)
+					runtime.Gosched()
+					unlock()
+				}
+			})
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("LockKeys deadlocked")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("two keys with one fingerprint were accepted")
+		}
+	}()
+	LockKeys([]*Key{a, {Fingerprint: a.Fingerprint}})
 }
