@@ -121,6 +121,17 @@ func TestPostfix(t *testing.T) {
 		checkDecrypts(t, byMessageID(t, s, "local-keyed").Data, msg, alice)
 	})
 
+	// sendmail -t: the recipients come from the To/Cc/Bcc header fields,
+	// not the command line.
+	t.Run("local submission with -t is encrypted", func(t *testing.T) {
+		msg := message("local-t", "alice@example.org", textFields, textBody)
+		args := []string{"-C", p.configDir, "-f", "sender@example.com", "-i", "-t"}
+		if _, err := run(msg, []string{"MAIL_CONFIG=" + p.configDir}, sendmailCmd, args...); err != nil {
+			t.Fatal(err)
+		}
+		checkDecrypts(t, byMessageID(t, s, "local-t").Data, msg, alice)
+	})
+
 	t.Run("local submission with mixed recipients is held", func(t *testing.T) {
 		msg := message("local-mixed", "alice@example.org, bob@example.net", textFields, textBody)
 		if err := p.sendmail(t, "sender@example.com", []string{"alice@example.org", "bob@example.net"}, msg); err != nil {
