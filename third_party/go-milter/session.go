@@ -220,6 +220,9 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 			return nil, fmt.Errorf("milter: malformed option negotiation (%d bytes)", len(msg.Data))
 		}
 		mtaVersion := binary.BigEndian.Uint32(msg.Data[0:4])
+		// The actions (bytes 4-8) are answered as Server.Actions, as
+		// before: an MTA that does not allow one ends the connection
+		// itself (Postfix and Sendmail do, and log why).
 		mtaProtocol := OptProtocol(binary.BigEndian.Uint32(msg.Data[8:12]))
 		version := defaultProtocolVersion
 		if m.server != nil && m.server.ProtocolVersion != 0 {
@@ -248,8 +251,8 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 				return nil, err
 			}
 		}
-		// append requested symlist
-		if m.server.Actions&OptSetSymList != 0 {
+		// append requested symlist (version 6)
+		if version >= 6 && m.actions&OptSetSymList != 0 && m.server != nil {
 			for stage, macros := range m.server.SymList {
 				binary.Write(&buffer, binary.BigEndian, stage)
 				for i, macro := range macros {
@@ -289,6 +292,9 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 		// (protocol version 6): end a message in progress as SMFIC_ABORT
 		// does, then start over as with a new connection. No reply.
 		err := m.backend.Abort(newModifier(m))
+		if m.server == nil || m.server.NewMilter == nil {
+			return nil, errCloseSession
+		}
 		m.backend = m.server.NewMilter()
 		m.headers = nil
 		m.macros = nil

@@ -70,7 +70,8 @@ func TestNegotiateRejectsMalformedAndOldMTA(t *testing.T) {
 		{Code: byte(CodeOptNeg), Data: []byte("short")},
 		optNeg(1, 0x3f, 0x7f),
 	} {
-		s := milterSession{server: &Server{ProtocolVersion: 6}, backend: NoOpMilter{}}
+		srv := &Server{ProtocolVersion: 6}
+		s := milterSession{server: srv, backend: NoOpMilter{}}
 		if resp, err := s.Process(msg); err == nil {
 			t.Errorf("%q: reply %v, want an error", msg.Data, resp)
 		}
@@ -155,8 +156,11 @@ func TestDataEventAcceptStartsNewBackend(t *testing.T) {
 		}
 	}
 	mta.send(CodeQuit, "")
-	if len(made) != 3 || made[0].data != 1 || made[1].data != 1 || made[2].data != 0 {
-		t.Fatalf("%d backends, DATA calls %d/%d", len(made), made[0].data, made[1].data)
+	if len(made) != 3 {
+		t.Fatalf("%d backends, want 3 (one per message, and the next)", len(made))
+	}
+	if made[0].data != 1 || made[1].data != 1 || made[2].data != 0 {
+		t.Fatalf("DATA calls per backend %d/%d/%d, want 1/1/0", made[0].data, made[1].data, made[2].data)
 	}
 }
 
@@ -193,7 +197,7 @@ func TestQuitNewConnectionStartsOver(t *testing.T) {
 		t.Fatalf("CONNECT after QUIT_NC: %c", r.Code)
 	}
 	mta.send(CodeQuit, "")
-	if len(made) != 2 || made[0].Host != "one.example" || made[1].Host != "two.example" || made[1].From != "" || aborted != 1 {
+	if len(made) != 2 || made[0].Host != "one.example" || made[0].From != "a@example.org" || made[1].Host != "two.example" || aborted != 1 {
 		t.Fatalf("backends after QUIT_NC: %d, %d aborted, %+v", len(made), aborted, made)
 	}
 }
@@ -257,7 +261,8 @@ func TestClientDataAgainstServer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Version 2: the client sends no DATA at all.
+		// Version 2: the client sends no DATA at all (a client check:
+		// the server never sees the command).
 		want, calls := ActAccept, 1
 		if version == 2 {
 			want, calls = ActContinue, 0
