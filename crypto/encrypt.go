@@ -14,6 +14,7 @@ import (
 	"mime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
@@ -112,14 +113,7 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	// go-crypto writes into a key's signatures while it checks them, and
 	// the keys are shared with concurrent sessions: hold their locks for
 	// the key work (keys.Key), released before the message is encrypted.
-	unlock := keys.LockKeys(used)
-	locked := true
-	release := func() {
-		if locked {
-			locked = false
-			unlock()
-		}
-	}
+	release := sync.OnceFunc(keys.LockKeys(used))
 	defer release()
 	seipdV2 := true
 	for _, k := range used {
