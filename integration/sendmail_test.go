@@ -50,7 +50,7 @@ func TestSendmail(t *testing.T) {
 		}
 		checkRelayed(t, byMessageID(t, s, "sm-unkeyed").Data, msg)
 		// Sendmail 8.17 speaks milter protocol 6 too.
-		checkClearAcceptedAtData(t, m, sendmailQueueID(t, sm, "sm-unkeyed"))
+		checkClearAcceptedAt(t, m, sendmailQueueID(t, sm, "sm-unkeyed"), "data")
 	})
 
 	t.Run("two keyed recipients share one ciphertext", func(t *testing.T) {
