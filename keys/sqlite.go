@@ -35,47 +35,6 @@ var _ Store = (*SQLiteStore)(nil)
 // the milter then answers with a temporary failure rather than hanging.
 const sqliteBusyTimeout = 5000 // milliseconds
 
-// sqliteMigrations are the schema versions, in order: migration i brings the
-// database from version i to version i+1. Never edit or reorder a released
-// migration; append a new one. The applied version is recorded in the
-// schema_version table rather than only in PRAGMA user_version so that the
-// same scheme carries over to PostgreSQL unchanged.
-var sqliteMigrations = []string{
-	// v1: keys are stored once by fingerprint and bound to any number of
-	// addresses. A binding's key must exist (foreign key); deleting a key
-	// deletes its bindings. Times are unix seconds, UTC.
-	`CREATE TABLE keys (
-		fingerprint TEXT PRIMARY KEY,
-		material    BLOB NOT NULL,
-		updated_at  INTEGER NOT NULL
-	);
-	CREATE TABLE bindings (
-		address     TEXT NOT NULL,
-		fingerprint TEXT NOT NULL REFERENCES keys(fingerprint) ON DELETE CASCADE,
-		added_at    INTEGER NOT NULL,
-		PRIMARY KEY (address, fingerprint)
-	);
-	CREATE INDEX bindings_fingerprint ON bindings(fingerprint);
-	CREATE TABLE prefs (
-		address         TEXT PRIMARY KEY,
-		protect_headers INTEGER NULL
-	);`,
-	// v2: key registration requests waiting for confirmation (package web).
-	// Only the SHA-256 of a token is stored; material holds the submitted
-	// certificates of an "add".
-	`CREATE TABLE requests (
-		token_hash BLOB PRIMARY KEY,
-		action     TEXT NOT NULL CHECK (action IN ('add', 'remove')),
-		address    TEXT NOT NULL,
-		material   BLOB NULL,
-		client_ip  TEXT NOT NULL,
-		created_at INTEGER NOT NULL,
-		expires_at INTEGER NOT NULL
-	);
-	CREATE INDEX requests_address ON requests(address, created_at);
-	CREATE INDEX requests_client ON requests(client_ip, created_at);`,
-}
-
 // OpenSQLite opens (creating if needed) the key store at path and brings its
 // schema up to date. The directory must exist: a missing directory is far
 // more likely a typo in the configuration than a wish for a new store, so it
