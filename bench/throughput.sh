@@ -170,6 +170,7 @@ gpg --homedir "$GNUPG_TMP" --batch --armor --export "$KEYED" >"$WORK/lacre/bob.a
 gpgconf --homedir "$GNUPG_TMP" --kill gpg-agent
 rm -rf "$GNUPG_TMP"
 GNUPG_TMP=""
+"$WORK/bin/lacre-milter" -config "$WORK/lacre/lacre.toml" store init >/dev/null
 "$WORK/bin/lacre-milter" -config "$WORK/lacre/lacre.toml" keys add "$KEYED" "$WORK/lacre/bob.asc" >/dev/null
 
 # Postfix: the integration harness's instance (integration/harness_test.go),

@@ -878,6 +878,11 @@ func startMilter(t testing.TB, configTOML string) *milterProc {
 			t.Logf("lacre-milter output:\n%s", out)
 		}
 	})
+	// The store is made once, as an operator does; "serve" (also on a
+	// restart) never creates one.
+	if out, err := m.cli(nil, "store", "init"); err != nil {
+		t.Fatalf("lacre-milter store init: %v\n%s", err, out)
+	}
 	m.start(t)
 	return m
 }

@@ -264,7 +264,7 @@ func hostilePKESKIDs(t *testing.T, armored []byte) map[uint64]bool {
 
 func hostileOpenStore(t *testing.T) keys.Store {
 	t.Helper()
-	st, err := keys.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "keys.db"))
+	st, err := keys.InitSQLite(context.Background(), filepath.Join(t.TempDir(), "keys.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 
 // TestRequests runs the same checks against both Requests implementations.
 func TestRequests(t *testing.T) {
-	sq, err := OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "k.db"))
+	sq, err := InitSQLite(context.Background(), filepath.Join(t.TempDir(), "k.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

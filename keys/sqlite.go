@@ -21,8 +21,15 @@ import (
 // the milter reads it on every RCPT while the CLI and the web service write
 // to it. With WAL, readers never block the writer and the writer never
 // blocks readers; only writers wait for each other, up to the busy timeout.
+//
+// The store is the only thing that says "this address has no key", so it
+// must never answer from a database that is not the one holding the keys.
+// SQLite would happily create a new empty database wherever the file has
+// gone; here nothing but InitSQLite creates or migrates one, and every
+// operation first checks that the file is still the store that was opened
+// (see storeDB).
 type SQLiteStore struct {
-	db   *sql.DB
+	db   *storeDB
 	path string
 	now  func() time.Time // binding and update times; replaced in tests
 }
@@ -35,46 +42,135 @@ var _ Store = (*SQLiteStore)(nil)
 // the milter then answers with a temporary failure rather than hanging.
 const sqliteBusyTimeout = 5000 // milliseconds
 
-// OpenSQLite opens (creating if needed) the key store at path and brings its
-// schema up to date. The directory must exist: a missing directory is far
-// more likely a typo in the configuration than a wish for a new store, so it
-// is reported, not created. A new file is created with mode 0600, as it
-// tells who corresponds with whom.
+// sqliteMagic is the first 16 bytes of every SQLite 3 database file
+// (https://www.sqlite.org/fileformat.html §1.3).
+const sqliteMagic = "SQLite format 3\x00"
+
+// OpenSQLite opens the existing key store at path, which must be a lacre
+// store at this binary's schema version. It never creates, initialises or
+// migrates anything: a missing, empty or foreign file is an error that
+// says what to do, because taking it for a new store would turn every
+// keyed recipient's mail into cleartext. Create a store with InitSQLite
+// ("lacre-milter store init").
 func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
+	abs, err := storePath(path)
+	if err != nil {
+		return nil, err
+	}
+	s := &SQLiteStore{path: path, now: time.Now}
+	s.db = &storeDB{path: path, abs: abs}
+	if err := s.db.open(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// InitSQLite is the one way to make a key store: it creates the file at
+// path if there is none (mode 0600: it tells who corresponds with whom)
+// and brings the schema of a new or existing store up to date. An existing
+// file that is empty or not a lacre store is refused, never initialised:
+// an emptied store is an accident to repair from the backup, not a new
+// store. The directory must exist: a missing directory is far more likely
+// a typo than a wish for a new store.
+//
+// Run as root (the Debian package's postinst, an operator's "sudo"), a new
+// file is given the owner and group of its directory, which is the service
+// user's state directory (/var/lib/lacre, owner lacre), so that the
+// unprivileged milter can open it; SQLite gives the -wal and -shm files it
+// creates the database file's owner.
+func InitSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
+	abs, err := storePath(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := createStoreFile(abs); err != nil {
+		return nil, fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
+	}
+	s := &SQLiteStore{path: path, now: time.Now}
+	s.db = &storeDB{path: path, abs: abs, migrate: s.migrate}
+	if err := s.db.open(ctx); err != nil {
+		return nil, err
+	}
+	s.db.migrate = nil // only this first open may migrate
+	return s, nil
+}
+
+// storePath checks path and its directory and returns it absolute.
+func storePath(path string) (string, error) {
 	if path == "" {
-		return nil, fmt.Errorf("%w: no SQLite key store path configured", ErrUnavailable)
+		return "", fmt.Errorf("%w: no SQLite key store path configured", ErrUnavailable)
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
+		return "", fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
 	}
 	dir := filepath.Dir(abs)
 	if st, err := os.Stat(dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: key store %s: directory %s does not exist (create it, or fix the path)", ErrUnavailable, path, dir)
+			return "", fmt.Errorf("%w: key store %s: directory %s does not exist (create it, or fix the path)", ErrUnavailable, path, dir)
 		}
-		return nil, fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
+		return "", fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
 	} else if !st.IsDir() {
-		return nil, fmt.Errorf("%w: key store %s: %s is not a directory", ErrUnavailable, path, dir)
+		return "", fmt.Errorf("%w: key store %s: %s is not a directory", ErrUnavailable, path, dir)
 	}
-	// Create the file ourselves so that it gets 0600 rather than SQLite's
-	// 0644; SQLite gives the -wal and -shm files the database file's mode.
-	if f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
-		f.Close()
-	} else if !errors.Is(err, fs.ErrExist) {
-		return nil, fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
-	}
+	return abs, nil
+}
 
-	db, err := sql.Open("sqlite", sqliteDSN(abs))
+// createStoreFile creates a database file at abs unless something is there
+// already. The file is made under a temporary name and linked into place,
+// so that the store never exists as a zero-length file, which OpenSQLite
+// rightly refuses as "emptied", not even while two processes (the milter
+// and the registration service starting together) create it at once. It
+// is created here rather than by SQLite so that it gets 0600 rather than
+// 0644 (SQLite gives the -wal and -shm files the database file's mode), and
+// so that creating is a decision of InitSQLite alone: every connection
+// opens with mode=rw, which never creates.
+func createStoreFile(abs string) error {
+	if _, err := os.Lstat(abs); err == nil {
+		return nil // OpenSQLite's checks decide what it is
+	}
+	// A write-ahead log without its database is what is left when a store
+	// was deleted while in use; SQLite would replay it into the new file.
+	if st, err := os.Stat(abs + "-wal"); err == nil && st.Size() > 0 {
+		return fmt.Errorf("%s-wal is there without its database: the store was deleted while in use; restore it from the backup, or remove the -wal and -shm files to start an empty store", abs)
+	}
+	f, err := os.CreateTemp(filepath.Dir(abs), filepath.Base(abs)+".init-*")
 	if err != nil {
-		return nil, fmt.Errorf("%w: key store %s: %w", ErrUnavailable, path, err)
+		return err
 	}
-	s := &SQLiteStore{db: db, path: path, now: time.Now}
-	if err := s.init(ctx); err != nil {
-		db.Close()
-		return nil, err
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	err = f.Chmod(0o600)
+	if err == nil && os.Geteuid() == 0 {
+		if st, serr := os.Stat(filepath.Dir(abs)); serr == nil {
+			if uid, gid, ok := fileOwner(st); ok && (uid != 0 || gid != 0) {
+				if err = f.Chown(uid, gid); err != nil {
+					err = fmt.Errorf("giving the new store the owner of its directory: %w", err)
+				}
+			}
+		}
 	}
-	return s, nil
+	f.Close()
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open("sqlite", sqliteDSN(tmp))
+	if err != nil {
+		return err
+	}
+	_, err = db.Exec("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+	// Closing the last connection checkpoints the write-ahead log into
+	// the file and removes it: the file is complete on its own.
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp, abs); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 // sqliteDSN builds the connection string. The pragmas are in the DSN, not
@@ -83,7 +179,9 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 // connection must get them. _txlock=immediate makes every transaction take
 // the write lock at BEGIN; a deferred transaction that reads and then writes
 // can fail with SQLITE_BUSY at once, without waiting for the busy timeout,
-// when another process wrote in between.
+// when another process wrote in between. mode=rw (an SQLite URI parameter)
+// makes opening a connection fail where the file has gone instead of
+// creating a new, empty database there.
 func sqliteDSN(abs string) string {
 	// The path is a URI path: escape what SQLite's URI parser would take as
 	// syntax (and what the driver splits the query on).
@@ -92,7 +190,8 @@ func sqliteDSN(abs string) string {
 		esc = "/" + esc // Windows drive letters: file:/C:/...
 	}
 	return "file:" + esc +
-		fmt.Sprintf("?_pragma=busy_timeout(%d)", sqliteBusyTimeout) +
+		"?mode=rw" +
+		fmt.Sprintf("&_pragma=busy_timeout(%d)", sqliteBusyTimeout) +
 		"&_pragma=foreign_keys(1)" +
 		"&_pragma=journal_mode(WAL)" +
 		// NORMAL is durable across application crashes in WAL mode; only a
@@ -101,50 +200,42 @@ func sqliteDSN(abs string) string {
 		"&_txlock=immediate"
 }
 
-func (s *SQLiteStore) init(ctx context.Context) error {
-	var mode string
-	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-		return s.unavailable("opening", err)
-	}
-	if !strings.EqualFold(mode, "wal") {
-		// For example a file system that cannot map the -shm file.
-		return fmt.Errorf("%w: key store %s: cannot switch to WAL mode (journal mode is %q)", ErrUnavailable, s.path, mode)
-	}
-	return s.migrate(ctx)
+// schemaVersion reads the applied schema version; a database without the
+// schema_version table is not a lacre store.
+func schemaVersion(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) (int, error) {
+	var v int
+	err := q.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_version").Scan(&v)
+	return v, err
 }
 
 // migrate applies the migrations the database lacks, each in its own
 // transaction together with its schema_version row. Transactions begin
 // IMMEDIATE, so two processes starting at once do not both apply one
 // migration: the second waits, then sees the new version.
-func (s *SQLiteStore) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
-		version    INTEGER PRIMARY KEY,
-		applied_at INTEGER NOT NULL
-	)`); err != nil {
-		return s.unavailable("creating schema_version", err)
-	}
+func (s *SQLiteStore) migrate(ctx context.Context, db *sql.DB) error {
 	for {
-		done, err := s.migrateOne(ctx)
+		done, err := s.migrateOne(ctx, db)
 		if err != nil || done {
 			return err
 		}
 	}
 }
 
-func (s *SQLiteStore) migrateOne(ctx context.Context) (done bool, err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+func (s *SQLiteStore) migrateOne(ctx context.Context, db *sql.DB) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, s.unavailable("migrating", err)
 	}
 	defer tx.Rollback()
-	var v int
-	if err := tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(version), 0) FROM schema_version").Scan(&v); err != nil {
+	v, err := schemaVersion(ctx, tx)
+	if err != nil {
 		return false, s.unavailable("reading schema version", err)
 	}
 	switch {
 	case v > len(sqliteMigrations):
-		return false, fmt.Errorf("key store %s: database schema version %d is newer than this lacre-milter (knows up to %d); upgrade the binary", s.path, v, len(sqliteMigrations))
+		return false, fmt.Errorf("%w: key store %s: database schema version %d is newer than this lacre-milter (knows up to %d); upgrade the binary", ErrUnavailable, s.path, v, len(sqliteMigrations))
 	case v == len(sqliteMigrations):
 		return true, nil
 	}
@@ -160,11 +251,24 @@ func (s *SQLiteStore) migrateOne(ctx context.Context) (done bool, err error) {
 	return false, nil
 }
 
+// Check reports whether the store can be used now: the file is the store
+// that was opened (or a valid lacre store that replaced it, which is then
+// used), the schema is the one this binary knows, and writes work again
+// if one failed. It is what /healthz asks; the milter's lookups make the
+// same file check on every query.
+func (s *SQLiteStore) Check(ctx context.Context) error {
+	return s.db.check(ctx)
+}
+
 // unavailable wraps a database error so that callers can tell "the store
 // cannot answer now" (errors.Is ErrUnavailable: the milter tempfails) from
 // "the answer is no". The cause stays in the message and in the chain (a
 // cancelled context is still errors.Is context.Canceled).
 func (s *SQLiteStore) unavailable(op string, err error) error {
+	if errors.Is(err, ErrUnavailable) {
+		return err // the store's own check, which names the file already
+	}
+	s.db.noteErr(err)
 	return fmt.Errorf("%w: key store %s: %s: %w", ErrUnavailable, s.path, op, err)
 }
 
@@ -280,6 +384,7 @@ func (s *SQLiteStore) Add(ctx context.Context, address string, keys []*Key, repl
 	if err := tx.Commit(); err != nil {
 		return s.unavailable(op, err)
 	}
+	s.db.wrote()
 	return nil
 }
 
@@ -322,6 +427,7 @@ func (s *SQLiteStore) Remove(ctx context.Context, address, fingerprint string) (
 	if err := tx.Commit(); err != nil {
 		return 0, s.unavailable(op, err)
 	}
+	s.db.wrote()
 	return len(gone), nil
 }
 
@@ -422,6 +528,7 @@ func (s *SQLiteStore) SetPrefs(ctx context.Context, address string, p Prefs) err
 		ON CONFLICT(address) DO UPDATE SET protect_headers = excluded.protect_headers`, address, ph); err != nil {
 		return s.unavailable("storing preferences of "+address, err)
 	}
+	s.db.wrote()
 	return nil
 }
 
@@ -429,6 +536,23 @@ func (s *SQLiteStore) SetPrefs(ctx context.Context, address string, p Prefs) err
 func (s *SQLiteStore) Close() error {
 	if err := s.db.Close(); err != nil {
 		return s.unavailable("closing", err)
+	}
+	return nil
+}
+
+// Backup writes a consistent copy of the store to the new file dst
+// (mode 0600), while the store stays in use: SQLite's VACUUM INTO reads
+// one snapshot, including commits still in the write-ahead log, which a
+// plain copy of the file would miss.
+func (s *SQLiteStore) Backup(ctx context.Context, dst string) error {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("backup of key store %s: %w", s.path, err)
+	}
+	f.Close()
+	if _, err := s.db.ExecContext(ctx, "VACUUM INTO ?", dst); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("backup of key store %s to %s: %w", s.path, dst, s.unavailable("backup", err))
 	}
 	return nil
 }

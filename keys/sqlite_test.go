@@ -76,7 +76,7 @@ func (c *sqltClock) tick() {
 func sqltOpen(t *testing.T) (*SQLiteStore, *sqltClock, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "keys.db")
-	s, err := OpenSQLite(context.Background(), path)
+	s, err := InitSQLite(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +488,7 @@ func TestSQLiteFileModeAndOddPath(t *testing.T) {
 	ctx := context.Background()
 	// Characters that mean something in a file: URI must stay part of the name.
 	path := filepath.Join(t.TempDir(), "odd name?x=1#frag%20.db")
-	s, err := OpenSQLite(ctx, path)
+	s, err := InitSQLite(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,17 +505,17 @@ func TestSQLiteFileModeAndOddPath(t *testing.T) {
 		t.Errorf("mode %v, want 0600", st.Mode().Perm())
 	}
 	var mode string
-	if err := s.db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+	if err := s.db.QueryRowContext(context.Background(), "PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
 		t.Errorf("journal_mode = %q, %v; want wal", mode, err)
 	}
 	var fk, busy, syncMode int
-	if err := s.db.QueryRow("PRAGMA foreign_keys").Scan(&fk); err != nil || fk != 1 {
+	if err := s.db.QueryRowContext(context.Background(), "PRAGMA foreign_keys").Scan(&fk); err != nil || fk != 1 {
 		t.Errorf("foreign_keys = %d, %v; want 1", fk, err)
 	}
-	if err := s.db.QueryRow("PRAGMA busy_timeout").Scan(&busy); err != nil || busy != sqliteBusyTimeout {
+	if err := s.db.QueryRowContext(context.Background(), "PRAGMA busy_timeout").Scan(&busy); err != nil || busy != sqliteBusyTimeout {
 		t.Errorf("busy_timeout = %d, %v; want %d", busy, err, sqliteBusyTimeout)
 	}
-	if err := s.db.QueryRow("PRAGMA synchronous").Scan(&syncMode); err != nil || syncMode != 1 {
+	if err := s.db.QueryRowContext(context.Background(), "PRAGMA synchronous").Scan(&syncMode); err != nil || syncMode != 1 {
 		t.Errorf("synchronous = %d, %v; want 1 (NORMAL)", syncMode, err)
 	}
 }
@@ -527,7 +527,7 @@ func TestSQLiteCorruptMaterial(t *testing.T) {
 	if err := s.Add(ctx, "alice@example.org", []*Key{k}, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.db.Exec("UPDATE keys SET material = ? WHERE fingerprint = ?", []byte("garbage"), k.Fingerprint); err != nil {
+	if _, err := s.db.ExecContext(context.Background(), "UPDATE keys SET material = ? WHERE fingerprint = ?", []byte("garbage"), k.Fingerprint); err != nil {
 		t.Fatal(err)
 	}
 	_, err1 := s.KeysFor(ctx, "alice@example.org")

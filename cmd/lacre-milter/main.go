@@ -46,7 +46,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "", "run the milter on [milter] listen (the default command)", serve},
+		{"serve", "[-init]", "run the milter on [milter] listen (the default command); -init first creates the key store if there is none", serve},
 		{"web", "", "run the key-registration service and Web Key Directory on [web] listen", webCmd},
 		{"keys add", "[-replace] ADDRESS FILE|-", "validate the public key(s) in FILE (or stdin) and bind them to ADDRESS", keysAdd},
 		{"keys list", "", "list every address and its keys, with their state now", keysList},
@@ -54,6 +54,9 @@ func commands() []command {
 		{"keys remove", "ADDRESS [FINGERPRINT]", "unbind one key, or every key, from ADDRESS", keysRemove},
 		{"keys set", "ADDRESS protect-headers on|off|default", "set a recipient's own choice of header protection", keysSet},
 		{"encrypt", "[-protect-headers] [-hide-recipients] ADDRESS... < MESSAGE", "encrypt a message (RFC 5322, on stdin) for the recipients' keys, as the milter would, to stdout", encryptCmd},
+		{"store init", "", "create the key store (store.database) if there is none; no other command creates one", storeInit},
+		{"store migrate", "", "bring an existing key store's schema up to date (back it up first)", storeMigrate},
+		{"store backup", "FILE", "write a consistent copy of the key store to the new FILE, while it is in use", storeBackup},
 		{"check-config", "", "validate the configuration and say which file was used", checkConfig},
 		{"version", "", "print the version", printVersion},
 	}
@@ -199,7 +202,7 @@ func checkConfig(e *env, args []string) error {
 	if _, err := keys.NewResolver(keys.NewMemoryStore(), c, nil); err != nil {
 		return err
 	}
-	storeNote := "  (the key store does not exist yet; \"keys add\" creates it)\n"
+	storeNote := "  (the key store does not exist yet; \"lacre-milter store init\" creates it)\n"
 	if _, err := os.Stat(c.DatabasePath()); err == nil {
 		// With a store present, also check that every key the static maps
 		// name is in it: a missing one makes that mail wait. This comes

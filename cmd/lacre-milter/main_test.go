@@ -69,6 +69,21 @@ func newFixture(t *testing.T, after bool, extra string) *fixture {
 	f := &fixture{t: t, dir: t.TempDir(), after: after}
 	f.cfg = filepath.Join(f.dir, "lacre.toml")
 	f.writeConfig(extra)
+	// Every command but "store init" refuses a missing store; a test of a
+	// broken configuration gets no store, as "store init" would refuse it.
+	if _, err := config.Load(f.cfg); err == nil {
+		f.must(nil, "store", "init")
+	}
+	return f
+}
+
+// newFixtureNoStore is newFixture without "store init".
+func newFixtureNoStore(t *testing.T, after bool, extra string) *fixture {
+	t.Helper()
+	t.Setenv(config.EnvVar, "")
+	f := &fixture{t: t, dir: t.TempDir(), after: after}
+	f.cfg = filepath.Join(f.dir, "lacre.toml")
+	f.writeConfig(extra)
 	return f
 }
 
@@ -296,14 +311,14 @@ func TestCheckConfig(t *testing.T) {
 	carol := testkeys.Generate(t, testkeys.Curve25519, "carol@example.org")
 	placements(t, func(t *testing.T, after bool) {
 		t.Run("good file, no store yet", func(t *testing.T) {
-			f := newFixture(t, after, "[milter]\nlisten = \"unix:/run/lacre.sock\"\n")
+			f := newFixtureNoStore(t, after, "[milter]\nlisten = \"unix:/run/lacre.sock\"\n")
 			r := f.run(nil, "check-config")
 			wantCode(t, r, 0)
 			wantContains(t, "stdout", r.stdout,
 				"configuration OK ("+f.cfg+")\n",
 				"milter.listen   unix:/run/lacre.sock\n",
 				"store.database  "+f.db()+"\n",
-				`(the key store does not exist yet; "keys add" creates it)`)
+				`(the key store does not exist yet; "lacre-milter store init" creates it)`)
 			if r.stderr != "" {
 				t.Errorf("stderr: %s", r.stderr)
 			}
@@ -393,7 +408,7 @@ func TestCheckConfig(t *testing.T) {
 			}
 		})
 		t.Run("missing file", func(t *testing.T) {
-			f := newFixture(t, after, "")
+			f := newFixtureNoStore(t, after, "")
 			f.cfg = filepath.Join(f.dir, "nope.toml")
 			r := f.run(nil, "check-config")
 			wantCode(t, r, 1)
@@ -572,7 +587,7 @@ func TestKeysAdd(t *testing.T) {
 			}
 		})
 		t.Run("missing file", func(t *testing.T) {
-			f := newFixture(t, after, "")
+			f := newFixtureNoStore(t, after, "")
 			r := f.run(nil, "keys", "add", addr, filepath.Join(f.dir, "nope.asc"))
 			wantCode(t, r, 1)
 			wantContains(t, "stderr", r.stderr, "lacre-milter keys add: ", "nope.asc", "no such file or directory")

@@ -68,11 +68,24 @@ func metricsHandler(reg *prometheus.Registry, store keys.Store) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if _, err := store.KeysFor(ctx, "healthz@lacre.invalid"); err != nil && !errors.Is(err, keys.ErrNotFound) {
+		if err := checkStore(ctx, store); err != nil {
 			http.Error(w, "key store unavailable", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// checkStore asks the store whether it can answer. A store with a Check
+// (SQLite: is the file on disk still the store, and do writes work)
+// answers that; any other is asked a lookup.
+func checkStore(ctx context.Context, store keys.Store) error {
+	if c, ok := store.(interface{ Check(context.Context) error }); ok {
+		return c.Check(ctx)
+	}
+	if _, err := store.KeysFor(ctx, "healthz@lacre.invalid"); err != nil && !errors.Is(err, keys.ErrNotFound) {
+		return err
+	}
+	return nil
 }

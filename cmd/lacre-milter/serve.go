@@ -50,8 +50,14 @@ func (w *stdlogWriter) Write(p []byte) (int, error) {
 // serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
 // configuration and drops cached key lookups without dropping sessions.
 func serve(e *env, args []string) error {
-	if err := e.noArgs("serve", args); err != nil {
+	fs := e.flags("serve")
+	initStoreFlag := fs.Bool("init", false, "create the key store first if there is none (as \"store init\")")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
 		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	c, err := e.loadConfig()
 	if err != nil {
@@ -62,6 +68,15 @@ func serve(e *env, args []string) error {
 	// route those lines into the structured log.
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(&stdlogWriter{log: log})
+	if *initStoreFlag {
+		created, err := initStore(c.DatabasePath())
+		if err != nil {
+			return err
+		}
+		if created {
+			log.Info("key store created", "store", c.DatabasePath())
+		}
+	}
 	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
 	if err != nil {
 		return err

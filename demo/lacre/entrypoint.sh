@@ -39,4 +39,7 @@ max_requests_per_client = 100
 addr = "${smtp}"
 TOML
 
+# The demo's volume starts empty: make the store (a no-op once it exists;
+# both containers may race here, and SQLite serialises the two).
+/usr/local/bin/lacre-milter store init
 exec /usr/local/bin/lacre-milter "$@"
