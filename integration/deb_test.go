@@ -117,6 +117,7 @@ func TestDebianPackage(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Mail("a@example.org", nil)
+	s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "b@example.org")
 	if a, err := s.Rcpt("b@example.org", nil); err != nil || a.Code != gomilter.ActContinue {
 		t.Fatalf("rcpt: %+v %v", a, err)
 	}

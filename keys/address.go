@@ -85,16 +85,52 @@ func (n Normalizer) Normalize(addr string) (string, error) {
 		domain = d
 	}
 	if quoted {
-		// "alice"@example.org is alice@example.org: drop quotes that are
-		// not needed (RFC 5321 §4.1.2), so both find the same key.
-		if inner := local[1 : len(local)-1]; isDotAtom(inner) {
-			local = inner
+		// "alice"@example.org and "a\lice"@example.org are
+		// alice@example.org: undo quoted pairs and drop quotes that are
+		// not needed (RFC 5321 §4.1.2), so all find the same key.
+		inner, ok := unquote(local[1 : len(local)-1])
+		if !ok {
+			return bad("%q is not an e-mail address (a broken quoted local part)", addr)
 		}
+		if isDotAtom(inner) {
+			local = inner
+		} else {
+			local = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(inner) + `"`
+		}
+	} else if !isDotAtom(local) {
+		// "alice(c)", "alice\", "a,b": not an RFC 5321 Dot-string. MTAs
+		// parse such spellings their own way (Postfix strips the comment
+		// and delivers to alice), so guessing here could say "no key" for
+		// a keyed mailbox: refuse instead.
+		return bad("%q is not an e-mail address (the local part is neither a dot-atom nor quoted)", addr)
 	}
 	if n.FoldLocalPartCase {
 		local = strings.ToLower(local)
 	}
 	return local + "@" + domain, nil
+}
+
+// unquote undoes the quoted pairs of a quoted string's content (RFC 5321
+// §4.1.2 QcontentSMTP); ok is false for a lone backslash at the end or an
+// unescaped quote.
+func unquote(s string) (string, bool) {
+	if !strings.ContainsAny(s, `\"`) {
+		return s, true
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			if i+1 == len(s) {
+				return "", false
+			}
+			i++
+		case '"':
+			return "", false
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String(), true
 }
 
 // forbidden reports characters that cannot appear unquoted in an address.

@@ -201,14 +201,12 @@ func (r *Resolver) Cached(address string) (l *Lookup, ok bool) {
 // or error is the answer; otherwise cands (normalised, first is the cache
 // key), the cache generation and the time are what resolving needs.
 func (r *Resolver) fromMemory(address string) (l *Lookup, cands []string, gen uint64, now time.Time, err error) {
+	// An address that does not normalise is an error, never "no key":
+	// what we cannot parse, the MTA may still deliver to a keyed mailbox
+	// (issue 11: "alice(c)@example.org" reached alice in clear). The
+	// milter classifies the MTA's own parse of the recipient ({rcpt_addr},
+	// which Postfix completes with a domain), so this is rare there.
 	cands, err = r.norm.Candidates(address)
-	var ae *AddressError
-	if errors.As(err, &ae) {
-		// No key can be registered for an address without a domain
-		// ("<postmaster>"): answering an error would make its mail wait
-		// forever.
-		return &Lookup{Address: address, Source: SourceNone, ProtectHeaders: r.protect}, nil, 0, now, nil
-	}
 	if err != nil {
 		return nil, nil, 0, now, err
 	}

@@ -112,13 +112,13 @@ func TestResolverLookupOrder(t *testing.T) {
 			}
 		})
 	}
-	// No key can exist for an address that does not normalise (RFC 5321
-	// allows "<postmaster>" without a domain): no key, not an error that
-	// would make its mail wait forever.
-	for _, a := range []string{"postmaster", "<>", "user@-bad-.example"} {
+	// An address that does not normalise is an error, never "no key":
+	// the MTA may understand it and deliver it to a keyed mailbox.
+	for _, a := range []string{"postmaster", "<>", "user@-bad-.example", "alice(c)@example.org"} {
 		l, err := r.Lookup(context.Background(), a)
-		if err != nil || l.Source != SourceNone || l.Encrypt() {
-			t.Errorf("Lookup(%q) = %+v, %v; want no key", a, l, err)
+		var ae *AddressError
+		if !errors.As(err, &ae) || l != nil {
+			t.Errorf("Lookup(%q) = %+v, %v; want an AddressError", a, l, err)
 		}
 	}
 }
@@ -209,8 +209,8 @@ func TestResolverCached(t *testing.T) {
 	if l, ok := r.Cached("alice@example.org"); ok || l != nil {
 		t.Fatalf("empty cache answered %+v", l)
 	}
-	if l, ok := r.Cached("postmaster"); !ok || l.Encrypt() {
-		t.Errorf("an address without a domain: %+v, %v; want a clear answer", l, ok)
+	if l, ok := r.Cached("postmaster"); ok || l != nil {
+		t.Errorf("an address without a domain: %+v, %v; want no answer (Lookup says why)", l, ok)
 	}
 	if s.Calls != calls {
 		t.Fatalf("Cached reached the store")

@@ -53,7 +53,7 @@ func BenchmarkMilter(b *testing.B) {
 				if _, err := s.Mail("sender@example.net", nil); err != nil {
 					return err
 				}
-				s.Macros(gomilter.CodeRcpt, "i", "BENCH")
+				s.Macros(gomilter.CodeRcpt, "i", "BENCH", "{rcpt_addr}", tc.rcpt)
 				if a, err := s.Rcpt(tc.rcpt, nil); err != nil || a.Code != gomilter.ActContinue {
 					return fmt.Errorf("rcpt: %v %v", a, err)
 				}
@@ -149,6 +149,7 @@ func BenchmarkMilterConnPerMessage(b *testing.B) {
 		if _, err := s.Mail("sender@example.net", nil); err != nil {
 			return err
 		}
+		s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "nobody@example.org")
 		if a, err := s.Rcpt("nobody@example.org", nil); err != nil || a.Code != gomilter.ActContinue {
 			return fmt.Errorf("rcpt: %v %v", a, err)
 		}

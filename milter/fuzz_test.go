@@ -112,7 +112,14 @@ var fuzzCanned = map[byte][]string{
 		"client.example\x00L/run/sock\x00",
 		"client.example\x00U",
 	},
-	'D': {"Ri\x00QFUZZ\x00", "Ei\x00QFUZZ\x00", "M{mail_addr}\x00sender@example.net\x00"},
+	'D': {
+		"Ri\x00QFUZZ\x00{rcpt_addr}\x00alice@example.org\x00",
+		"Ei\x00QFUZZ\x00",
+		"M{mail_addr}\x00sender@example.net\x00",
+		"R{rcpt_addr}\x00nobody@example.org\x00", // the MTA's parse differs from the argument
+		"Ri\x00QFUZZ\x00",                        // no {rcpt_addr}: the recipient waits
+		"R{rcpt_addr}\x00\"a\\\\lice\"@example.org\x00",
+	},
 	'H': {"client.example\x00"},
 	'M': {"<sender@example.net>\x00", "<>\x00"},
 	'R': {
@@ -250,7 +257,9 @@ func fuzzSessionSeeds() [][]byte {
 // see it: reset by MAIL, abort, and every reply that ends the message
 // (go-milter then starts a new backend).
 type fuzzTx struct {
-	keyed  bool // a recipient with usable keys was accepted
+	keyed bool // a recipient with usable keys was accepted
+	// macros are those of the last SMFIC_MACRO, as go-milter keeps them.
+	macros map[string]string
 	fields []crypto.Field
 	body   []byte
 }
@@ -268,20 +277,35 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 		t.Fatalf("option negotiation: %v", err)
 	}
 	var tx fuzzTx
+	var macros map[string]string // go-milter's: replaced by each SMFIC_MACRO, cleared by abort
 	for i, p := range pkts {
+		// Postfix sends {rcpt_addr} (its own parse of the recipient)
+		// before every RCPT; so does this harness, unless the input just
+		// sent macros of its own.
+		if p.code == 'R' && (i == 0 || pkts[i-1].code != 'D') {
+			auto := "R{rcpt_addr}\x00" + strings.Trim(fuzzCString(p.data), "<>") + "\x00"
+			if err := fuzzWritePacket(c, 'D', []byte(auto)); err != nil {
+				return
+			}
+			macros = fuzzMacros([]byte(auto))
+		}
 		if err := fuzzWritePacket(c, p.code, p.data); err != nil {
 			return // the server closed the connection (after a malformed command)
 		}
+		tx.macros = macros
 		switch p.code {
 		case 'M':
 			tx = fuzzTx{}
 		case 'A':
-			tx = fuzzTx{}
+			tx, macros = fuzzTx{}, nil
 			continue // no reply
 		case 'D':
+			if len(p.data) > 0 {
+				macros = fuzzMacros(p.data)
+			}
 			continue // no reply; an empty one closes the connection
 		case 'K':
-			tx = fuzzTx{}
+			tx, macros = fuzzTx{}, nil
 			continue // no reply: a new SMTP connection follows
 		case 'Q':
 			return
@@ -320,6 +344,22 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 	}
 }
 
+// fuzzMacros decodes an SMFIC_MACRO payload as go-milter does.
+func fuzzMacros(data []byte) map[string]string {
+	m := map[string]string{}
+	if len(data) < 2 {
+		return m
+	}
+	parts := strings.Split(strings.Trim(string(data[1:]), "\x00"), "\x00")
+	if len(parts)%2 == 1 {
+		parts = append(parts, "")
+	}
+	for i := 0; i < len(parts); i += 2 {
+		m[parts[i]] = parts[i+1]
+	}
+	return m
+}
+
 // fuzzCheckReply checks one reply against the model and updates it.
 func fuzzCheckReply(t *testing.T, fx *fixture, i int, p fuzzPacket, tx *fuzzTx, mods []fuzzPacket, reply fuzzPacket) {
 	t.Helper()
@@ -351,8 +391,17 @@ func fuzzCheckReply(t *testing.T, fx *fixture, i int, p fuzzPacket, tx *fuzzTx, 
 	}
 	switch p.code {
 	case 'R':
-		if reply.code == 'c' {
-			addr := strings.Trim(fuzzCString(p.data), "<>")
+		// The recipient is what the MTA delivers to: {rcpt_addr}, which
+		// the milter consumes. A recipient it cannot classify waits (SMTP)
+		// or, from sendmail(1), which cannot be refused a recipient, makes
+		// the message one that must not go out in clear: the model counts
+		// it as keyed, so only encryption or the hold queue pass.
+		addr, ok := tx.macros["{rcpt_addr}"]
+		delete(tx.macros, "{rcpt_addr}")
+		if !ok && reply.code == 'c' && tx.macros["{rcpt_mailer}"] != "error" {
+			tx.keyed = true
+		}
+		if reply.code == 'c' && ok {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			l, err := fx.srv.settings.Load().Resolver.Lookup(ctx, addr)
 			cancel()

@@ -114,7 +114,7 @@ func hostileSend(addr, queueID, rcpt string, msg []byte) (out hostileOutcome) {
 	if _, err := s.Mail("sender@example.net", nil); err != nil {
 		return drop(err)
 	}
-	if err := s.Macros(gomilter.CodeRcpt, "i", queueID); err != nil {
+	if err := s.Macros(gomilter.CodeRcpt, "i", queueID, "{rcpt_addr}", strings.Trim(rcpt, "<>")); err != nil {
 		return drop(err)
 	}
 	a, err := s.Rcpt(rcpt, nil)

@@ -26,6 +26,10 @@ var (
 	ReplyMixedClass = Reply{452, "4.5.3", "Please send to this recipient in a separate transaction"}
 	// ReplyLookupFailed: the recipient's keys could not be looked up.
 	ReplyLookupFailed = Reply{451, "4.3.0", "Encryption key lookup failed, try again later"}
+	// ReplyAddressUnknown: the recipient could not be classified because
+	// the MTA's parse of it ({rcpt_addr}) is missing or not understood.
+	// Never "no key": what we cannot parse may reach a keyed mailbox.
+	ReplyAddressUnknown = Reply{451, "4.1.3", "Recipient address not understood, try again later"}
 	// ReplyKeyUnusableTemp: every key of the recipient has expired or been
 	// revoked, and encryption.unusable_key = "tempfail".
 	ReplyKeyUnusableTemp = Reply{450, "4.7.1", "Recipient's encryption key is unusable, try again later"}

@@ -137,16 +137,49 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
+	if mailer, _ := macro(m, "rcpt_mailer"); mailer == "error" {
+		// Postfix rejected this recipient itself and tells the milter only
+		// for its information: it is no recipient of the message, and
+		// must not fix the transaction's class.
+		return gomilter.RespContinue, nil
+	}
+	addr, aerr := rcptAddr(rcpt, m)
+	if m != nil && m.Macros != nil {
+		// go-milter keeps macros until the next SMFIC_MACRO: a later RCPT
+		// without its own must not be classified as this one.
+		delete(m.Macros, "{rcpt_addr}")
+		delete(m.Macros, "rcpt_addr")
+	}
+	if aerr != nil {
+		s.srv.log.Warn("recipient address not understood", "queue_id", s.queueID, "rcpt", rcpt, "error", aerr)
+		s.srv.metrics.Lookup(aerr)
+		if s.conn.nonSMTP {
+			s.localMix = append(s.localMix, "recipient address not understood: "+rcpt)
+			s.localFailed = true
+			return gomilter.RespContinue, nil
+		}
+		return ReplyAddressUnknown.response(s.queueID), nil
+	}
+	rcpt = addr
 	l, lerr := s.lookup(rcpt)
 	s.srv.metrics.Lookup(lerr)
 	var c class
 	switch {
 	case lerr != nil:
-		s.srv.log.Warn("key lookup failed", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
+		var ae *keys.AddressError
+		notUnderstood := errors.As(lerr, &ae)
+		if notUnderstood {
+			s.srv.log.Warn("recipient address not understood", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
+		} else {
+			s.srv.log.Warn("key lookup failed", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
+		}
 		if s.conn.nonSMTP {
 			s.localMix = append(s.localMix, "key lookup failed for "+rcpt)
 			s.localFailed = true
 			return gomilter.RespContinue, nil
+		}
+		if notUnderstood {
+			return ReplyAddressUnknown.response(s.queueID), nil
 		}
 		return ReplyLookupFailed.response(s.queueID), nil
 	case l.AllUnusable():
@@ -182,6 +215,77 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	}
 	s.rcpts = append(s.rcpts, recipient{addr: rcpt, lookup: l, class: c})
 	return gomilter.RespContinue, nil
+}
+
+// macro returns a macro of the current packet: MTAs send long names in
+// braces ("{rcpt_addr}") and one-letter ones without ("i").
+func macro(m *gomilter.Modifier, name string) (string, bool) {
+	if m == nil || m.Macros == nil {
+		return "", false
+	}
+	if v, ok := m.Macros["{"+name+"}"]; ok {
+		return v, true
+	}
+	v, ok := m.Macros[name]
+	return v, ok
+}
+
+// rcptAddr returns the recipient as the MTA itself understood it, which is
+// what it delivers to: the {rcpt_addr} macro. The raw RCPT TO argument is
+// not classified: "alice(c)@example.org", "\"a\\lice\"@example.org" and
+// "alice\\@example.org" are all alice@example.org to Postfix, and a parser
+// of our own that understood them differently would say "no key" for a
+// keyed mailbox.
+//
+//   - Postfix (smtpd and cleanup) sends the address after its own parse
+//     and trivial-rewrite's resolve, local part quoted as RFC 821 wants
+//     ("quote_821_local"), always with a domain ($myorigin appended),
+//     before canonical and virtual alias rewriting. It is in Postfix's
+//     default milter_rcpt_macros.
+//   - Sendmail sends the mailer's $: for the recipient: user@domain for
+//     the SMTP mailers, and for the local mailer the user alone; then the
+//     domain is taken from the RCPT argument, which must be a plain one.
+//
+// A missing macro is an error, not a reason to fall back to the raw
+// argument: an MTA configured not to send it must be noticed.
+func rcptAddr(raw string, m *gomilter.Modifier) (string, error) {
+	v, ok := macro(m, "rcpt_addr")
+	if !ok {
+		return "", errors.New("the MTA sent no {rcpt_addr} macro: list it in Postfix's milter_rcpt_macros (it is there by default) or Sendmail's confMILTER_MACROS_ENVRCPT")
+	}
+	v = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(v), "<"), ">")
+	if v == "" {
+		return "", errors.New("the MTA sent an empty {rcpt_addr}")
+	}
+	if strings.Contains(v, "@") {
+		return v, nil
+	}
+	// Sendmail's local mailer: a user name without the domain.
+	r := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(raw), "<"), ">")
+	at := strings.LastIndexByte(r, '@')
+	if at < 0 || !plainDomain(r[at+1:]) {
+		return "", fmt.Errorf("{rcpt_addr} %q has no domain, and the RCPT argument gives no plain one", v)
+	}
+	return v + "@" + r[at+1:], nil
+}
+
+// plainDomain reports whether d is a host name of letters, digits, hyphens
+// and dots (or an address literal), with nothing an MTA might parse as a
+// comment, quote or route.
+func plainDomain(d string) bool {
+	if len(d) > 2 && d[0] == '[' && d[len(d)-1] == ']' {
+		d = d[1 : len(d)-1]
+	}
+	if d == "" {
+		return false
+	}
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
 }
 
 // lookup asks the resolver about rcpt, bounded by milter.lookup_timeout

@@ -111,6 +111,8 @@ type mta struct {
 	// noData: behave like an MTA speaking protocol 2 (Postfix with
 	// milter_protocol = 2), which sends no DATA event.
 	noData bool
+	// noRcptAddr: send no {rcpt_addr} before RCPT (an MTA configured not to).
+	noRcptAddr bool
 }
 
 // The client's default action mask asks for actions lacre-milter does not
@@ -169,7 +171,11 @@ func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 	must(s.Mail("sender@example.net", nil))
 	accepted := 0
 	for _, rc := range rcpts {
-		s.Macros(gomilter.CodeRcpt, "i", queueID)
+		if m.noRcptAddr {
+			s.Macros(gomilter.CodeRcpt, "i", queueID)
+		} else {
+			s.Macros(gomilter.CodeRcpt, "i", queueID, "{rcpt_addr}", strings.Trim(rc, "<>"))
+		}
 		a := must(s.Rcpt(rc, nil))
 		if a.Code != gomilter.ActContinue {
 			r.rcptReplies[rc] = a
@@ -475,6 +481,7 @@ func TestAbortResetsState(t *testing.T) {
 		}
 	}
 	must(m.s.Mail("a@example.net", nil))
+	m.s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "alice@example.org")
 	must(m.s.Rcpt("alice@example.org", nil))
 	if err := m.s.Abort(); err != nil {
 		t.Fatal(err)
@@ -511,6 +518,7 @@ func TestShutdownDrainsMessagesInFlight(t *testing.T) {
 	if a, err := busy.s.Mail("a@example.net", nil); err != nil || a.Code != gomilter.ActContinue {
 		t.Fatal(err)
 	}
+	busy.s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "alice@example.org")
 	busy.s.Rcpt("alice@example.org", nil)
 	done := make(chan error, 1)
 	go func() {
@@ -549,7 +557,7 @@ func TestShutdownDrainsMessagesInFlight(t *testing.T) {
 }
 
 func TestReplies(t *testing.T) {
-	for _, r := range []Reply{ReplyMixedClass, ReplyLookupFailed, ReplyKeyUnusableTemp, ReplyKeyUnusableReject,
+	for _, r := range []Reply{ReplyMixedClass, ReplyLookupFailed, ReplyAddressUnknown, ReplyKeyUnusableTemp, ReplyKeyUnusableReject,
 		ReplyEncryptFailed, ReplyTooBig, ReplyInternal} {
 		class := fmt.Sprint(r.Code / 100)
 		if !strings.HasPrefix(r.Enhanced, class+".") || (class != "4" && class != "5") {
