@@ -276,7 +276,6 @@ func TestAPIFlowAndErrors(t *testing.T) {
 		{"bad address", "/api/v1/submit", map[string]string{"address": "alice", "key": pub}, 400, "invalid_address", ""},
 		{"unknown field", "/api/v1/submit", map[string]string{"address": "alice@example.org", "kee": pub}, 400, "bad_request", ""},
 		{"unknown token", "/api/v1/confirm", map[string]string{"token": "nope"}, 404, "unknown_token", ""},
-		{"removal without key", "/api/v1/remove", map[string]string{"address": "carol@example.org"}, 404, "no_key", ""},
 	} {
 		status, out := apiCall(t, f, tc.path, tc.in)
 		e, _ := out["error"].(map[string]any)
