@@ -268,8 +268,10 @@ func (s *Service) fail(w http.ResponseWriter, r *http.Request, page string, d pa
 // parseForm reads the form, reporting a body over maxBody as such (413)
 // rather than as a missing field.
 func parseForm(r *http.Request) error {
-	err := r.ParseMultipartForm(maxBody)
-	if errors.Is(err, http.ErrNotMultipart) {
+	var err error
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+		err = r.ParseMultipartForm(maxBody)
+	} else {
 		err = r.ParseForm()
 	}
 	var mbe *http.MaxBytesError
