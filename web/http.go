@@ -358,7 +358,16 @@ func (s *Service) formRemove(w http.ResponseWriter, r *http.Request) {
 // It names the key the link binds, so the user can check it is theirs.
 func (s *Service) confirmPage(w http.ResponseWriter, r *http.Request) {
 	d := pageData{CSRF: s.csrfToken(w, r), Token: r.URL.Query().Get("token")}
-	if req, err := s.store.FindRequest(r.Context(), hashToken(strings.TrimSpace(d.Token)), s.opt.Now()); err == nil {
+	client, now := s.clientIP(r), s.opt.Now()
+	if !s.fails.allow(client, now) {
+		s.fail(w, r, "error.html", pageData{}, errLimited)
+		return
+	}
+	req, err := s.store.FindRequest(r.Context(), hashToken(strings.TrimSpace(d.Token)), now)
+	if errors.Is(err, keys.ErrNotFound) {
+		s.fails.fail(client, now)
+	}
+	if err == nil {
 		d.Action, d.Address = string(req.Action), req.Address
 		for _, k := range req.Keys {
 			d.Keys = append(d.Keys, PendingKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs()})

@@ -214,6 +214,15 @@ func TestNoEnumeration(t *testing.T) {
 	if status != 429 {
 		t.Errorf("100 guessed tokens: the last answered %d, want 429", status)
 	}
+	// The confirmation page (GET) counts and obeys the same limit.
+	resp, err := http.Get(f.srv.URL + "/confirm?token=guess")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 429 {
+		t.Errorf("confirmation page for a limited client: %d", resp.StatusCode)
+	}
 }
 
 // TestCSRF: the form token is the server's HMAC of the cookie, and
