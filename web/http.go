@@ -530,6 +530,9 @@ func (s *Service) apiConfirm(w http.ResponseWriter, r *http.Request) {
 		s.apiFail(w, r, err)
 		return
 	}
-	d := donePage(req)
-	s.apiReply(w, http.StatusOK, map[string]any{"status": "done", "address": req.Address, "action": string(req.Action), "keys": apiKeys(d.Keys)})
+	out := map[string]any{"status": "done", "address": req.Address, "action": string(req.Action)}
+	if ks := apiKeys(donePage(req).Keys); len(ks) > 0 {
+		out["keys"] = ks
+	}
+	s.apiReply(w, http.StatusOK, out)
 }
