@@ -286,15 +286,18 @@ func parseForm(r *http.Request) error {
 
 func (s *Service) formSubmit(w http.ResponseWriter, r *http.Request) {
 	client := s.clientIP(r)
-	if err := s.CheckClient(r.Context(), client); err != nil {
-		s.fail(w, r, "index.html", pageData{}, err)
-		return
-	}
+	// The form is read (at most maxBody) before the per-client limit is
+	// checked, so that a refused form comes back with the key in it; the
+	// key is parsed only after every limit.
 	if err := parseForm(r); err != nil {
 		s.fail(w, r, "index.html", pageData{}, err)
 		return
 	}
 	d := pageData{Address: r.FormValue("address"), Key: r.FormValue("key")}
+	if err := s.CheckClient(r.Context(), client); err != nil {
+		s.fail(w, r, "index.html", d, err)
+		return
+	}
 	if !s.csrfOK(r) {
 		s.fail(w, r, "index.html", d, userError(403, "csrf", "the form expired; please submit it again"))
 		return
@@ -332,15 +335,15 @@ func pendingPage(p *Pending) pageData {
 
 func (s *Service) formRemove(w http.ResponseWriter, r *http.Request) {
 	client := s.clientIP(r)
-	if err := s.CheckClient(r.Context(), client); err != nil {
-		s.fail(w, r, "remove.html", pageData{}, err)
-		return
-	}
 	if err := parseForm(r); err != nil {
 		s.fail(w, r, "remove.html", pageData{}, err)
 		return
 	}
 	d := pageData{Address: r.FormValue("address")}
+	if err := s.CheckClient(r.Context(), client); err != nil {
+		s.fail(w, r, "remove.html", d, err)
+		return
+	}
 	if !s.csrfOK(r) {
 		s.fail(w, r, "remove.html", d, userError(403, "csrf", "the form expired; please submit it again"))
 		return

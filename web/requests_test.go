@@ -322,6 +322,13 @@ func TestFormsKeepTheKey(t *testing.T) {
 	if resp.StatusCode != 400 || !strings.Contains(string(b), "BEGIN PGP PUBLIC KEY BLOCK") {
 		t.Errorf("a key from a file is not shown again: %d\n%s", resp.StatusCode, b)
 	}
+	// Refused by a limit: the key comes back too.
+	f.svc.opt.MaxRequestsPerClient = 0
+	status, page = postForm(t, c, f.srv.URL+"/submit", url.Values{"csrf": {csrf}, "address": {"alice@example.org"}, "key": {pub}})
+	if status != 429 || !strings.Contains(html.UnescapeString(page), strings.TrimSpace(pub)) {
+		t.Errorf("after a 429 the form lost the key: %d", status)
+	}
+	f.svc.opt.MaxRequestsPerClient = 10
 	// 100 MB to /remove: 413.
 	big := io.MultiReader(strings.NewReader("csrf="+csrf+"&address="), io.LimitReader(zeros{}, 100<<20))
 	req, _ := http.NewRequest("POST", f.srv.URL+"/remove", big)
