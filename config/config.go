@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -98,8 +99,15 @@ type Web struct {
 	MaxRequestsPerClient int `toml:"max_requests_per_client"`
 	// Templates is a folder whose *.html and *.txt files override the
 	// built-in page and mail templates; relative to the config file.
-	Templates string  `toml:"templates"`
-	SMTP      WebSMTP `toml:"smtp"`
+	Templates string `toml:"templates"`
+	// TrustedProxies are the reverse proxies (addresses or CIDR prefixes)
+	// whose X-Forwarded-For the rate limits believe; the right-most hop
+	// that is not one of them is the client.
+	TrustedProxies []string `toml:"trusted_proxies"`
+	// SecretFile holds the key of the CSRF tokens' HMAC (at least 32
+	// bytes); relative to the config file. "" means a random key per start.
+	SecretFile string  `toml:"secret_file"`
+	SMTP       WebSMTP `toml:"smtp"`
 }
 
 // WebSMTP is where the web service hands confirmation mail to.
@@ -181,6 +189,7 @@ func Default() *Config {
 			TokenTTL:             Duration(48 * time.Hour),
 			MaxPendingPerAddress: 3,
 			MaxRequestsPerClient: 10,
+			TrustedProxies:       []string{"127.0.0.1", "::1"},
 			SMTP:                 WebSMTP{Addr: "127.0.0.1:25"},
 		},
 		Store: Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
@@ -444,6 +453,11 @@ func (c *Config) Validate() error {
 	if n := c.Web.MaxRequestsPerClient; n < 1 || n > 10000 {
 		add("web.max_requests_per_client", "%d is out of range (1 to 10000)", n)
 	}
+	for _, p := range c.Web.TrustedProxies {
+		if _, err := ParsePrefix(p); err != nil {
+			add("web.trusted_proxies", "%q: write an IP address or a CIDR prefix, e.g. \"127.0.0.1\" or \"10.0.0.0/8\"", p)
+		}
+	}
 	if _, _, err := net.SplitHostPort(c.Web.SMTP.Addr); err != nil {
 		add("web.smtp.addr", "%q: write HOST:PORT, e.g. \"127.0.0.1:25\"", c.Web.SMTP.Addr)
 	}
@@ -540,6 +554,23 @@ func ParseListen(s string) (network, address string, err error) {
 	}
 	return "", "", fmt.Errorf("%q: write \"inet:HOST:PORT\" or \"unix:/PATH\"", s)
 }
+
+// ParsePrefix reads "192.0.2.1" (one address) or "192.0.2.0/24".
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// SecretPath returns web.secret_file resolved against the config file's
+// folder ("" when not set).
+func (c *Config) SecretPath() string { return c.resolve(c.Web.SecretFile) }
 
 // TemplatesPath returns web.templates resolved against the config file's
 // folder ("" when not set).

@@ -145,6 +145,8 @@ func TestLoadEveryOption(t *testing.T) {
 		`max_pending_per_address = 2`,
 		`max_requests_per_client = 50`,
 		`templates = "templates"`,
+		`trusted_proxies = ["10.0.0.0/8"]`,
+		`secret_file = "secret"`,
 		``,
 		`[web.smtp]`,
 		`addr = "[::1]:587"`,
@@ -160,7 +162,7 @@ func TestLoadEveryOption(t *testing.T) {
 		Log: Log{Level: "debug", Format: "json"},
 		Web: Web{Listen: "0.0.0.0:8443", BaseURL: "https://keys.example.org", Domains: []string{"example.org", "example.net"},
 			From: "keys@example.org", TokenTTL: Duration(24 * time.Hour), MaxPendingPerAddress: 2, MaxRequestsPerClient: 50,
-			Templates: "templates", SMTP: WebSMTP{Addr: "[::1]:587"}},
+			Templates: "templates", TrustedProxies: []string{"10.0.0.0/8"}, SecretFile: "secret", SMTP: WebSMTP{Addr: "[::1]:587"}},
 		Store: Store{Database: "/var/lib/lacre/keys.db", CacheTTL: Duration(5 * time.Minute)},
 		Keys:  Keys{MinRSABits: 3072, FoldLocalPartCase: false, SubaddressSeparator: "-"},
 		Encryption: Encryption{

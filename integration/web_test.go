@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,8 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
+
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
+	"lacre.io/milter/web"
 )
 
 // startWeb runs "lacre-milter web" with the milter's configuration (same
@@ -117,7 +124,7 @@ func TestWebRegistration(t *testing.T) {
 	deadline := time.Now().Add(deliveryTimeout)
 	for conf == nil {
 		for _, sm := range s.messages() {
-			if bytes.Contains(sm.Data, []byte("Subject: Confirm your OpenPGP key for alice@example.org")) {
+			if bytes.Contains(sm.Data, []byte("Subject: "+web.MailSubject)) && bytes.Contains(sm.Data, []byte("To: alice@example.org")) {
 				conf = sm.Data
 			}
 		}
@@ -174,5 +181,145 @@ func TestWebRegistration(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Errorf("WKD lookup: %d", resp.StatusCode)
+	}
+}
+
+// tryDecrypt decrypts the armoured part of a mail with secret, or fails.
+func tryDecrypt(msg []byte, secret *openpgp.Entity) ([]byte, error) {
+	i := bytes.Index(msg, []byte("-----BEGIN PGP MESSAGE-----"))
+	if i < 0 {
+		return nil, fmt.Errorf("not encrypted")
+	}
+	blk, err := armor.Decode(bytes.NewReader(msg[i:]))
+	if err != nil {
+		return nil, err
+	}
+	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(md.UnverifiedBody)
+}
+
+// TestWebMultiKeyAttack is issue 12's attack end to end: mallory fetches
+// alice's key from our own Web Key Directory, submits it together with
+// her own key carrying alice's address, and waits for alice to follow the
+// link she can decrypt. Each key gets its own mail, encrypted to it
+// alone: alice's mailbox holds one she can read (naming her fingerprint)
+// and one she cannot; following hers binds her key only, and mail to
+// alice stays readable by alice alone.
+func TestWebMultiKeyAttack(t *testing.T) {
+	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
+	aliceKeys, _ := keys.Parse(testkeys.Public(t, alice))
+	mallory, err := openpgp.NewEntity("Alice", "", "alice@example.org", &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	malloryKeys, _ := keys.Parse(testkeys.Public(t, mallory))
+	s := startSink(t)
+	m := startMilter(t, "[store]\ncache_ttl = \"1s\"\n")
+	m.keysAdd(t, "alice@example.org", testkeys.ArmoredPublic(t, alice))
+	base := startWeb(t, m, s.port)
+	p := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr()})
+
+	// Mallory takes alice's key from the WKD, as anybody can.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/.well-known/openpgpkey/hu/kei1q4tipxxu1yj79k9kfukdhfy631xe?l=alice", nil)
+	req.Host = "example.org"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromWKD, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(fromWKD) == 0 {
+		t.Fatalf("WKD lookup: %d", resp.StatusCode)
+	}
+	var armored bytes.Buffer
+	w, _ := armor.Encode(&armored, openpgp.PublicKeyType, nil)
+	w.Write(fromWKD)
+	w.Close()
+	armored.WriteString("\n")
+	armored.Write(testkeys.ArmoredPublic(t, mallory))
+	body, _ := json.Marshal(map[string]string{"address": "alice@example.org", "key": armored.String()})
+	resp, err = http.Post(base+"/api/v1/submit", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submission: %d %s", resp.StatusCode, answer)
+	}
+
+	// Alice's mailbox: one confirmation per key.
+	var confs [][]byte
+	deadline := time.Now().Add(deliveryTimeout)
+	for len(confs) < 2 {
+		confs = nil
+		for _, sm := range s.messages() {
+			if bytes.Contains(sm.Data, []byte("Subject: "+web.MailSubject)) {
+				confs = append(confs, sm.Data)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d confirmation mails at the sink, want 2 (one per key)", len(confs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(confs) != 2 {
+		t.Fatalf("%d confirmation mails, want 2", len(confs))
+	}
+	var readable [][]byte
+	for _, c := range confs {
+		if linkRE.Match(c) {
+			t.Fatal("a confirmation link is readable without a key")
+		}
+		if inner, err := tryDecrypt(c, alice); err == nil {
+			readable = append(readable, inner)
+		}
+	}
+	if len(readable) != 1 {
+		t.Fatalf("alice can read %d of the 2 confirmations, want exactly 1 (the one for her own key)", len(readable))
+	}
+	inner := readable[0]
+	if !bytes.Contains(inner, []byte(aliceKeys[0].Fingerprint)) || bytes.Contains(inner, []byte(malloryKeys[0].Fingerprint)) {
+		t.Fatalf("alice's confirmation must name her fingerprint and not mallory's:\n%s", inner)
+	}
+	link := linkRE.Find(inner)
+	if link == nil {
+		t.Fatalf("no link in alice's confirmation:\n%s", inner)
+	}
+
+	// Alice follows it, through the pages.
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	csrf := formCSRF(t, c, string(link))
+	token := string(link[strings.Index(string(link), "token=")+6:])
+	resp, err = c.PostForm(base+"/confirm", url.Values{"csrf": {csrf}, "token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("confirm: %d\n%s", resp.StatusCode, page)
+	}
+	out, _ := m.cli(nil, "keys", "show", "alice@example.org")
+	if !strings.Contains(out, "encrypt to 1 key") || strings.Contains(out, malloryKeys[0].KeyID()) || strings.Contains(out, malloryKeys[0].Fingerprint) {
+		t.Fatalf("after alice confirmed:\n%s\nmallory's key is %s", out, malloryKeys[0].Fingerprint)
+	}
+
+	// Mail to alice: alice reads it, mallory does not.
+	time.Sleep(1100 * time.Millisecond) // store.cache_ttl
+	msg := message("web-multikey", "alice@example.org", textFields, textBody)
+	if err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := byMessageID(t, s, "web-multikey").Data
+	checkDecrypts(t, got, msg, alice)
+	if _, err := tryDecrypt(got, mallory); err == nil {
+		t.Fatal("mallory can read alice's mail")
 	}
 }

@@ -39,4 +39,19 @@ var sqliteMigrations = []string{
 	);
 	CREATE INDEX requests_address ON requests(address, created_at);
 	CREATE INDEX requests_client ON requests(client_ip, created_at);`,
+	// v3: one token per submitted key (issue 12). A request now carries
+	// exactly one key; the requests of one submission share "submission"
+	// and list all its fingerprints in "submitted"; "state" holds the
+	// fingerprints bound to the address when the request was made, so a
+	// token dies when the address's keys change; "limit_address" is the
+	// address with any subaddress folded, which the per-address limit
+	// counts. Pending requests of v2 may carry several keys proven by one
+	// token: they are deleted, and their users submit again.
+	`DELETE FROM requests;
+	ALTER TABLE requests ADD COLUMN submission TEXT NOT NULL DEFAULT '';
+	ALTER TABLE requests ADD COLUMN submitted TEXT NOT NULL DEFAULT '';
+	ALTER TABLE requests ADD COLUMN state TEXT NOT NULL DEFAULT '';
+	ALTER TABLE requests ADD COLUMN limit_address TEXT NOT NULL DEFAULT '';
+	CREATE INDEX requests_limit ON requests(limit_address, client_ip);
+	CREATE INDEX requests_bound ON requests(address, submission);`,
 }

@@ -318,6 +318,9 @@ func (d *storeDB) QueryContext(ctx context.Context, query string, args ...any) (
 	return db.QueryContext(ctx, query, args...)
 }
 
+// scanner is a row to scan: a *sql.Row, or storeDB's row.
+type scanner interface{ Scan(dest ...any) error }
+
 // row is a *sql.Row, or the error that kept the query from running.
 type row struct {
 	*sql.Row
@@ -338,7 +341,7 @@ func (r row) Err() error {
 	return r.Row.Err()
 }
 
-func (d *storeDB) QueryRowContext(ctx context.Context, query string, args ...any) row {
+func (d *storeDB) QueryRowContext(ctx context.Context, query string, args ...any) scanner {
 	db, err := d.current(ctx)
 	if err != nil {
 		return row{err: err}

@@ -12,6 +12,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
 )
 
 // chromium finds Debian's headless browser. Without it the browser test
@@ -94,9 +95,11 @@ func TestBrowserSubmitAndConfirm(t *testing.T) {
 		t.Fatalf("after submitting: %q", status)
 	}
 	token := openMail(t, f.mailer.last(t).msg, alice)
+	var shown string
 	err = chromedp.Run(ctx,
 		chromedp.Navigate(f.srv.URL+"/confirm?token="+token),
 		chromedp.WaitVisible(`button[type="submit"]`),
+		chromedp.Text(`li code`, &shown),
 		shot("3-confirm.png"),
 		chromedp.Click(`button[type="submit"]`),
 		chromedp.WaitVisible(`p.ok`),
@@ -105,6 +108,10 @@ func TestBrowserSubmitAndConfirm(t *testing.T) {
 	)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The confirmation page names the key the button binds (issue 12).
+	if ak, _ := keys.Parse(testkeys.Public(t, alice)); shown != ak[0].Fingerprint {
+		t.Errorf("the confirmation page shows %q, want the key's fingerprint %s", shown, ak[0].Fingerprint)
 	}
 	if !strings.Contains(status, "Your key is active") {
 		t.Fatalf("after confirming: %q", status)

@@ -9,6 +9,14 @@
 // cron job deleted the old key before checking the new one. Here a
 // request changes the key store only in Confirm, and only to a key that
 // passes every rule at that moment.
+//
+// Every key is proven on its own: a submission of several keys makes one
+// request, one token and one mail per key, each mail encrypted to its key
+// alone and naming that key's fingerprint and User IDs. Otherwise an
+// attacker could submit the victim's key (fetched from our own Web Key
+// Directory) together with their own key carrying the victim's address:
+// the victim could decrypt the mail, would click, and would bind the
+// attacker's key too (issue 12).
 package web
 
 import (
@@ -17,12 +25,17 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"lacre.io/milter/crypto"
@@ -35,32 +48,78 @@ type Store interface {
 	keys.Requests
 }
 
+// Checker is implemented by stores that can tell whether they are healthy
+// (the file is there, is the store that was opened or a valid
+// replacement, and the last write did not fail). /healthz calls it.
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
 // Mailer sends a message over SMTP. The message is complete (header and
-// body, CRLF line ends).
+// body, CRLF line ends). A nil error means the MTA took responsibility
+// for the message.
 type Mailer interface {
 	Send(ctx context.Context, from string, to []string, msg []byte) error
 }
 
 // Options configure a Service.
 type Options struct {
-	BaseURL              string   // public URL, for links
-	Domains              []string // normalised domains users may register for
-	From                 string   // sender of confirmation mail
-	TokenTTL             time.Duration
+	BaseURL  string   // public URL, for links
+	Domains  []string // normalised domains users may register for
+	From     string   // sender of confirmation mail
+	TokenTTL time.Duration
+	// MaxPendingPerAddress bounds the unconfirmed requests for one address
+	// (subaddresses folded) from one source.
 	MaxPendingPerAddress int
-	MaxRequestsPerClient int // per hour
+	MaxRequestsPerClient int // per source and hour
 	Policy               keys.Policy
 	Templates            *Templates
 	Log                  *slog.Logger
 	Now                  func() time.Time // nil: time.Now
 	Rand                 io.Reader        // nil: crypto/rand
+	// TrustedProxies are the peers whose X-Forwarded-For is believed
+	// (nil: none; the peer address is the client).
+	TrustedProxies []netip.Prefix
+	// Secret keys the CSRF tokens' HMAC; nil: a random one per process
+	// (forms opened before a restart then ask to be sent again).
+	Secret []byte
+	// MaxParallelParses bounds the key submissions parsed at once (0: 2).
+	MaxParallelParses int
 }
+
+// Limits on a submission, each a named rule in the 400 answer.
+const (
+	// MaxKeysPerSubmission: each key gets its own mail.
+	MaxKeysPerSubmission = 3
+	// MaxUserIDsPerKey and MaxSubkeysPerKey: real keys have a handful;
+	// thousands are an attack on the parser and on the WKD's answers.
+	MaxUserIDsPerKey = 100
+	MaxSubkeysPerKey = 100
+)
+
+// The rules of those limits (keys.RejectError rules come from package keys).
+const (
+	RuleKeyCount    keys.Rule = "key-count"
+	RuleUserIDCount keys.Rule = "user-id-count"
+	RuleSubkeyCount keys.Rule = "subkey-count"
+)
+
+// backgroundBudget bounds the store and SMTP work that outlives the HTTP
+// request.
+const backgroundBudget = 2 * time.Minute
 
 // Service implements the registration flow; Handler serves it over HTTP.
 type Service struct {
 	store  Store
 	mailer Mailer
 	opt    Options
+
+	parse     chan struct{} // semaphore: key parsing is the costly step
+	parseWait time.Duration // how long a submission waits for a parse slot
+	confirmMu sync.Mutex    // one confirmation at a time: check state, then change it
+	fails     *failLimiter  // unknown tokens per source
+	writeErr  atomic.Pointer[error]
+	rngMu     sync.Mutex
 }
 
 // New returns a service. It refuses to run without domains: the service
@@ -85,7 +144,17 @@ func New(store Store, mailer Mailer, opt Options) (*Service, error) {
 		}
 		opt.Templates = t
 	}
-	return &Service{store: store, mailer: mailer, opt: opt}, nil
+	if len(opt.Secret) == 0 {
+		opt.Secret = make([]byte, 32)
+		if _, err := rand.Read(opt.Secret); err != nil {
+			return nil, err
+		}
+	}
+	if opt.MaxParallelParses <= 0 {
+		opt.MaxParallelParses = 2
+	}
+	return &Service{store: store, mailer: mailer, opt: opt, parse: make(chan struct{}, opt.MaxParallelParses),
+		parseWait: 20 * time.Second, fails: newFailLimiter(opt.MaxRequestsPerClient * 3)}, nil
 }
 
 // Error is a failure the user can act on, with an HTTP status and a code
@@ -103,6 +172,16 @@ func userError(status int, code, format string, args ...any) *Error {
 	return &Error{Status: status, Code: code, Msg: fmt.Sprintf(format, args...)}
 }
 
+// errLimited is the one answer of every limit: it names no address and no
+// count, so it tells nothing about other people's requests.
+var errLimited = userError(429, "rate_limited", "too many requests; use the link in the mail already sent, or try again later")
+
+// PendingKey is one key of a submission, as named in its mail.
+type PendingKey struct {
+	Fingerprint string
+	UserIDs     []string
+}
+
 // Pending describes a request waiting for confirmation.
 type Pending struct {
 	Address string
@@ -111,52 +190,95 @@ type Pending struct {
 	// Encrypted says whether the confirmation mail was encrypted (always
 	// for a submission; for a removal, when the address has a usable key).
 	Encrypted bool
+	// Keys are the submitted keys, one confirmation mail each.
+	Keys []PendingKey
 }
 
-// address normalises addr and checks its domain is one of ours.
-func (s *Service) address(addr string) (string, error) {
+// address checks that addr is a plain mailbox at one of our domains and
+// returns it normalised, and folded for the per-address limit.
+func (s *Service) address(addr string) (norm, limit string, err error) {
+	if err := plainMailbox(addr); err != nil {
+		return "", "", err
+	}
 	a, err := s.opt.Policy.Normalizer.Normalize(addr)
 	if err != nil {
-		return "", userError(400, "invalid_address", "%v", err)
+		return "", "", userError(400, "invalid_address", "%v", err)
+	}
+	if err := plainMailbox(a); err != nil {
+		return "", "", err
 	}
 	d := keys.Domain(a)
-	for _, ours := range s.opt.Domains {
-		if d == ours {
-			return a, nil
-		}
+	if !slices.Contains(s.opt.Domains, d) {
+		return "", "", userError(400, "foreign_domain", "this service registers keys for addresses at %s only", strings.Join(s.opt.Domains, ", "))
 	}
-	return "", userError(400, "foreign_domain", "this service registers keys for addresses at %s only", strings.Join(s.opt.Domains, ", "))
+	c, err := s.opt.Policy.Normalizer.Candidates(a)
+	if err != nil {
+		return "", "", userError(400, "invalid_address", "%v", err)
+	}
+	return a, c[len(c)-1], nil
 }
 
-// limit applies the rate limits for a new request.
-func (s *Service) limit(ctx context.Context, addr, client string) error {
+// precheck refuses, before any costly work, a request that the limits
+// would refuse anyway. CreateRequests checks again, in its transaction.
+// With limit "" only the per-client limit is checked.
+func (s *Service) precheck(ctx context.Context, limit, client string) error {
 	now := s.opt.Now()
-	s.store.PurgeRequests(ctx, now)
-	// Unconfirmed requests per address; requests per client in the last hour.
-	byAddr, byClient, err := s.store.CountRequests(ctx, addr, client, now.Add(-s.opt.TokenTTL), now.Add(-time.Hour), now)
+	a, c, err := s.store.CountRequests(ctx, limit, client, now.Add(-time.Hour), now)
 	if err != nil {
 		return err
 	}
-	if byAddr >= s.opt.MaxPendingPerAddress {
-		return userError(429, "rate_limited", "%s already has %d unconfirmed requests; use the link in the mail already sent, or wait until it expires", addr, byAddr)
-	}
-	if byClient >= s.opt.MaxRequestsPerClient {
-		return userError(429, "rate_limited", "too many requests from your address; try again in an hour")
+	if c >= s.opt.MaxRequestsPerClient || (limit != "" && a >= s.opt.MaxPendingPerAddress) {
+		return errLimited
 	}
 	return nil
 }
 
-// Submit validates keyData for addr and mails a confirmation, encrypted to
-// the submitted key, to addr. The key store is not touched.
-func (s *Service) Submit(ctx context.Context, addr string, keyData []byte, client string) (*Pending, error) {
-	a, err := s.address(addr)
-	if err != nil {
-		return nil, err
+// CheckClient applies the per-client limit alone: the HTTP handlers call
+// it before reading a request's body.
+func (s *Service) CheckClient(ctx context.Context, client string) error {
+	return s.precheck(ctx, "", client)
+}
+
+// background is the context for work that must finish once started even
+// if the client goes away: storing requests, sending their mail, and
+// deleting what could not be sent.
+func background(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), backgroundBudget)
+}
+
+// parseKeys parses and validates keyData for addr, at most
+// MaxParallelParses at a time.
+func (s *Service) parseKeys(ctx context.Context, addr string, keyData []byte) ([]*keys.Key, error) {
+	wait, cancel := context.WithTimeout(ctx, s.parseWait)
+	defer cancel()
+	select {
+	case s.parse <- struct{}{}:
+	case <-wait.Done():
+		return nil, userError(503, "busy", "the service is busy; try again in a minute")
 	}
+	defer func() { <-s.parse }()
 	ks, err := keys.Parse(keyData)
+	var out []*keys.Key
 	if err == nil {
 		for _, k := range ks {
-			if err = s.opt.Policy.Validate(k, a, s.opt.Now()); err != nil {
+			if slices.ContainsFunc(out, func(o *keys.Key) bool { return o.Fingerprint == k.Fingerprint }) {
+				continue
+			}
+			out = append(out, k)
+		}
+		if n := min(MaxKeysPerSubmission, s.opt.MaxPendingPerAddress); len(out) > n {
+			return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleKeyCount, Msg: fmt.Sprintf("submit at most %d keys at once", n)}
+		}
+		for _, k := range out {
+			if n := len(k.Entity.Identities); n > MaxUserIDsPerKey {
+				return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleUserIDCount, Msg: fmt.Sprintf("key %s has %d User IDs; at most %d are accepted", k.Fingerprint, n, MaxUserIDsPerKey)}
+			}
+			if n := len(k.Entity.Subkeys); n > MaxSubkeysPerKey {
+				return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleSubkeyCount, Msg: fmt.Sprintf("key %s has %d subkeys; at most %d are accepted", k.Fingerprint, n, MaxSubkeysPerKey)}
+			}
+		}
+		for _, k := range out {
+			if err = s.opt.Policy.Validate(k, addr, s.opt.Now()); err != nil {
 				break
 			}
 		}
@@ -168,39 +290,77 @@ func (s *Service) Submit(ctx context.Context, addr string, keyData []byte, clien
 	if err != nil {
 		return nil, err
 	}
-	if err := s.limit(ctx, a, client); err != nil {
-		return nil, err
-	}
-	p, token, err := s.create(ctx, keys.Request{Action: keys.ActionAdd, Address: a, Keys: ks, ClientIP: client})
-	if err != nil {
-		return nil, err
-	}
-	p.Encrypted = true
-	if err := s.mail(ctx, "mail_confirm_add.txt", a, token, ks); err != nil {
-		s.store.TakeRequest(ctx, hashToken(token), s.opt.Now()) // not sent: do not count it
-		return nil, err
-	}
-	s.opt.Log.Info("key submitted", "address", a, "keys", len(ks), "fingerprint", ks[0].Fingerprint, "client", client)
-	return p, nil
+	return out, nil
 }
 
-// RequestRemoval mails addr a link that removes its keys, encrypted to its
-// current keys. When none of them can be used any more (expired, revoked)
-// the mail goes unencrypted: control of the mailbox is then the proof,
-// and the keys in question protect nothing.
-func (s *Service) RequestRemoval(ctx context.Context, addr, client string) (*Pending, error) {
-	a, err := s.address(addr)
+// Submit validates keyData for addr and mails a confirmation for each of
+// its keys, encrypted to that key alone, to addr. The key store is not
+// touched. The limits are checked before the key is parsed.
+func (s *Service) Submit(ctx context.Context, addr string, keyData []byte, client string) (*Pending, error) {
+	a, limit, err := s.address(addr)
 	if err != nil {
 		return nil, err
 	}
+	if err := s.precheck(ctx, limit, client); err != nil {
+		return nil, err
+	}
+	ks, err := s.parseKeys(ctx, a, keyData)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := background(ctx)
+	defer cancel()
 	current, err := s.store.KeysFor(ctx, a)
 	if err != nil {
 		return nil, err
 	}
-	if len(current) == 0 {
-		return nil, userError(404, "no_key", "%s has no key registered", a)
+	submitted := keys.SortedFingerprints(ks)
+	var rs []keys.Request
+	for _, k := range ks {
+		rs = append(rs, keys.Request{Action: keys.ActionAdd, Address: a, Keys: []*keys.Key{k}, Submitted: submitted})
 	}
-	if err := s.limit(ctx, a, client); err != nil {
+	p, tokens, err := s.create(ctx, rs, current, limit, client)
+	if err != nil {
+		return nil, err
+	}
+	p.Encrypted = true
+	var unsent [][]byte
+	var mailErr error
+	for i, k := range ks {
+		p.Keys = append(p.Keys, PendingKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs()})
+		// To this key alone, naming it: holding another key of the
+		// submission must not be enough to confirm this one.
+		if err := s.mail(ctx, "mail_confirm_add.txt", a, tokens[i], []*keys.Key{k}, []*keys.Key{k}); err != nil {
+			unsent, mailErr = append(unsent, hashToken(tokens[i])), err
+		}
+	}
+	if len(unsent) > 0 {
+		// Not sent: do not count it, and leave nothing behind.
+		s.wrote(s.store.DeleteRequests(ctx, unsent))
+		return nil, mailErr
+	}
+	s.opt.Log.Info("key submitted", "address", a, "keys", len(ks), "fingerprints", submitted, "client", client)
+	return p, nil
+}
+
+// RequestRemoval mails addr a link that removes its keys, encrypted to its
+// current usable keys. When there is none (the keys expired or were
+// revoked, or there are no keys) the mail goes unencrypted: control of the
+// mailbox is then the proof, and the keys in question protect nothing.
+// The answer is the same whether the address has an unusable key or none
+// (usable keys are public anyway, in the Web Key Directory).
+func (s *Service) RequestRemoval(ctx context.Context, addr, client string) (*Pending, error) {
+	a, limit, err := s.address(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.precheck(ctx, limit, client); err != nil {
+		return nil, err
+	}
+	ctx, cancel := background(ctx)
+	defer cancel()
+	current, err := s.store.KeysFor(ctx, a)
+	if err != nil {
 		return nil, err
 	}
 	var usable []*keys.Key
@@ -209,32 +369,60 @@ func (s *Service) RequestRemoval(ctx context.Context, addr, client string) (*Pen
 			usable = append(usable, k)
 		}
 	}
-	p, token, err := s.create(ctx, keys.Request{Action: keys.ActionRemove, Address: a, ClientIP: client})
+	p, tokens, err := s.create(ctx, []keys.Request{{Action: keys.ActionRemove, Address: a}}, current, limit, client)
 	if err != nil {
 		return nil, err
 	}
 	p.Encrypted = len(usable) > 0
-	if err := s.mail(ctx, "mail_confirm_remove.txt", a, token, usable); err != nil {
-		s.store.TakeRequest(ctx, hashToken(token), s.opt.Now()) // not sent: do not count it
+	if err := s.mail(ctx, "mail_confirm_remove.txt", a, tokens[0], usable, current); err != nil {
+		s.wrote(s.store.DeleteRequests(ctx, [][]byte{hashToken(tokens[0])}))
 		return nil, err
 	}
 	s.opt.Log.Info("removal requested", "address", a, "encrypted", p.Encrypted, "client", client)
 	return p, nil
 }
 
-// create stores a request under a new token and returns the token.
-func (s *Service) create(ctx context.Context, r keys.Request) (*Pending, string, error) {
-	var raw [32]byte // 256 bits
-	if _, err := io.ReadFull(s.opt.Rand, raw[:]); err != nil {
-		return nil, "", err
+// create stores rs, one new token each, as one submission issued for the
+// address's current keys, and returns the tokens.
+func (s *Service) create(ctx context.Context, rs []keys.Request, current []*keys.Key, limit, client string) (*Pending, []string, error) {
+	now := s.opt.Now()
+	submission, err := s.random(16)
+	if err != nil {
+		return nil, nil, err
 	}
-	token := base64.RawURLEncoding.EncodeToString(raw[:])
-	r.Created = s.opt.Now()
-	r.Expires = r.Created.Add(s.opt.TokenTTL)
-	if err := s.store.CreateRequest(ctx, hashToken(token), r); err != nil {
-		return nil, "", err
+	state := keys.SortedFingerprints(current)
+	var tokens []string
+	var hashes [][]byte
+	for i := range rs {
+		raw, err := s.random(32) // 256 bits
+		if err != nil {
+			return nil, nil, err
+		}
+		token := base64.RawURLEncoding.EncodeToString(raw)
+		tokens, hashes = append(tokens, token), append(hashes, hashToken(token))
+		r := &rs[i]
+		r.Submission, r.State, r.LimitAddress, r.ClientIP = hex.EncodeToString(submission), state, limit, client
+		r.Created, r.Expires = now, now.Add(s.opt.TokenTTL)
 	}
-	return &Pending{Address: r.Address, Action: r.Action, Expires: r.Expires}, token, nil
+	lim := keys.Limits{PerAddress: s.opt.MaxPendingPerAddress, PerClient: s.opt.MaxRequestsPerClient, ClientSince: now.Add(-time.Hour)}
+	if err := s.store.CreateRequests(ctx, now, lim, hashes, rs); err != nil {
+		if errors.Is(err, keys.ErrLimited) {
+			return nil, nil, errLimited
+		}
+		return nil, nil, s.wrote(err)
+	}
+	s.wrote(nil)
+	return &Pending{Address: rs[0].Address, Action: rs[0].Action, Expires: rs[0].Expires}, tokens, nil
+}
+
+func (s *Service) random(n int) ([]byte, error) {
+	b := make([]byte, n)
+	s.rngMu.Lock()
+	defer s.rngMu.Unlock()
+	if _, err := io.ReadFull(s.opt.Rand, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func hashToken(token string) []byte {
@@ -242,64 +430,169 @@ func hashToken(token string) []byte {
 	return h[:]
 }
 
+// stateOK reports whether a request issued when the address had r.State
+// may still act now that it has current: the address must be in the
+// state the request was issued for, or, for a key of a submission, in
+// one that confirming other keys of the same submission produced. So an
+// old link cannot revert a newer key, nor remove a key registered after
+// it was sent.
+func stateOK(r *keys.Request, current []string) bool {
+	if slices.Equal(current, r.State) {
+		return true
+	}
+	if r.Action != keys.ActionAdd || len(current) == 0 {
+		return false
+	}
+	for _, fp := range current {
+		if !slices.Contains(r.Submitted, fp) {
+			return false
+		}
+	}
+	return true
+}
+
 // Confirm carries out the request of token. A submitted key is checked
-// again (it may have expired since), and then replaces the address's keys
-// in one transaction.
-func (s *Service) Confirm(ctx context.Context, token string) (*keys.Request, error) {
-	r, err := s.store.TakeRequest(ctx, hashToken(strings.TrimSpace(token)), s.opt.Now())
+// again (it may have expired since). The key of the token is bound; keys
+// of the same submission confirmed before stay bound, every other key of
+// the address goes, in one transaction. The token is used up only when
+// the change is made, so a store fault leaves the link working.
+func (s *Service) Confirm(ctx context.Context, token, client string) (*keys.Request, error) {
+	if !s.fails.allow(client, s.opt.Now()) {
+		return nil, errLimited
+	}
+	ctx, cancel := background(ctx)
+	defer cancel()
+	s.confirmMu.Lock()
+	defer s.confirmMu.Unlock()
+	hash := hashToken(strings.TrimSpace(token))
+	now := s.opt.Now()
+	r, err := s.store.FindRequest(ctx, hash, now)
 	switch {
 	case errors.Is(err, keys.ErrNotFound):
+		s.fails.fail(client, now)
 		return nil, userError(404, "unknown_token", "this link is not valid, or it has been used already")
 	case errors.Is(err, keys.ErrExpired):
+		s.wrote(ignoreGone(s.store.TakeRequest(ctx, hash, now)))
 		return nil, userError(410, "expired_token", "this link has expired; submit the request again")
 	case err != nil:
 		return nil, err
 	}
+	// usedUp deletes the token (a link that cannot work any more).
+	usedUp := func() { s.wrote(ignoreGone(s.store.TakeRequest(ctx, hash, now))) }
+	current, err := s.store.KeysFor(ctx, r.Address)
+	if err != nil {
+		return nil, err
+	}
+	if !stateOK(r, keys.SortedFingerprints(current)) {
+		usedUp()
+		return nil, userError(409, "stale_token", "the keys of %s have changed since this link was sent; submit the request again", r.Address)
+	}
 	switch r.Action {
 	case keys.ActionAdd:
-		now := s.opt.Now()
-		for _, k := range r.Keys {
-			if err := s.opt.Policy.Validate(k, r.Address, now); err != nil {
-				return nil, &Error{Status: 400, Code: "invalid_key", Msg: "the key is no longer acceptable: " + err.Error()}
-			}
-			if stored, err := s.store.KeyByFingerprint(ctx, k.Fingerprint); err == nil {
-				if err := s.opt.Policy.CheckUpdate(stored, k, now); err != nil {
-					return nil, &Error{Status: 409, Code: "stale_key", Msg: err.Error()}
-				}
-			}
+		k := r.Keys[0]
+		if err := s.opt.Policy.Validate(k, r.Address, now); err != nil {
+			usedUp()
+			return nil, &Error{Status: 400, Code: "invalid_key", Msg: "the key is no longer acceptable: " + err.Error()}
 		}
-		if err := s.store.Add(ctx, r.Address, r.Keys, true); err != nil {
+		if stored, err := s.store.KeyByFingerprint(ctx, k.Fingerprint); err == nil {
+			if err := s.opt.Policy.CheckUpdate(stored, k, now); err != nil {
+				usedUp()
+				return nil, &Error{Status: 409, Code: "stale_key", Msg: err.Error()}
+			}
+		} else if !errors.Is(err, keys.ErrNotFound) {
 			return nil, err
 		}
-		s.opt.Log.Info("key confirmed", "address", r.Address, "fingerprint", r.Keys[0].Fingerprint)
+		bind := []*keys.Key{k}
+		for _, c := range current {
+			if c.Fingerprint != k.Fingerprint && slices.Contains(r.Submitted, c.Fingerprint) {
+				bind = append(bind, c)
+			}
+		}
+		if err := s.wrote(s.store.Add(ctx, r.Address, bind, true)); err != nil {
+			return nil, err
+		}
+		s.opt.Log.Info("key confirmed", "address", r.Address, "fingerprint", k.Fingerprint, "bound", len(bind))
 	case keys.ActionRemove:
 		if _, err := s.store.Remove(ctx, r.Address, ""); err != nil && !errors.Is(err, keys.ErrNotFound) {
-			return nil, err
+			return nil, s.wrote(err)
 		}
 		s.opt.Log.Info("keys removed", "address", r.Address)
+	}
+	usedUp()
+	// The address is in a new state: the tokens issued for the old one die.
+	if _, err := s.store.DropRequests(ctx, r.Address, r.Submission); err != nil {
+		s.wrote(err)
+		s.opt.Log.Error("dropping the requests of an earlier state", "address", r.Address, "error", err)
 	}
 	return r, nil
 }
 
+func ignoreGone(_ *keys.Request, err error) error {
+	if errors.Is(err, keys.ErrNotFound) || errors.Is(err, keys.ErrExpired) {
+		return nil
+	}
+	return err
+}
+
+// wrote records the outcome of a write to the store for /healthz and
+// returns err.
+func (s *Service) wrote(err error) error {
+	switch {
+	case err == nil:
+		s.writeErr.Store(nil)
+	case errors.Is(err, keys.ErrUnavailable) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded):
+		s.writeErr.Store(&err)
+		s.opt.Log.Error("key store write failed", "error", err)
+	}
+	return err
+}
+
+// Health reports whether the service can work: the store's own check
+// (when it has one) and, after a write failed, a probe write (purging
+// expired requests), so the state heals when the store does.
+func (s *Service) Health(ctx context.Context) error {
+	if c, ok := s.store.(Checker); ok {
+		if err := c.Check(ctx); err != nil {
+			return err
+		}
+	}
+	if p := s.writeErr.Load(); p != nil {
+		if _, err := s.store.PurgeRequests(ctx, s.opt.Now()); err != nil {
+			return fmt.Errorf("the last write failed (%v), and so does a probe: %w", *p, err)
+		}
+		s.writeErr.CompareAndSwap(p, nil)
+	}
+	return nil
+}
+
+// MailSubject is the Subject of every confirmation mail. It stays
+// readable outside the encryption, so it says neither what was asked for
+// nor for which address.
+const MailSubject = "Please confirm your request"
+
 // mail sends the confirmation mail for token to addr, encrypted to to
-// (unencrypted when to is empty).
-func (s *Service) mail(ctx context.Context, template, addr, token string, to []*keys.Key) error {
+// (unencrypted when to is empty); about names the keys the request is
+// about.
+func (s *Service) mail(ctx context.Context, template, addr, token string, to, about []*keys.Key) error {
 	link := strings.TrimRight(s.opt.BaseURL, "/") + "/confirm?token=" + url.QueryEscape(token)
+	var named []map[string]any
+	for _, k := range about {
+		named = append(named, map[string]any{"Fingerprint": k.Fingerprint, "UserIDs": k.UserIDs()})
+	}
 	var body bytes.Buffer
-	data := map[string]any{"Address": addr, "Link": link, "Expires": s.opt.Now().Add(s.opt.TokenTTL).UTC().Format("2006-01-02 15:04 MST"), "BaseURL": s.opt.BaseURL}
+	data := map[string]any{"Address": addr, "Link": link, "Expires": s.opt.Now().Add(s.opt.TokenTTL).UTC().Format("2006-01-02 15:04 MST"),
+		"BaseURL": s.opt.BaseURL, "Keys": named}
 	if err := s.opt.Templates.Mail(&body, template, data); err != nil {
 		return err
 	}
-	subject := "Confirm your OpenPGP key for " + addr
-	if template == "mail_confirm_remove.txt" {
-		subject = "Confirm the removal of your OpenPGP key for " + addr
+	rnd, err := s.random(8)
+	if err != nil {
+		return err
 	}
-	var rnd [8]byte
-	io.ReadFull(s.opt.Rand, rnd[:])
 	fields := []crypto.Field{
 		{Name: "From", Value: s.opt.From},
 		{Name: "To", Value: addr},
-		{Name: "Subject", Value: subject},
+		{Name: "Subject", Value: MailSubject},
 		{Name: "Date", Value: s.opt.Now().Format(time.RFC1123Z)},
 		{Name: "Message-ID", Value: fmt.Sprintf("<%x@%s>", rnd, keys.Domain(s.opt.From))},
 		{Name: "Auto-Submitted", Value: "auto-generated"}, // RFC 3834: no vacation replies
@@ -321,4 +614,50 @@ func (s *Service) mail(ctx context.Context, template, addr, token string, to []*
 		return fmt.Errorf("sending the confirmation mail: %w", err)
 	}
 	return nil
+}
+
+// failLimiter counts failed confirmations (unknown tokens) per source in
+// fixed one-hour windows, so that the confirm endpoints are limited too.
+type failLimiter struct {
+	mu    sync.Mutex
+	max   int
+	seen  map[string]failWindow
+	limit int // entries kept at most
+}
+
+type failWindow struct {
+	start time.Time
+	n     int
+}
+
+func newFailLimiter(max int) *failLimiter {
+	return &failLimiter{max: max, seen: map[string]failWindow{}, limit: 100000}
+}
+
+func (l *failLimiter) allow(client string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := l.seen[client]
+	return now.Sub(w.start) >= time.Hour || w.n < l.max
+}
+
+func (l *failLimiter) fail(client string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.seen) >= l.limit {
+		for c, w := range l.seen {
+			if now.Sub(w.start) >= time.Hour {
+				delete(l.seen, c)
+			}
+		}
+		if len(l.seen) >= l.limit {
+			clear(l.seen) // under a flood from very many sources: start again
+		}
+	}
+	w := l.seen[client]
+	if now.Sub(w.start) >= time.Hour {
+		w = failWindow{start: now}
+	}
+	w.n++
+	l.seen[client] = w
 }

@@ -64,5 +64,10 @@ func (m *SMTPMailer) Send(ctx context.Context, from string, to []string, msg []b
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("smtp %s: end of DATA: %w", m.Addr, err)
 	}
-	return c.Quit()
+	// The server answered 2xx to the end of DATA: the mail is its
+	// responsibility now (RFC 5321 §4.1.1.4), sent. A failed QUIT (the
+	// connection dropped) changes nothing; reporting it as a failure would
+	// delete the request whose link is already in the mailbox.
+	c.Quit()
+	return nil
 }

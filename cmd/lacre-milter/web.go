@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"lacre.io/milter/config"
 	"lacre.io/milter/keys"
 	"lacre.io/milter/web"
 	"lacre.io/milter/wkd"
@@ -52,11 +55,28 @@ func webCmd(e *env, args []string) error {
 		return err
 	}
 	defer store.Close()
+	var proxies []netip.Prefix
+	for _, p := range c.Web.TrustedProxies {
+		pr, err := config.ParsePrefix(p)
+		if err != nil {
+			return fmt.Errorf("web.trusted_proxies: %q: %v", p, err)
+		}
+		proxies = append(proxies, pr)
+	}
+	var secret []byte
+	if path := c.SecretPath(); path != "" {
+		if secret, err = os.ReadFile(path); err != nil {
+			return fmt.Errorf("web.secret_file: %w", err)
+		}
+		if len(bytes.TrimSpace(secret)) < 32 {
+			return fmt.Errorf("web.secret_file: %s holds %d bytes; write at least 32 random bytes (head -c 32 /dev/urandom > %s)", path, len(secret), path)
+		}
+	}
 	policy := keys.Policy{MinRSABits: c.Keys.MinRSABits, Normalizer: norm}
 	svc, err := web.New(store, &web.SMTPMailer{Addr: c.Web.SMTP.Addr, Helo: domains[0]}, web.Options{
 		BaseURL: c.Web.BaseURL, Domains: domains, From: from, TokenTTL: c.Web.TokenTTL.D(),
 		MaxPendingPerAddress: c.Web.MaxPendingPerAddress, MaxRequestsPerClient: c.Web.MaxRequestsPerClient,
-		Policy: policy, Templates: tmpl, Log: log,
+		Policy: policy, Templates: tmpl, Log: log, TrustedProxies: proxies, Secret: secret,
 	})
 	if err != nil {
 		return err
