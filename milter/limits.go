@@ -11,6 +11,7 @@ package milter
 import (
 	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -45,7 +46,7 @@ const writeChunk = 1 << 20
 // framing (a 4-byte big-endian length, then that many bytes):
 //
 //   - between packets, a read waits at most idle for the next packet to
-//     begin;
+//     begin, and then reports io.EOF;
 //   - once the first byte of a packet has arrived, the whole packet must
 //     have arrived packet after it, however the peer spreads it out;
 //   - each write (each writeChunk of a larger one) must be taken by the
@@ -92,7 +93,11 @@ func (c *limitConn) Read(p []byte) (int, error) {
 		if c.inPacket() {
 			c.expired = "packet_timeout"
 		} else {
+			// To the milter library an idle connection that ends is one
+			// the MTA closed between packets: it ends the session without
+			// an error line; the server logs why (logExpired).
 			c.expired = "idle_timeout"
+			err = io.EOF
 		}
 	}
 	return n, err

@@ -86,6 +86,7 @@ type Server struct {
 
 	refusedLog logEvery // connections over MaxConnections
 	acceptLog  logEvery // accept errors
+	stalledLog logEvery // connections ended by PacketTimeout
 }
 
 // New returns a server with the given settings. log receives one line per
@@ -93,7 +94,8 @@ type Server struct {
 func New(s *Settings, log *slog.Logger) *Server {
 	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{},
 		done: make(chan struct{}), idle: make(chan struct{}, 1),
-		refusedLog: logEvery{interval: 10 * time.Second}, acceptLog: logEvery{interval: 10 * time.Second}}
+		refusedLog: logEvery{interval: 10 * time.Second}, acceptLog: logEvery{interval: 10 * time.Second},
+		stalledLog: logEvery{interval: 10 * time.Second}}
 	srv.settings.Store(s)
 	return srv
 }
@@ -209,17 +211,21 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // logExpired logs a connection that a time limit ended. Idle connections
-// are routine (an MTA that holds its connection across a long pause); a
-// packet that stalls half-way is not.
+// are routine (an MTA that holds its connection across a long pause): one
+// line each. A packet that stalls half-way is not, and a hostile client can
+// make many: at most one line per interval, with a count of the others.
 func (s *Server) logExpired(cs *connState) {
 	l := cs.limits
+	args := []any{"remote", l.RemoteAddr().String()}
+	if cs.seen {
+		args = append(args, "client", cs.client)
+	}
 	switch l.expired {
 	case "idle_timeout":
-		s.log.Info("MTA connection closed: no packet within idle_timeout",
-			"client", cs.client, "remote", l.RemoteAddr().String(), "idle_timeout", l.idle.String())
+		s.log.Info("MTA connection closed: no packet within idle_timeout", append(args, "idle_timeout", l.idle.String())...)
 	case "packet_timeout":
-		s.log.Warn("MTA connection closed: a packet or reply did not complete within packet_timeout",
-			"client", cs.client, "remote", l.RemoteAddr().String(), "packet_timeout", l.packet.String())
+		s.stalledLog.warn(s.log, s.now(), "MTA connection closed: a packet or reply did not complete within packet_timeout",
+			append(args, "packet_timeout", l.packet.String())...)
 	}
 }
 
