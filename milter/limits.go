@@ -63,6 +63,8 @@ type limitConn struct {
 	head    [4]byte   // the length field
 	left    uint32    // bytes of the current packet's payload still to come
 	started time.Time // when the current packet's first byte arrived
+	// readDL and writeDL are the deadlines last set on the connection.
+	readDL, writeDL time.Time
 	// expired names the limit that ended the connection, if one did:
 	// "idle_timeout" or "packet_timeout".
 	expired string
@@ -75,15 +77,25 @@ func newLimitConn(c net.Conn, idle, packet time.Duration) *limitConn {
 // inPacket reports whether some but not all of a packet has arrived.
 func (c *limitConn) inPacket() bool { return c.headN > 0 || c.left > 0 }
 
+// Setting a deadline costs a timer update in the runtime, for every read
+// and write; an idle or write deadline is therefore only moved when it
+// has fallen more than 1/16 of its limit behind: it may then fire up to
+// that much early (under 4 minutes of an hour's idle_timeout).
+const deadlineSlack = 16
+
 func (c *limitConn) Read(p []byte) (int, error) {
-	var dl time.Time
 	if c.inPacket() {
-		dl = c.started.Add(c.packet)
-	} else {
-		dl = time.Now().Add(c.idle)
-	}
-	if err := c.Conn.SetReadDeadline(dl); err != nil {
-		return 0, err
+		if dl := c.started.Add(c.packet); !dl.Equal(c.readDL) {
+			if err := c.Conn.SetReadDeadline(dl); err != nil {
+				return 0, err
+			}
+			c.readDL = dl
+		}
+	} else if dl := time.Now().Add(c.idle); dl.Sub(c.readDL) > c.idle/deadlineSlack {
+		if err := c.Conn.SetReadDeadline(dl); err != nil {
+			return 0, err
+		}
+		c.readDL = dl
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
@@ -105,10 +117,14 @@ func (c *limitConn) Read(p []byte) (int, error) {
 
 // track follows the framing through the bytes b that just arrived.
 func (c *limitConn) track(b []byte) {
+	var now time.Time
 	for len(b) > 0 {
 		if c.left == 0 { // in a length field
 			if c.headN == 0 {
-				c.started = time.Now()
+				if now.IsZero() {
+					now = time.Now()
+				}
+				c.started = now
 			}
 			k := copy(c.head[c.headN:], b)
 			c.headN += k
@@ -132,8 +148,11 @@ func (c *limitConn) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		k := min(len(p), writeChunk)
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.packet)); err != nil {
-			return n, err
+		if dl := time.Now().Add(c.packet); dl.Sub(c.writeDL) > c.packet/deadlineSlack {
+			if err := c.Conn.SetWriteDeadline(dl); err != nil {
+				return n, err
+			}
+			c.writeDL = dl
 		}
 		m, err := c.Conn.Write(p[:k])
 		n += m
