@@ -515,3 +515,26 @@ func TestSlowReaderGetsLargeReply(t *testing.T) {
 	}
 	t.Logf("%d bytes taken in %v with packet_timeout %v", size, time.Since(start), packetTimeout)
 }
+
+// TestLimitsFollowReload: new limits (SIGHUP) apply to the connections
+// accepted after them; the ones already served keep working.
+func TestLimitsFollowReload(t *testing.T) {
+	f := newFixture(t, nil)
+	a := f.connect(t, false)
+	st := *f.srv.settings.Load()
+	st.MaxConnections = 1
+	f.srv.Reload(&st)
+	start := time.Now()
+	c := dial(t, f.addr)
+	c.Write(optneg())
+	if took := closedAfter(t, c, start, 5*time.Second); took > time.Second {
+		t.Errorf("over the reloaded cap, closed after %v, want at once", took)
+	}
+	r := a.send("Q36", []string{"alice@example.org"}, []byte(plainMsg))
+	if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+		t.Fatalf("the connection from before the reload: %+v", r.final)
+	}
+	st.MaxConnections = 2
+	f.srv.Reload(&st)
+	f.connect(t, false) // fails the test if refused
+}
