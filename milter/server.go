@@ -176,8 +176,6 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		maxConns, idle, packet := s.settings.Load().limits()
-		cs := &connState{limits: newLimitConn(c, idle, packet)}
-		cs.conn = &trackedConn{Conn: cs.limits, r: bufio.NewReaderSize(cs.limits, 16<<10)}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -191,6 +189,8 @@ func (s *Server) Serve(ln net.Listener) error {
 				"max_connections", maxConns, "remote", c.RemoteAddr().String())
 			continue
 		}
+		cs := &connState{limits: newLimitConn(c, idle, packet)}
+		cs.conn = &trackedConn{Conn: cs.limits, r: bufio.NewReaderSize(cs.limits, 16<<10)}
 		s.conns[cs] = struct{}{}
 		s.mu.Unlock()
 		ms := &gomilter.Server{
