@@ -151,7 +151,7 @@ func TestSlowPacketWithinLimit(t *testing.T) {
 // idle_timeout is closed; one with shorter gaps keeps working, across
 // several times idle_timeout.
 func TestIdleConnectionIsClosed(t *testing.T) {
-	const idle = 400 * time.Millisecond
+	const idle = 800 * time.Millisecond
 	f := newFixture(t, func(c *config.Config) { c.Milter.IdleTimeout = config.Duration(idle) })
 
 	// A connection that never sends a byte, and one that goes quiet after
@@ -178,7 +178,7 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 	go watch("quiet", quiet, time.Now())
 
 	m := f.connect(t, false)
-	for range 8 { // 8 × 150 ms = 3 × idle
+	for range 12 { // 12 × 150 ms = 2.25 × idle
 		time.Sleep(150 * time.Millisecond)
 		if a, err := m.s.Mail("sender@example.net", nil); err != nil || a.Code != gomilter.ActContinue {
 			t.Fatalf("MAIL after a short gap: %v %v", a, err)
@@ -489,10 +489,12 @@ func TestWriteToPeerThatDoesNotRead(t *testing.T) {
 // TestSlowReaderGetsLargeReply: a large reply taken steadily, but slower
 // than packet_timeout in all, goes through: the limit is per MiB.
 func TestSlowReaderGetsLargeReply(t *testing.T) {
-	const packetTimeout = time.Second
+	const packetTimeout = 2 * time.Second
 	client, server := tcpPair(t)
 	lc := newLimitConn(server, time.Hour, packetTimeout)
-	const size = 32 << 20 // far more than the socket buffers (about 4 MB here) hold
+	// Far more than the socket buffers (about 4 MB here) hold, and taken
+	// in 4 s at least.
+	const size = 40 << 20
 	got := make(chan int64, 1)
 	go func() {
 		var n int64
