@@ -70,6 +70,16 @@ type Milter struct {
 	// MetricsListen, when not "", serves Prometheus /metrics and /healthz
 	// on HOST:PORT.
 	MetricsListen string `toml:"metrics_listen"`
+	// MaxConnections caps the MTA connections served at once; one more is
+	// closed at once (the MTA applies milter_default_action).
+	MaxConnections int `toml:"max_connections"`
+	// IdleTimeout closes a connection on which no packet has started for
+	// this long. It must exceed the MTA's longest legitimate gap.
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// PacketTimeout closes a connection whose packet, once its first byte
+	// has arrived, is not complete within it; each reply (or each MiB of
+	// one) must also be taken by the MTA within it.
+	PacketTimeout Duration `toml:"packet_timeout"`
 }
 
 // Log holds the logging options.
@@ -181,6 +191,9 @@ func Default() *Config {
 			MixedLocal:      MixedLocalHold,
 			ShutdownTimeout: Duration(30 * time.Second),
 			LookupTimeout:   Duration(5 * time.Second),
+			MaxConnections:  1000,
+			IdleTimeout:     Duration(time.Hour),
+			PacketTimeout:   Duration(30 * time.Second),
 		},
 		Log: Log{Level: "info", Format: "text"},
 		Web: Web{
@@ -419,6 +432,15 @@ func (c *Config) Validate() error {
 	}
 	if d := c.Milter.LookupTimeout.D(); d < 100*time.Millisecond || d > 25*time.Second {
 		add("milter.lookup_timeout", "%s is out of range (100ms to 25s; Postfix waits 30s for a RCPT reply)", d)
+	}
+	if n := c.Milter.MaxConnections; n < 1 || n > 100000 {
+		add("milter.max_connections", "%d is out of range (1 to 100000; Postfix opens one per smtpd and cleanup process)", n)
+	}
+	if d := c.Milter.IdleTimeout.D(); d < 10*time.Minute || d > 24*time.Hour {
+		add("milter.idle_timeout", "%s is out of range (10m to 24h; the MTA legitimately waits 300s and more between packets, e.g. Postfix's smtpd_timeout plus a message's DATA transfer)", d)
+	}
+	if d := c.Milter.PacketTimeout.D(); d < time.Second || d > 10*time.Minute {
+		add("milter.packet_timeout", "%s is out of range (1s to 10m)", d)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -107,6 +107,9 @@ func TestLoadEveryOption(t *testing.T) {
 		`mixed_local = "encrypt"`,
 		`shutdown_timeout = "1m"`,
 		`lookup_timeout = "2s"`,
+		`max_connections = 200`,
+		`idle_timeout = "2h"`,
+		`packet_timeout = "10s"`,
 		``,
 		`[log]`,
 		`level = "debug"`,
@@ -158,7 +161,8 @@ func TestLoadEveryOption(t *testing.T) {
 	}
 	want := &Config{
 		Milter: Milter{Listen: "unix:/run/lacre/milter.sock", MaxMessageSize: 10 << 20, TraceHeader: "X-Encrypted-By",
-			MixedLocal: "encrypt", ShutdownTimeout: Duration(time.Minute), LookupTimeout: Duration(2 * time.Second)},
+			MixedLocal: "encrypt", ShutdownTimeout: Duration(time.Minute), LookupTimeout: Duration(2 * time.Second),
+			MaxConnections: 200, IdleTimeout: Duration(2 * time.Hour), PacketTimeout: Duration(10 * time.Second)},
 		Log: Log{Level: "debug", Format: "json"},
 		Web: Web{Listen: "0.0.0.0:8443", BaseURL: "https://keys.example.org", Domains: []string{"example.org", "example.net"},
 			From: "keys@example.org", TokenTTL: Duration(24 * time.Hour), MaxPendingPerAddress: 2, MaxRequestsPerClient: 50,

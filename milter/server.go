@@ -34,7 +34,9 @@ type cacheResolver interface {
 	Cached(address string) (*keys.Lookup, bool)
 }
 
-// Settings are the options a session reads; they can be swapped on reload.
+// Settings are the options a session reads, and the limits of the MTA
+// port (limits.go); they can be swapped on reload. The limits apply to
+// connections accepted after the swap; zero means the default.
 type Settings struct {
 	Resolver       Resolver
 	HideRecipients bool
@@ -44,6 +46,10 @@ type Settings struct {
 	TraceHeader    string
 	MixedLocal     string // config.MixedLocal*
 	LookupTimeout  time.Duration
+
+	MaxConnections int           // connections served at once
+	IdleTimeout    time.Duration // longest wait for a packet to begin
+	PacketTimeout  time.Duration // longest time for a begun packet, or for a write
 }
 
 // SettingsFrom builds Settings from a configuration and a resolver.
@@ -57,6 +63,9 @@ func SettingsFrom(c *config.Config, r Resolver) *Settings {
 		TraceHeader:    c.Milter.TraceHeader,
 		MixedLocal:     c.Milter.MixedLocal,
 		LookupTimeout:  c.Milter.LookupTimeout.D(),
+		MaxConnections: c.Milter.MaxConnections,
+		IdleTimeout:    c.Milter.IdleTimeout.D(),
+		PacketTimeout:  c.Milter.PacketTimeout.D(),
 	}
 }
 
@@ -72,13 +81,21 @@ type Server struct {
 	listeners []net.Listener
 	conns     map[*connState]struct{}
 	closing   bool
+	done      chan struct{} // closed by Shutdown
 	idle      chan struct{} // signalled when a connection ends or goes idle
+
+	refusedLog logEvery // connections over MaxConnections
+	acceptLog  logEvery // accept errors
+	stalledLog logEvery // connections ended by PacketTimeout
 }
 
 // New returns a server with the given settings. log receives one line per
 // message and the errors.
 func New(s *Settings, log *slog.Logger) *Server {
-	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{}, idle: make(chan struct{}, 1)}
+	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{},
+		done: make(chan struct{}), idle: make(chan struct{}, 1),
+		refusedLog: logEvery{interval: 10 * time.Second}, acceptLog: logEvery{interval: 10 * time.Second},
+		stalledLog: logEvery{interval: 10 * time.Second}}
 	srv.settings.Store(s)
 	return srv
 }
@@ -111,6 +128,7 @@ const (
 // facts here, outside the backend, means they survive that reset.
 type connState struct {
 	conn    *trackedConn
+	limits  *limitConn  // under conn: the time limits
 	busy    atomic.Bool // between MAIL FROM and the end of that message
 	client  string      // "host [addr]:port", from Connect
 	nonSMTP bool        // Postfix non_smtpd_milters: sendmail(1)/pickup
@@ -120,6 +138,12 @@ type connState struct {
 // Serve accepts MTA connections on ln until Shutdown. Each connection is
 // served in a goroutine of its own by a go-milter server whose backend
 // factory is bound to that connection's connState.
+//
+// No client can make Serve return: a connection over MaxConnections is
+// closed at once (the MTA then applies its milter_default_action), and a
+// failed accept (EMFILE when out of file descriptors, say) is logged and
+// retried after a pause, as net/http does. Serve returns only when ln is
+// closed: ErrServerClosed after Shutdown, ln's error otherwise.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
@@ -129,6 +153,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
+	var delay time.Duration // accept backoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -138,21 +163,34 @@ func (s *Server) Serve(ln net.Listener) error {
 			if closing {
 				return gomilter.ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(50 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			delay = nextAcceptDelay(delay)
+			s.acceptLog.warn(s.log, s.now(), "accepting an MTA connection failed; retrying", "error", err.Error(), "retry_in", delay.String())
+			select {
+			case <-time.After(delay):
+			case <-s.done:
+			}
+			continue
 		}
-		cs := &connState{}
-		cs.conn = &trackedConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10)}
+		delay = 0
+		maxConns, idle, packet := s.settings.Load().limits()
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
 			c.Close()
 			continue
 		}
+		if len(s.conns) >= maxConns {
+			s.mu.Unlock()
+			c.Close()
+			s.refusedLog.warn(s.log, s.now(), "MTA connection refused: max_connections reached; the MTA applies milter_default_action",
+				"max_connections", maxConns, "remote", c.RemoteAddr().String())
+			continue
+		}
+		cs := &connState{limits: newLimitConn(c, idle, packet)}
+		cs.conn = &trackedConn{Conn: cs.limits, r: bufio.NewReaderSize(cs.limits, 16<<10)}
 		s.conns[cs] = struct{}{}
 		s.mu.Unlock()
 		ms := &gomilter.Server{
@@ -167,7 +205,27 @@ func (s *Server) Serve(ln net.Listener) error {
 			delete(s.conns, cs)
 			s.mu.Unlock()
 			s.signalIdle()
+			s.logExpired(cs)
 		}()
+	}
+}
+
+// logExpired logs a connection that a time limit ended. Idle connections
+// are routine (an MTA that holds its connection across a long pause): one
+// line each. A packet that stalls half-way is not, and a hostile client can
+// make many: at most one line per interval, with a count of the others.
+func (s *Server) logExpired(cs *connState) {
+	l := cs.limits
+	args := []any{"remote", l.RemoteAddr().String()}
+	if cs.seen {
+		args = append(args, "client", cs.client)
+	}
+	switch l.expired {
+	case "idle_timeout":
+		s.log.Info("MTA connection closed: no packet within idle_timeout", append(args, "idle_timeout", l.idle.String())...)
+	case "packet_timeout":
+		s.stalledLog.warn(s.log, s.now(), "MTA connection closed: a packet or reply did not complete within packet_timeout",
+			append(args, "packet_timeout", l.packet.String())...)
 	}
 }
 
@@ -184,7 +242,10 @@ func (s *Server) signalIdle() {
 // in our documentation), so nothing is lost or passed in clear.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closing = true
+	if !s.closing {
+		s.closing = true
+		close(s.done)
+	}
 	for _, ln := range s.listeners {
 		ln.Close()
 	}

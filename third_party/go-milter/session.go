@@ -56,8 +56,8 @@ func readPacket(conn net.Conn, timeout time.Duration) (*Message, error) {
 	}
 
 	// read packet data
-	data := make([]byte, length)
-	if _, err := io.ReadFull(conn, data); err != nil {
+	data, err := readPayload(conn, int(length))
+	if err != nil {
 		return nil, err
 	}
 
@@ -68,6 +68,42 @@ func readPacket(conn net.Conn, timeout time.Duration) (*Message, error) {
 	}
 
 	return &message, nil
+}
+
+// firstChunk is the most readPayload allocates before any of a packet's
+// data has arrived.
+const firstChunk = 64 << 10
+
+// readPayload reads n bytes of packet data. The buffer grows with what has
+// arrived (it at most doubles, up to n), not with what the length field
+// announced: a peer that announces maxPacketSize and sends a few bytes costs
+// firstChunk, not maxPacketSize, for as long as it holds the connection.
+func readPayload(r io.Reader, n int) ([]byte, error) {
+	size := n
+	if size > firstChunk {
+		size = firstChunk
+	}
+	data := make([]byte, 0, size)
+	for len(data) < n {
+		if len(data) == cap(data) {
+			size = 2 * cap(data)
+			if size > n {
+				size = n
+			}
+			grown := make([]byte, len(data), size)
+			copy(grown, data)
+			data = grown
+		}
+		m, err := r.Read(data[len(data):cap(data)])
+		data = data[:len(data)+m]
+		if err != nil && len(data) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return data, nil
 }
 
 // WritePacket sends a milter response packet to socket stream
