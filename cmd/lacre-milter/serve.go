@@ -39,7 +39,10 @@ type stdlogWriter struct{ log *slog.Logger }
 
 func (w *stdlogWriter) Write(p []byte) (int, error) {
 	msg := strings.TrimSpace(string(p))
-	if strings.Contains(msg, "use of closed network connection") {
+	// A closed connection, and a read that hit the idle or packet
+	// deadline (milter/limits.go logs those itself, rate-limited), are
+	// not go-milter's news.
+	if strings.Contains(msg, "use of closed network connection") || strings.Contains(msg, "i/o timeout") {
 		w.log.Debug("milter connection closed", "component", "go-milter", "detail", msg)
 	} else {
 		w.log.Warn("milter protocol", "component", "go-milter", "detail", msg)
