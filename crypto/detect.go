@@ -318,57 +318,82 @@ const maxArmourHeaders = 16
 // decoded OpenPGP data passes encryptedPackets. Trailing white space on
 // a line is ignored (RFC 9580 §6.2); nothing else is.
 func armouredEncrypted(b []byte) bool {
-	b = trimASCIISpace(b)
-	lines := bytes.Split(b, []byte("\n"))
-	for i, l := range lines {
-		lines[i] = bytes.TrimRight(l, " \t\r")
+	// Lines are read one at a time: a body of millions of short lines
+	// must not become millions of slice headers.
+	rest := trimASCIISpace(b)
+	more := true
+	next := func() []byte {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			l := rest
+			rest, more = nil, false
+			return bytes.TrimRight(l, " \t\r")
+		}
+		l := rest[:i]
+		rest = rest[i+1:]
+		return bytes.TrimRight(l, " \t\r")
 	}
-	if len(lines) < 3 || !bytes.Equal(lines[0], pgpBegin) || !bytes.Equal(lines[len(lines)-1], pgpEnd) {
+	if !bytes.Equal(next(), pgpBegin) {
 		return false
 	}
-	lines = lines[1 : len(lines)-1]
 	// Armour headers up to the blank line.
-	n := 0
-	for ; n < len(lines) && len(lines[n]) > 0; n++ {
-		key, _, ok := bytes.Cut(lines[n], []byte(": "))
+	for n := 0; ; n++ {
+		if !more {
+			return false // no blank line
+		}
+		l := next()
+		if len(l) == 0 {
+			break
+		}
+		key, _, ok := bytes.Cut(l, []byte(": "))
 		if !ok || n >= maxArmourHeaders || !knownArmourKey(string(key)) {
 			return false
 		}
 	}
-	if n == len(lines) {
-		return false // no blank line
-	}
-	lines = lines[n+1:]
-	// An optional checksum line last.
-	var sum []byte
-	if k := len(lines) - 1; k >= 0 && len(lines[k]) > 0 && lines[k][0] == '=' {
-		if len(lines[k]) != 5 {
-			return false
+	// Base64 lines, an optional checksum line, the END line last.
+	var enc, sum []byte
+	for {
+		if !more {
+			return false // no END line
 		}
-		s, err := base64.StdEncoding.DecodeString(string(lines[k][1:]))
-		if err != nil || len(s) != 3 {
-			return false
+		l := next()
+		switch {
+		case bytes.Equal(l, pgpEnd):
+			if more {
+				return false // something after the END line
+			}
+			data := make([]byte, base64.StdEncoding.DecodedLen(len(enc)))
+			n, err := base64.StdEncoding.Decode(data, enc)
+			if err != nil {
+				return false
+			}
+			data = data[:n]
+			if sum != nil {
+				crc := crc24Update(crc24Init, data)
+				if sum[0] != byte(crc>>16) || sum[1] != byte(crc>>8) || sum[2] != byte(crc) {
+					return false
+				}
+			}
+			return encryptedPackets(data)
+		case sum != nil || len(l) == 0:
+			return false // a line after the checksum, or a blank line in the data
+		case l[0] == '=':
+			if len(l) != 5 {
+				return false
+			}
+			s, err := base64.StdEncoding.DecodeString(string(l[1:]))
+			if err != nil || len(s) != 3 {
+				return false
+			}
+			sum = s
+		default:
+			if enc == nil {
+				// One buffer for all lines: what is left is an upper bound.
+				enc = make([]byte, 0, len(l)+len(rest))
+			}
+			enc = append(enc, l...)
 		}
-		sum, lines = s, lines[:k]
 	}
-	var enc []byte
-	for _, l := range lines {
-		if len(l) == 0 {
-			return false
-		}
-		enc = append(enc, l...)
-	}
-	data, err := base64.StdEncoding.DecodeString(string(enc))
-	if err != nil {
-		return false
-	}
-	if sum != nil {
-		crc := crc24Update(crc24Init, data)
-		if sum[0] != byte(crc>>16) || sum[1] != byte(crc>>8) || sum[2] != byte(crc) {
-			return false
-		}
-	}
-	return encryptedPackets(data)
 }
 
 func knownArmourKey(k string) bool {
@@ -688,13 +713,19 @@ func (r *berReader) next(b []byte, depth int) (berElem, int, bool) {
 	return e, p + l, true
 }
 
-// children returns the elements inside a constructed element.
-func (r *berReader) children(e berElem, depth int) ([]berElem, bool) {
+// children returns the elements inside a constructed element, at most
+// max of them: the structure check needs only the first levels, and a
+// hostile SEQUENCE of millions of elements must not become a slice of
+// millions.
+func (r *berReader) children(e berElem, depth, max int) ([]berElem, bool) {
 	if !e.constructed {
 		return nil, false
 	}
 	var out []berElem
 	for b := e.content; len(b) > 0; {
+		if len(out) == max {
+			return nil, false
+		}
 		c, n, ok := r.next(b, depth+1)
 		if !ok {
 			return nil, false
@@ -727,7 +758,7 @@ func cmsEnveloped(data []byte) (string, bool) {
 	if !ok || n != len(data) || !top.is(berUniversal, berSequence, true) {
 		return "", false
 	}
-	ci, ok := r.children(top, 0)
+	ci, ok := r.children(top, 0, 2)
 	if !ok || len(ci) != 2 || !ci[0].is(berUniversal, berOID, false) || !ci[1].is(berContext, 0, true) {
 		return "", false
 	}
@@ -740,11 +771,11 @@ func cmsEnveloped(data []byte) (string, bool) {
 	default:
 		return "", false
 	}
-	wrap, ok := r.children(ci[1], 1)
+	wrap, ok := r.children(ci[1], 1, 1)
 	if !ok || len(wrap) != 1 || !wrap[0].is(berUniversal, berSequence, true) {
 		return "", false
 	}
-	f, ok := r.children(wrap[0], 2)
+	f, ok := r.children(wrap[0], 2, 8)
 	if !ok || len(f) == 0 || !f[0].is(berUniversal, berInteger, false) || len(f[0].content) == 0 {
 		return "", false
 	}
@@ -779,14 +810,15 @@ func cmsEnveloped(data []byte) (string, bool) {
 // ktri is a SEQUENCE; kari [1], kekri [2], pwri [3] and ori [4] are
 // constructed context-specific elements.
 func recipientInfos(r *berReader, set berElem) bool {
-	ris, ok := r.children(set, 3)
-	if !ok || len(ris) == 0 {
+	if !set.constructed || len(set.content) == 0 {
 		return false
 	}
-	for _, ri := range ris {
-		if !ri.is(berUniversal, berSequence, true) && !(ri.class == berContext && ri.constructed && ri.tag >= 1 && ri.tag <= 4) {
+	for b := set.content; len(b) > 0; {
+		ri, n, ok := r.next(b, 4)
+		if !ok || !ri.is(berUniversal, berSequence, true) && !(ri.class == berContext && ri.constructed && ri.tag >= 1 && ri.tag <= 4) {
 			return false
 		}
+		b = b[n:]
 	}
 	return true
 }
@@ -798,7 +830,7 @@ func encryptedContentInfo(r *berReader, e berElem) bool {
 	if !e.is(berUniversal, berSequence, true) {
 		return false
 	}
-	f, ok := r.children(e, 3)
+	f, ok := r.children(e, 3, 3)
 	return ok && len(f) == 3 && f[0].is(berUniversal, berOID, false) &&
 		f[1].is(berUniversal, berSequence, true) && f[2].class == berContext && f[2].tag == 0
 }

@@ -7,10 +7,12 @@ import (
 	"mime/quotedprintable"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/hostiletest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -404,5 +406,62 @@ func TestCMSBounds(t *testing.T) {
 		if _, ok := cmsEnveloped(bad); ok {
 			t.Errorf("cmsEnveloped(% x) = true", bad)
 		}
+	}
+}
+
+// Bounds of one AlreadyEncrypted call on an 8 MiB hostile body: CPU time
+// (the whole process, getrusage) at most detectCPU; bytes allocated at
+// most detectAllocPerByte times the body plus hostileAllocConst. The
+// body is copied at most twice (the base64 text without line ends, then
+// the decoded data; or the quoted-printable decoding, whose buffer grows
+// by doubling). Under the race detector the time bound is not asserted.
+const (
+	detectCPU          = 2 * time.Second
+	detectAllocPerByte = 6
+)
+
+// TestAlreadyEncryptedHostileCost: bodies built to make the structure
+// checks expensive (millions of lines, delimiters, packets, BER elements
+// or levels) are refused within the bounds above.
+func TestAlreadyEncryptedHostileCost(t *testing.T) {
+	const size = 8 << 20
+	fill := func(unit string) string { return strings.Repeat(unit, size/len(unit)) }
+	b64 := func(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+	oid := append([]byte{0x06, byte(len(oidEnvelopedData))}, oidEnvelopedData...)
+	wideSet := append([]byte{0x30, 0x80}, oid...)
+	wideSet = append(wideSet, 0xA0, 0x80, 0x30, 0x80, 0x02, 0x01, 0x00, 0x31, 0x80)
+	wideSet = append(wideSet, bytes.Repeat([]byte{0x30, 0x00}, size/2/2)...)
+	wideSet = append(wideSet, 0, 0, 0, 0, 0, 0, 0, 0)
+	pk := detectPacket(tagPKESK, []byte{3, 1})
+	smime := []string{"Content-Type: application/pkcs7-mime", "Content-Transfer-Encoding: base64"}
+	pgpMIME := []string{`Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="b"`}
+	for _, tc := range []struct {
+		name   string
+		header []string
+		body   string
+	}{
+		{"armour of millions of short lines", nil, "-----BEGIN PGP MESSAGE-----\n\n" + fill("QUJD\n") + "-----END PGP MESSAGE-----\n"},
+		{"armour of one long line", nil, "-----BEGIN PGP MESSAGE-----\n\n" + fill("QUJD") + "\n-----END PGP MESSAGE-----\n"},
+		{"millions of armour headers", nil, "-----BEGIN PGP MESSAGE-----\n" + fill("Comment: x\n")},
+		{"millions of blank lines", nil, "-----BEGIN PGP MESSAGE-----\n" + fill("\n\t\n") + "x"},
+		{"too many session-key packets", nil, detectArmourOf(bytes.Repeat(pk, size/len(pk)/2))},
+		{"one-octet partial chunks", nil, detectArmourOf(append(append(bytes.Clone(pk), 0xC0|tagSEIPD), bytes.Repeat([]byte{0xE0, 1}, size/4)...))},
+		{"quoted-printable escapes", []string{"Content-Transfer-Encoding: quoted-printable"}, fill(strings.Repeat("=41", 25) + "=\r\n")},
+		{"millions of delimiters", pgpMIME, fill("--b\r\n")},
+		{"millions of near-miss delimiters", pgpMIME, fill("--bx\r\n") + "--b--\r\n"},
+		{"millions of preamble lines", pgpMIME, fill("\r\n") + "x\r\n--b--\r\n"},
+		{"BER nested to the bottom", smime, b64(append(bytes.Repeat([]byte{0x30, 0x80}, size/8), bytes.Repeat([]byte{0, 0}, size/8)...))},
+		{"BER of millions of elements", smime, b64(append(append([]byte{0x30, 0x80}, bytes.Repeat([]byte{0x04, 0x00}, size/4)...), 0, 0))},
+		{"millions of recipient infos", smime, b64(wideSet)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fields, body := detectMessage(t, tc.header, tc.body)
+			var got bool
+			m := hostiletest.Run(t, tc.name, hostileHang, func() { got = AlreadyEncrypted(fields, body) })
+			m.Check(t, tc.name, hostiletest.Bounds{CPU: detectCPU, Wall: hostileWall, Alloc: uint64(detectAllocPerByte*len(body) + hostileAllocConst)})
+			if got {
+				t.Errorf("AlreadyEncrypted = true")
+			}
+		})
 	}
 }
