@@ -151,6 +151,8 @@ func TestAlreadyEncryptedLookalikes(t *testing.T) {
 		{"compressed data", textPlain, detectArmourOf(detectPacket(8, []byte{1, 0x63, 0x60}))},
 		{"bad armour checksum", textPlain, badCRC},
 		{"changed data, old checksum", textPlain, badData},
+		{"checksum line twice", textPlain, strings.Replace(detectArmour, "\r\n-----END", "\r\n"+detectArmour[strings.Index(detectArmour, "\r\n=")+2:strings.Index(detectArmour, "\r\n-----END")]+"\r\n-----END", 1)},
+		{"data after the checksum line", textPlain, strings.Replace(detectArmour, "\r\n-----END", "\r\nAAAA\r\n-----END", 1)},
 		// Text outside the armour block.
 		{"trailing cleartext after the armour block", textPlain, detectArmour + "\r\n-- \r\nThe launch code is 1234.\r\n"},
 		{"cleartext before the armour block", textPlain, plain + "\r\n" + detectArmour},
