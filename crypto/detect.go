@@ -231,12 +231,49 @@ func partIs(fields []Field, mediaType string) bool {
 	if duplicateMIMEField(fields) {
 		return false
 	}
+	// A header line that common MIME parsers refuse (Go's net/textproto,
+	// RFC 7230 §3.2) is doubt: a name that is not a token, a control
+	// character in a value (found by FuzzAlreadyEncrypted: NULs in a
+	// part's Content-Disposition).
+	for _, f := range fields {
+		if !tokenName(f.Name) || hasControl(unfold(f.Value)) {
+			return false
+		}
+	}
 	ct, ok := getASCII(fields, "content-type")
 	if !ok {
 		return false
 	}
 	mt, _, ok := strictMediaType(ct)
 	return ok && mt == mediaType && identityEncoding(transferEncoding(fields))
+}
+
+// tokenName reports whether a field name is an RFC 7230 §3.2.6 token.
+func tokenName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// hasControl reports whether an unfolded value holds an ASCII control
+// character other than horizontal tab.
+func hasControl(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < 0x20 && c != '\t') || c == 0x7F {
+			return true
+		}
+	}
+	return false
 }
 
 // splitMultipart splits a multipart body at its boundary delimiter lines

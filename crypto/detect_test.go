@@ -176,6 +176,8 @@ func TestAlreadyEncryptedLookalikes(t *testing.T) {
 		{"encrypted part of the wrong type", pgpHeader, strings.Replace(pgpBody, "application/octet-stream", "text/plain", 1)},
 		{"encrypted part in base64", pgpHeader, strings.Replace(pgpBody, "name=\"encrypted.asc\"\r\n", "name=\"encrypted.asc\"\r\nContent-Transfer-Encoding: base64\r\n", 1)},
 		{"encrypted part with two Content-Types", pgpHeader, strings.Replace(pgpBody, "name=\"encrypted.asc\"\r\n", "name=\"encrypted.asc\"\r\nContent-Type: text/plain\r\n", 1)},
+		{"a NUL in a part's header", pgpHeader, strings.Replace(pgpBody, "name=\"encrypted.asc\"\r\n", "name=\"encrypted.asc\"\r\nContent-Disposition: inline; filename=\"a\x00b.asc\"\r\n", 1)},
+		{"a part's field name that is not a token", pgpHeader, strings.Replace(pgpBody, "name=\"encrypted.asc\"\r\n", "name=\"encrypted.asc\"\r\nX(y): z\r\n", 1)},
 		{"encrypted part holds clear text", pgpHeader, strings.Replace(pgpBody, detectArmour, plain, 1)},
 		{"a third part in clear", pgpHeader, strings.Replace(pgpBody, "--b--", "--b\r\nContent-Type: text/plain\r\n\r\n"+plain+"--b--", 1)},
 		{"no closing delimiter", pgpHeader, strings.Replace(pgpBody, "--b--\r\n", "", 1)},
