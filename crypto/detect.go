@@ -344,8 +344,12 @@ var (
 // unknown key is doubt: its value is text next to the ciphertext.
 var armourHeaderKeys = []string{"Version", "Comment", "Charset", "MessageID"}
 
-// maxArmourHeaders bounds the armour header lines.
-const maxArmourHeaders = 16
+// maxArmourHeaders bounds the armour header lines; maxArmourLine is the
+// longest base64 line (RFC 9580 §6.3: 76 characters).
+const (
+	maxArmourHeaders = 16
+	maxArmourLine    = 76
+)
 
 // armouredEncrypted reports whether b, without the ASCII white space
 // around it, is exactly one "PGP MESSAGE" armour block (RFC 9580 §6.2):
@@ -412,8 +416,11 @@ func armouredEncrypted(b []byte) bool {
 				}
 			}
 			return encryptedPackets(data)
-		case sum != nil || len(l) == 0:
-			return false // a line after the checksum, or a blank line in the data
+		case sum != nil || len(l) == 0 || len(l) > maxArmourLine:
+			// A line after the checksum, a blank line in the data, or a
+			// line longer than RFC 9580 §6.3 allows (found by
+			// FuzzAlreadyEncrypted: go-crypto refuses lines over 96).
+			return false
 		case l[0] == '=':
 			if len(l) != 5 {
 				return false

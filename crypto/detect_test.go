@@ -34,6 +34,21 @@ func detectArmourOf(data []byte) string {
 	return b.String()
 }
 
+// detectArmourWidth armours data with base64 lines of width characters
+// and a checksum line.
+func detectArmourWidth(data []byte, width int) string {
+	enc := base64.StdEncoding.EncodeToString(data)
+	var b strings.Builder
+	b.WriteString("-----BEGIN PGP MESSAGE-----\r\n\r\n")
+	for len(enc) > width {
+		b.WriteString(enc[:width] + "\r\n")
+		enc = enc[width:]
+	}
+	crc := crc24Update(crc24Init, data)
+	b.WriteString(enc + "\r\n=" + base64.StdEncoding.EncodeToString([]byte{byte(crc >> 16), byte(crc >> 8), byte(crc)}) + "\r\n-----END PGP MESSAGE-----\r\n")
+	return b.String()
+}
+
 // detectFakePackets is the framing of an encrypted message without any
 // real cryptography: a v3 PKESK and a v1 SEIPD whose contents are filler.
 // encryptedPackets looks at framing only, so it passes; the look-alikes
@@ -152,6 +167,7 @@ func TestAlreadyEncryptedLookalikes(t *testing.T) {
 		{"bad armour checksum", textPlain, badCRC},
 		{"changed data, old checksum", textPlain, badData},
 		{"checksum line twice", textPlain, strings.Replace(detectArmour, "\r\n-----END", "\r\n"+detectArmour[strings.Index(detectArmour, "\r\n=")+2:strings.Index(detectArmour, "\r\n-----END")]+"\r\n-----END", 1)},
+		{"a base64 line of 80 characters", textPlain, detectArmourWidth(packets, 80)},
 		{"data after the checksum line", textPlain, strings.Replace(detectArmour, "\r\n-----END", "\r\nAAAA\r\n-----END", 1)},
 		// Text outside the armour block.
 		{"trailing cleartext after the armour block", textPlain, detectArmour + "\r\n-- \r\nThe launch code is 1234.\r\n"},
@@ -266,6 +282,9 @@ func TestAlreadyEncryptedGenuine(t *testing.T) {
 				}
 			}
 		}
+	}
+	if f, b := detectMessage(t, nil, detectArmourWidth(detectFakePackets(), 76)); !AlreadyEncrypted(f, b) {
+		t.Errorf("armour of 76-character lines (RFC 9580 §6.3) does not pass")
 	}
 	// The synthetic framing the look-alikes are made from passes too, so
 	// that each look-alike fails for its own defect.
