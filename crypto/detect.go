@@ -215,13 +215,13 @@ func pgpMIMEEncrypted(params map[string]string, body []byte) bool {
 		}
 	}
 	// The control part: "Version: 1" (RFC 3156 §4).
-	vf, vb := Split(parts[0])
-	if !partIs(vf, "application/pgp-encrypted") || string(trimASCIISpace(vb)) != "Version: 1" {
+	vf, vb, ok := splitPart(parts[0])
+	if !ok || !partIs(vf, "application/pgp-encrypted") || string(trimASCIISpace(vb)) != "Version: 1" {
 		return false
 	}
 	// The encrypted part: the armoured OpenPGP message.
-	df, db := Split(parts[1])
-	return partIs(df, "application/octet-stream") && armouredEncrypted(db)
+	df, db, ok := splitPart(parts[1])
+	return ok && partIs(df, "application/octet-stream") && armouredEncrypted(db)
 }
 
 // partIs reports whether a body part's header is exactly what RFC 3156
@@ -277,14 +277,22 @@ func hasControl(v string) bool {
 }
 
 // splitMultipart splits a multipart body at its boundary delimiter lines
-// (RFC 2046 §5.1.1): "--" boundary, optional white space, line end; the
-// closing one with "--" after the boundary. The line end before a
+// (RFC 2046 §5.1.1): "--" boundary, optional spaces and tabs, line end;
+// the closing one with "--" after the boundary. The line end before a
 // delimiter belongs to the delimiter. ok is false without a closing
-// delimiter. Lines may end in CRLF or LF. At most three parts are
+// delimiter, and when the delimiters' line ends differ (CRLF here, LF
+// there: readers that take the first delimiter's line end, like Go's
+// mime/multipart, would see other parts). At most three parts are
 // collected: more already fail the caller.
 func splitMultipart(body []byte, boundary string) (preamble []byte, parts [][]byte, epilogue []byte, ok bool) {
+	const (
+		endNone = iota // the body's last line: no line end
+		endCRLF
+		endLF
+	)
 	dash := "--" + boundary
 	start := -1 // start of the current part's content; -1 in the preamble
+	nl := endNone
 	for pos := 0; pos <= len(body); {
 		lineEnd, next := len(body), len(body)+1
 		if i := bytes.IndexByte(body[pos:], '\n'); i >= 0 {
@@ -293,19 +301,34 @@ func splitMultipart(body []byte, boundary string) (preamble []byte, parts [][]by
 		line := body[pos:lineEnd]
 		if bytes.HasPrefix(line, []byte(dash)) {
 			rest := line[len(dash):]
+			own := endNone
+			if next <= len(body) {
+				own = endLF
+				if len(rest) > 0 && rest[len(rest)-1] == '\r' {
+					own, rest = endCRLF, rest[:len(rest)-1]
+				}
+			}
 			closing := bytes.HasPrefix(rest, []byte("--"))
 			if closing {
 				rest = rest[2:]
 			}
-			if onlyASCIISpace(rest) {
+			if len(bytes.Trim(rest, " \t")) == 0 {
 				// The content before ends before the line end that
 				// precedes this line.
-				end := pos
+				end, prev := pos, endNone
 				if end > 0 {
 					end-- // '\n'
+					prev = endLF
 					if end > 0 && body[end-1] == '\r' {
 						end--
+						prev = endCRLF
 					}
+				}
+				if nl == endNone {
+					nl = own
+				}
+				if (own != endNone && own != nl) || (prev != endNone && prev != nl) {
+					return nil, nil, nil, false
 				}
 				if start < 0 {
 					preamble = body[:end]
@@ -330,6 +353,31 @@ func splitMultipart(body []byte, boundary string) (preamble []byte, parts [][]by
 		pos = next
 	}
 	return nil, nil, nil, false
+}
+
+// splitPart splits a body part into its header fields and body, and
+// reports whether its header section is one that MIME parsers read the
+// same way: every line a field ("token:") or a continuation, ended by an
+// empty line. Split is lenient (a line that is no field ends the header
+// section), which net/textproto, for one, refuses.
+func splitPart(p []byte) ([]Field, []byte, bool) {
+	fields, body := Split(p)
+	h := p[:len(p)-len(body)]
+	if !bytes.HasSuffix(h, []byte("\n\n")) && !bytes.HasSuffix(h, []byte("\n\r\n")) {
+		return nil, nil, false
+	}
+	// (Split already makes a part that starts with a continuation line
+	// all body.)
+	for line := range bytes.SplitSeq(h, []byte("\n")) {
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
+			continue // the end of the header section, or a continuation
+		}
+		if i := bytes.IndexByte(line, ':'); i <= 0 || !tokenName(string(line[:i])) {
+			return nil, nil, false
+		}
+	}
+	return fields, body, true
 }
 
 // OpenPGP armour: RFC 9580 §6.
