@@ -4,14 +4,22 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"encoding/asn1"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"mime"
+	"mime/multipart"
+	"mime/quotedprintable"
 	"net/mail"
+	"net/textproto"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
@@ -295,17 +303,25 @@ func fuzzShort(b []byte) []byte {
 
 // FuzzAlreadyEncrypted feeds arbitrary header sections and bodies to
 // AlreadyEncrypted. It must not panic, and every "already encrypted"
-// answer must be justified: the body is one armoured OpenPGP message whose
-// first packet (after Marker packets) is a session-key packet, or the
-// Content-Type, read strictly in ASCII, is multipart/encrypted, enveloped
-// S/MIME, or an octet-stream .p7m file. A wrong "yes" passes clear text.
+// answer must be justified by oracles written independently of detect.go
+// (a wrong "yes" delivers clear text):
+//
+//   - the structure holds when read with other parsers: mime/multipart
+//     for PGP/MIME, go-crypto's armour decoder and opaque packet reader
+//     plus a bitwise CRC24 for OpenPGP, encoding/asn1 (after a separate
+//     BER-to-DER conversion) for CMS;
+//   - no MIME field appears twice, and adding a second copy of any one
+//     of them, or a second Content-Type, makes the answer "no";
+//   - any byte that is not white space appended to the body makes the
+//     answer "no" (nothing may follow the armour block, the closing
+//     delimiter or the base64 CMS object).
 func FuzzAlreadyEncrypted(f *testing.F) {
 	hdr := func(lines ...string) []byte { return []byte(strings.Join(lines, "\r\n") + "\r\n") }
 	for _, h := range [][]byte{
 		nil,
 		hdr("Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b"),
 		hdr("Content-Type:", " multipart/encrypted; boundary=b"),
-		hdr("Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m"),
+		hdr("Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m", "Content-Transfer-Encoding: base64"),
 		hdr("Content-Type: application/pkcs7-mime; smime-type=signed-data; name=smime.p7m"),
 		hdr("Content-Type: application/x-pkcs7-mime; smime-type*=utf-8''signed-data"),
 		hdr("Content-Type: application/pkcs7-mime; smime-type*0=enveloped; smime-type*1=-data"),
@@ -313,9 +329,9 @@ func FuzzAlreadyEncrypted(f *testing.F) {
 		hdr("Content-Type: application/octet-stream", "Content-Disposition: attachment; filename=smime.p7m"),
 		hdr("Content-Type: text/plain; charset=us-ascii"),
 		hdr("Content-Type: text/plain", "Content-Transfer-Encoding: base64"),
+		hdr("Content-Type: text/plain", "Content-Transfer-Encoding: quoted-printable"),
 		hdr("Content-Type: text/html"),
 		hdr("From: a@example.net", "Subject: x"),
-		// Found by this fuzzer: Unicode case folding once made these pass.
 		hdr("Content-Type: mult\u0130part/encrypted; boundary=b"),
 		hdr("Content-Type: \u00a0multipart/encrypted"),
 		hdr("Content-Type: appl\u0130cation/octet-stream", "Content-Disposition: attachment; filename=x.p7m"),
@@ -323,19 +339,33 @@ func FuzzAlreadyEncrypted(f *testing.F) {
 		f.Add(h, []byte(nil))
 		f.Add(h, []byte(detectArmour))
 	}
-	// Real ciphertext, and the same with text around it or twice.
-	key, _ := testKey(f, testkeys.Curve25519, "alice@example.org")
-	res, err := Encrypt(nil, []byte("secret"), []*keys.Key{key}, Options{})
-	if err != nil {
-		f.Fatal(err)
+	// Real ciphertext, the same with text around it or twice, and its
+	// PGP/MIME form (v4 key: SEIPDv1; v6 key: SEIPDv2 in partial lengths).
+	for _, kind := range []testkeys.Kind{testkeys.Curve25519, testkeys.V6} {
+		fields, body, armoured := realEncrypted(f, kind, false)
+		var h bytes.Buffer
+		WriteMessage(&h, fields, nil)
+		f.Add(h.Bytes(), body)
+		for _, b := range []string{
+			armoured,
+			"\r\n  " + armoured + "\r\n\r\n",
+			"clear text\r\n" + armoured,
+			armoured + "\r\nclear text",
+			armoured + armoured,
+		} {
+			f.Add([]byte(nil), []byte(b))
+			f.Add(hdr("Content-Type: text/plain"), []byte(b))
+		}
 	}
-	_, armored := pgptest.Open(f, delivered(f, nil, res))
+	// CMS: synthetic EnvelopedData and AuthEnvelopedData in DER and in
+	// BER with indefinite lengths (the real ones come from openssl in
+	// TestAlreadyEncryptedOpenSSL).
+	for _, cms := range fuzzCMSSeeds() {
+		b := []byte(base64.StdEncoding.EncodeToString(cms) + "\r\n")
+		f.Add(hdr("Content-Type: application/pkcs7-mime; smime-type=enveloped-data", "Content-Transfer-Encoding: base64"), b)
+		f.Add(hdr("Content-Type: application/pkcs7-mime", "Content-Transfer-Encoding: base64"), b)
+	}
 	for _, b := range []string{
-		string(armored),
-		"\r\n  " + string(armored) + "\r\n\r\n",
-		"clear text\r\n" + string(armored),
-		string(armored) + "\r\nclear text",
-		string(armored) + string(armored),
 		"-----BEGIN PGP MESSAGE-----\r\n\r\nowE=\r\n-----END PGP MESSAGE-----",         // compressed data first
 		"-----BEGIN PGP MESSAGE-----\r\n\r\nqANQR1DDAQ==\r\n-----END PGP MESSAGE-----", // marker, then SKESK
 		"-----BEGIN PGP MESSAGE-----\r\nComment: x\r\n\r\nwy4=\r\n-----END PGP MESSAGE-----",
@@ -346,144 +376,472 @@ func FuzzAlreadyEncrypted(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, header, body []byte) {
 		fields, _ := Split(header)
-		byHeader := EncryptedByHeader(fields)
-		got := AlreadyEncrypted(fields, body)
-		if byHeader && !got {
-			t.Fatalf("EncryptedByHeader but not AlreadyEncrypted: %q", fields)
+		if !AlreadyEncrypted(fields, body) {
+			return
 		}
-		if byHeader && !fuzzHeaderSaysEncrypted(fields) {
-			t.Fatalf("EncryptedByHeader for a header that does not say so: %q", fields)
+		if why := fuzzEncryptedOracle(fields, body); why != "" {
+			t.Fatalf("AlreadyEncrypted, but %s: header %q, body %q", why, fields, fuzzShort(body))
 		}
-		if got && !byHeader && !fuzzOneEncryptedBlock(body) {
-			t.Fatalf("AlreadyEncrypted for a body that is not one encrypted OpenPGP block: header %q, body %q", fields, fuzzShort(body))
+		for _, c := range []string{"x", "\x00", "\xff", "-", "="} {
+			if AlreadyEncrypted(fields, append(bytes.Clone(body), c...)) {
+				t.Fatalf("still AlreadyEncrypted with %q appended: header %q, body %q", c, fields, fuzzShort(body))
+			}
+		}
+		// A copy of each MIME field, and a second, different Content-Type.
+		var extra []Field
+		if _, ok := fuzzGet(fields, "content-type"); ok {
+			extra = append(extra, Field{"Content-Type", "text/plain"})
+		}
+		for _, fl := range fields {
+			if n := fuzzASCIILower(fl.Name); n == "mime-version" || strings.HasPrefix(n, "content-") {
+				extra = append(extra, fl)
+			}
+		}
+		for _, x := range extra {
+			if AlreadyEncrypted(append(slices.Clone(fields), x), body) {
+				t.Fatalf("still AlreadyEncrypted with a second %s field: header %q", x.Name, fields)
+			}
 		}
 	})
 }
 
-// fuzzHeaderSaysEncrypted is the oracle for EncryptedByHeader, written
-// from RFC 1847, RFC 3156 and RFC 8551 and deliberately strict: media
-// types and parameter names are compared in ASCII only, as mail readers
-// do (strings.ToLower would turn "İ" and the Kelvin sign into ASCII).
-func fuzzHeaderSaysEncrypted(fields []Field) bool {
+// fuzzEncryptedOracle says why a message is not an encrypted one, or ""
+// if it is. It reads the message with other parsers than detect.go.
+func fuzzEncryptedOracle(fields []Field, body []byte) string {
+	if n := fuzzDuplicateMIME(fields); n != "" {
+		return "a duplicate " + n + " field"
+	}
 	ct, ok := fuzzGet(fields, "content-type")
 	if !ok {
-		return false
+		ct = "text/plain"
 	}
-	ct = fuzzUnfold(ct)
-	base, _, _ := strings.Cut(ct, ";")
-	typ := fuzzASCIILower(strings.Trim(base, " \t"))
-	_, params, strictErr := mime.ParseMediaType(ct)
-	switch typ {
-	case "multipart/encrypted":
-		return true
-	case "application/pkcs7-mime", "application/x-pkcs7-mime":
-		if strictErr != nil || strings.Count(fuzzASCIILower(ct), "smime-type") > 1 {
-			return false
-		}
-		switch fuzzASCIILower(params["smime-type"]) {
-		case "", "enveloped-data", "authenveloped-data":
-			return true
-		}
-	case "application/octet-stream":
-		if strictErr == nil && strings.HasSuffix(fuzzASCIILower(params["name"]), ".p7m") {
-			return true
-		}
-		if cd, ok := fuzzGet(fields, "content-disposition"); ok {
-			if _, dp, err := mime.ParseMediaType(fuzzUnfold(cd)); err == nil && strings.HasSuffix(fuzzASCIILower(dp["filename"]), ".p7m") {
-				return true
+	mt, params, err := mime.ParseMediaType(fuzzUnfold(ct))
+	if err != nil {
+		return "an unparseable Content-Type"
+	}
+	base, _, _ := strings.Cut(fuzzUnfold(ct), ";")
+	if fuzzASCIILower(strings.Trim(base, " \t")) != mt {
+		return "a media type outside ASCII"
+	}
+	cte := "7bit"
+	if v, ok := fuzzGet(fields, "content-transfer-encoding"); ok {
+		cte = fuzzASCIILower(strings.TrimSpace(fuzzUnfold(v)))
+	}
+	switch mt {
+	case "text/plain":
+		switch cte {
+		case "7bit", "8bit", "binary":
+		case "quoted-printable":
+			dec, err := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(body)))
+			if err != nil {
+				return "quoted-printable that does not decode"
 			}
+			body = dec
+		default:
+			return "transfer encoding " + cte
 		}
+		return fuzzArmourOracle(body)
+	case "multipart/encrypted":
+		return fuzzPGPMIMEOracle(params, body)
+	case "application/pkcs7-mime", "application/x-pkcs7-mime", "application/octet-stream":
+		if cte != "base64" {
+			return "S/MIME not in base64"
+		}
+		clean := bytes.Map(func(r rune) rune {
+			if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+				return -1
+			}
+			return r
+		}, body)
+		der, err := base64.StdEncoding.DecodeString(string(clean))
+		if err != nil {
+			return "bad base64"
+		}
+		return fuzzCMSOracle(der)
 	}
-	return false
+	return "media type " + mt
 }
 
-// fuzzOneEncryptedBlock is the oracle for the inline case: the body,
-// without surrounding white space, is exactly one "PGP MESSAGE" armour
-// block, and its first packet that is not a Marker is a PKESK (tag 1) or
-// SKESK (tag 3). Packet headers are read in full (RFC 9580 §4.2), all
-// length forms included.
-func fuzzOneEncryptedBlock(body []byte) bool {
-	b := bytes.TrimSpace(body)
-	if !bytes.HasPrefix(b, pgpBegin) || !bytes.HasSuffix(b, pgpEnd) ||
-		bytes.Count(b, pgpBegin) != 1 || bytes.Count(b, pgpEnd) != 1 {
-		return false
+func fuzzDuplicateMIME(fields []Field) string {
+	seen := map[string]bool{}
+	for _, f := range fields {
+		n := fuzzASCIILower(f.Name)
+		if n == "mime-version" || strings.HasPrefix(n, "content-") {
+			if seen[n] {
+				return n
+			}
+			seen[n] = true
+		}
+	}
+	return ""
+}
+
+// fuzzPGPMIMEOracle reads RFC 3156 structure with mime/multipart.
+func fuzzPGPMIMEOracle(params map[string]string, body []byte) string {
+	if fuzzASCIILower(params["protocol"]) != "application/pgp-encrypted" {
+		return "protocol " + params["protocol"]
+	}
+	mr := multipart.NewReader(bytes.NewReader(body), params["boundary"])
+	var parts [][]byte
+	var headers []textproto.MIMEHeader
+	for {
+		p, err := mr.NextRawPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "mime/multipart: " + err.Error()
+		}
+		b, err := io.ReadAll(p)
+		if err != nil {
+			return "mime/multipart: " + err.Error()
+		}
+		parts, headers = append(parts, b), append(headers, p.Header)
+	}
+	if len(parts) != 2 {
+		return fmt.Sprintf("%d parts", len(parts))
+	}
+	for i, want := range []string{"application/pgp-encrypted", "application/octet-stream"} {
+		h := headers[i]
+		for k, v := range h {
+			if (strings.HasPrefix(k, "Content-") || k == "Mime-Version") && len(v) != 1 {
+				return fmt.Sprintf("part %d has %d %s fields", i+1, len(v), k)
+			}
+		}
+		if mt, _, err := mime.ParseMediaType(h.Get("Content-Type")); err != nil || mt != want {
+			return fmt.Sprintf("part %d is %q", i+1, h.Get("Content-Type"))
+		}
+		switch cte := fuzzASCIILower(strings.TrimSpace(h.Get("Content-Transfer-Encoding"))); cte {
+		case "", "7bit", "8bit", "binary":
+		default:
+			return fmt.Sprintf("part %d in %s", i+1, cte)
+		}
+	}
+	if string(bytes.Trim(parts[0], " \t\r\n")) != "Version: 1" {
+		return fmt.Sprintf("version part %q", fuzzShort(parts[0]))
+	}
+	return fuzzArmourOracle(parts[1])
+}
+
+// fuzzArmourOracle: one "PGP MESSAGE" armour block and nothing else,
+// decoded by go-crypto, its checksum (if any) right by a bitwise CRC24,
+// its packets read by go-crypto's opaque reader: session-key packets
+// (and markers), then one encrypted-data packet, then the end.
+func fuzzArmourOracle(body []byte) string {
+	b := bytes.Trim(body, " \t\r\n")
+	if !bytes.HasPrefix(b, []byte("-----BEGIN PGP MESSAGE-----")) || !bytes.HasSuffix(b, []byte("-----END PGP MESSAGE-----")) ||
+		bytes.Count(b, []byte("-----BEGIN")) != 1 || bytes.Count(b, []byte("-----END")) != 1 {
+		return "not exactly one armour block"
 	}
 	blk, err := armor.Decode(bytes.NewReader(b))
 	if err != nil || blk.Type != "PGP MESSAGE" {
-		return false
+		return fmt.Sprintf("armour: %v", err)
 	}
-	r := bufio.NewReader(blk.Body)
-	for {
-		tag, length, ok := fuzzPacketHeader(r)
-		if !ok {
-			return false
-		}
-		switch tag {
-		case 1, 3:
-			return true
-		case 10:
-			if length < 0 { // partial length: not a marker
-				return false
-			}
-			if _, err := io.CopyN(io.Discard, r, length); err != nil {
-				return false
-			}
+	for k := range blk.Header {
+		switch k {
+		case "Version", "Comment", "Charset", "MessageID":
 		default:
-			return false
+			return "armour header " + k
 		}
 	}
+	data, err := io.ReadAll(blk.Body)
+	if err != nil {
+		return "armour: " + err.Error()
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) >= 2 {
+		if l := strings.TrimRight(lines[len(lines)-2], " \t\r"); strings.HasPrefix(l, "=") {
+			sum, err := base64.StdEncoding.DecodeString(l[1:])
+			if err != nil || len(sum) != 3 {
+				return "bad checksum line"
+			}
+			if c := fuzzCRC24(data); sum[0] != byte(c>>16) || sum[1] != byte(c>>8) || sum[2] != byte(c) {
+				return "checksum mismatch"
+			}
+		}
+	}
+	r := packet.NewOpaqueReader(bytes.NewReader(data))
+	sessionKeys, encrypted := 0, 0
+	for {
+		p, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "packets: " + err.Error()
+		}
+		if encrypted > 0 {
+			return fmt.Sprintf("packet %d after the encrypted data", p.Tag)
+		}
+		switch p.Tag {
+		case 1, 3:
+			sessionKeys++
+		case 10:
+			if string(p.Contents) != "PGP" {
+				return "a marker that is not one"
+			}
+		case 18, 20:
+			encrypted++
+		default:
+			return fmt.Sprintf("packet %d", p.Tag)
+		}
+	}
+	if sessionKeys == 0 || encrypted != 1 {
+		return fmt.Sprintf("%d session keys, %d encrypted-data packets", sessionKeys, encrypted)
+	}
+	return ""
 }
 
-// fuzzPacketHeader reads one OpenPGP packet header. The tag alone decides
-// whether a packet is a session-key packet; length is -1 when it is
-// partial, indeterminate or cut short.
-func fuzzPacketHeader(r *bufio.Reader) (tag byte, length int64, ok bool) {
-	h, err := r.ReadByte()
-	if err != nil || h&0x80 == 0 {
-		return 0, 0, false
-	}
-	readN := func(n int) int64 {
-		var v int64
-		for range n {
-			c, err := r.ReadByte()
-			if err != nil {
-				return -1
+// fuzzCRC24 is RFC 9580 §6.1.1's CRC24, a bit at a time.
+func fuzzCRC24(data []byte) uint32 {
+	crc := uint32(0xB704CE)
+	for _, b := range data {
+		crc ^= uint32(b) << 16
+		for range 8 {
+			crc <<= 1
+			if crc&0x1000000 != 0 {
+				crc ^= 0x1864CFB
 			}
-			v = v<<8 | int64(c)
-		}
-		return v
-	}
-	if h&0x40 != 0 { // new format
-		tag = h & 0x3F
-		l1 := readN(1)
-		switch {
-		case l1 < 0:
-			return tag, -1, true
-		case l1 < 192:
-			return tag, l1, true
-		case l1 < 224:
-			l2 := readN(1)
-			if l2 < 0 {
-				return tag, -1, true
-			}
-			return tag, (l1-192)<<8 + l2 + 192, true
-		case l1 == 255:
-			return tag, readN(4), true
-		default:
-			return tag, -1, true
 		}
 	}
-	tag = (h >> 2) & 0x0F // legacy format
-	switch h & 3 {
-	case 0:
-		return tag, readN(1), true
-	case 1:
-		return tag, readN(2), true
-	case 2:
-		return tag, readN(4), true
+	return crc & 0xFFFFFF
+}
+
+// fuzzCMSOracle reads a CMS ContentInfo with encoding/asn1, after
+// converting BER to DER: EnvelopedData or AuthEnvelopedData with a
+// version, recipient infos and encrypted content, and nothing after it.
+func fuzzCMSOracle(ber []byte) string {
+	der, n, ok := fuzzBERToDER(ber, 0)
+	if !ok || n != len(ber) {
+		return "not one BER element"
+	}
+	var ci asn1.RawValue
+	if rest, err := asn1.Unmarshal(der, &ci); err != nil || len(rest) != 0 {
+		return fmt.Sprintf("encoding/asn1: %v", err)
+	}
+	items := fuzzASN1Items(ci)
+	if ci.Tag != asn1.TagSequence || len(items) != 2 {
+		return "ContentInfo"
+	}
+	var oid asn1.ObjectIdentifier
+	if _, err := asn1.Unmarshal(items[0].FullBytes, &oid); err != nil {
+		return "contentType"
+	}
+	auth := oid.Equal(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 16, 1, 23})
+	if !auth && !oid.Equal(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 3}) {
+		return "contentType " + oid.String()
+	}
+	wrap := fuzzASN1Items(items[1])
+	if items[1].Class != asn1.ClassContextSpecific || items[1].Tag != 0 || len(wrap) != 1 || wrap[0].Tag != asn1.TagSequence {
+		return "content"
+	}
+	env := fuzzASN1Items(wrap[0])
+	var version int
+	if len(env) < 3 {
+		return "EnvelopedData too short"
+	}
+	if _, err := asn1.Unmarshal(env[0].FullBytes, &version); err != nil {
+		return "version"
+	}
+	env = env[1:]
+	if env[0].Class == asn1.ClassContextSpecific && env[0].Tag == 0 {
+		env = env[1:]
+	}
+	if len(env) < 2 || env[0].Class != asn1.ClassUniversal || env[0].Tag != asn1.TagSet || len(fuzzASN1Items(env[0])) == 0 {
+		return "recipientInfos"
+	}
+	eci := fuzzASN1Items(env[1])
+	if env[1].Tag != asn1.TagSequence || len(eci) != 3 || eci[2].Class != asn1.ClassContextSpecific || eci[2].Tag != 0 {
+		return "encryptedContentInfo"
+	}
+	if auth {
+		hasMAC := false
+		for _, e := range env[2:] {
+			hasMAC = hasMAC || (e.Class == asn1.ClassUniversal && e.Tag == asn1.TagOctetString)
+		}
+		if !hasMAC {
+			return "no mac"
+		}
+	}
+	return ""
+}
+
+func fuzzASN1Items(v asn1.RawValue) []asn1.RawValue {
+	if !v.IsCompound {
+		return nil
+	}
+	var out []asn1.RawValue
+	for rest := v.Bytes; len(rest) > 0; {
+		var e asn1.RawValue
+		var err error
+		if rest, err = asn1.Unmarshal(rest, &e); err != nil {
+			return nil
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// fuzzBERToDER re-encodes one BER element with definite, minimal
+// lengths (X.690 §10.1): it returns the DER form and the BER octets read.
+func fuzzBERToDER(b []byte, depth int) ([]byte, int, bool) {
+	if depth > 100 || len(b) < 2 {
+		return nil, 0, false
+	}
+	i := 1
+	if b[0]&0x1F == 0x1F {
+		for i < len(b) && b[i]&0x80 != 0 {
+			i++
+		}
+		i++
+	}
+	if i >= len(b) {
+		return nil, 0, false
+	}
+	id := b[:i]
+	constructed := b[0]&0x20 != 0
+	var content []byte
+	l := int(b[i])
+	i++
+	if l == 0x80 {
+		if !constructed {
+			return nil, 0, false
+		}
+		for {
+			if i+1 < len(b) && b[i] == 0 && b[i+1] == 0 {
+				i += 2
+				break
+			}
+			d, n, ok := fuzzBERToDER(b[i:], depth+1)
+			if !ok {
+				return nil, 0, false
+			}
+			content = append(content, d...)
+			i += n
+		}
+	} else {
+		if l > 0x80 {
+			k := l & 0x7F
+			if k > 4 || i+k > len(b) {
+				return nil, 0, false
+			}
+			l = 0
+			for _, c := range b[i : i+k] {
+				l = l<<8 | int(c)
+			}
+			i += k
+		}
+		if l > len(b)-i {
+			return nil, 0, false
+		}
+		if constructed {
+			for j := i; j < i+l; {
+				d, n, ok := fuzzBERToDER(b[j:i+l], depth+1)
+				if !ok {
+					return nil, 0, false
+				}
+				content = append(content, d...)
+				j += n
+			}
+		} else {
+			content = b[i : i+l]
+		}
+		i += l
+	}
+	out := append([]byte(nil), id...)
+	switch n := len(content); {
+	case n < 0x80:
+		out = append(out, byte(n))
+	case n < 1<<8:
+		out = append(out, 0x81, byte(n))
+	case n < 1<<16:
+		out = append(out, 0x82, byte(n>>8), byte(n))
+	case n < 1<<24:
+		out = append(out, 0x83, byte(n>>16), byte(n>>8), byte(n))
 	default:
-		return tag, -1, true
+		out = append(out, 0x84, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
+	return append(out, content...), i, true
+}
+
+// fuzzCMSSeeds returns synthetic CMS objects: EnvelopedData and
+// AuthEnvelopedData in DER (encoding/asn1), and both again in BER with
+// indefinite lengths on every constructed element, as "openssl cms
+// -stream" writes them.
+func fuzzCMSSeeds() [][]byte {
+	type algo struct {
+		Algorithm asn1.ObjectIdentifier
+		Params    asn1.RawValue `asn1:"optional"`
+	}
+	type ktri struct {
+		Version int
+		RID     asn1.RawValue `asn1:"tag:0"`
+		Alg     algo
+		Key     []byte
+	}
+	type eci struct {
+		ContentType asn1.ObjectIdentifier
+		Alg         algo
+		Content     []byte `asn1:"tag:0"`
+	}
+	type enveloped struct {
+		Version    int
+		Recipients []ktri `asn1:"set"`
+		Content    eci
+	}
+	type authEnveloped struct {
+		Version    int
+		Recipients []ktri `asn1:"set"`
+		Content    eci
+		MAC        []byte
+	}
+	type contentInfo struct {
+		ContentType asn1.ObjectIdentifier
+		Content     asn1.RawValue // [0] EXPLICIT, written out below
+	}
+	must := func(b []byte, err error) []byte {
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}
+	rcpt := ktri{Version: 2, RID: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, Bytes: []byte("subject key id")},
+		Alg: algo{Algorithm: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 7}}, Key: bytes.Repeat([]byte{0x5A}, 256)}
+	content := eci{ContentType: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1},
+		Alg:     algo{Algorithm: asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 42}, Params: asn1.RawValue{Tag: asn1.TagOctetString, Bytes: make([]byte, 16)}},
+		Content: bytes.Repeat([]byte{0xA5}, 64)}
+	wrap := func(oid asn1.ObjectIdentifier, inner []byte) []byte {
+		return must(asn1.Marshal(contentInfo{ContentType: oid, Content: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: inner}}))
+	}
+	env := wrap(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 3},
+		must(asn1.Marshal(enveloped{Version: 2, Recipients: []ktri{rcpt}, Content: content})))
+	auth := wrap(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 16, 1, 23},
+		must(asn1.Marshal(authEnveloped{Version: 0, Recipients: []ktri{rcpt}, Content: content, MAC: make([]byte, 16)})))
+	return [][]byte{env, auth, fuzzIndefinite(env), fuzzIndefinite(auth)}
+}
+
+// fuzzIndefinite re-encodes DER with indefinite lengths on every
+// constructed element.
+func fuzzIndefinite(der []byte) []byte {
+	var out []byte
+	for len(der) > 0 {
+		var v asn1.RawValue
+		rest, err := asn1.Unmarshal(der, &v)
+		if err != nil {
+			panic(err)
+		}
+		hdr := v.FullBytes[:len(v.FullBytes)-len(v.Bytes)]
+		if v.IsCompound {
+			id := hdr[:1] // the seeds use low tag numbers only
+			out = append(out, id[0], 0x80)
+			out = append(out, fuzzIndefinite(v.Bytes)...)
+			out = append(out, 0, 0)
+		} else {
+			out = append(out, v.FullBytes...)
+		}
+		der = rest
+	}
+	return out
 }
 
 func fuzzGet(fields []Field, lowerName string) (string, bool) {

@@ -1,7 +1,8 @@
 package crypto
 
 // The hostile MIME corpus (testdata/hostile/mime, see its README.md):
-// every file is split and encrypted, with and without header protection,
+// every file is split, must not count as already encrypted, and is
+// encrypted, with and without header protection,
 // to a v4 key (SEIPDv1, written by this package) and a v6 key (SEIPDv2,
 // written by go-crypto). Each result must be a well-formed RFC 3156
 // message whose ciphertext decrypts to the original Content-* fields and
@@ -70,14 +71,21 @@ func TestHostileMIME(t *testing.T) {
 					var body []byte
 					var res *Result
 					var err error
+					already := false
 					m := hostiletest.Run(t, run, hostileHang, func() {
 						fields, body = Split(data)
+						already = AlreadyEncrypted(fields, body)
 						res, err = Encrypt(fields, body, []*keys.Key{key}, Options{ProtectHeaders: protect})
 					})
 					share := m.Check(t, run, hostiletest.Bounds{CPU: hostileCPU, Wall: hostileWall, Alloc: uint64(hostileAllocPerByte*len(data) + hostileAllocConst)})
 					worst.CPU, worst.Wall = max(worst.CPU, m.CPU), max(worst.Wall, m.Wall)
 					if share > worstShare {
 						worstShare, worstName = share, run
+					}
+					// No corpus file is encrypted mail; the look-alikes
+					// (lookalike-*) only pretend to be.
+					if already {
+						t.Errorf("%s: counts as already encrypted: it would pass in clear", run)
 					}
 					if err != nil {
 						t.Fatalf("%s: Encrypt: %v", run, err)

@@ -247,11 +247,16 @@ func TestPostfix(t *testing.T) {
 }
 
 // pgpMIMEMessage is a message to alice that is already PGP/MIME.
+// pgpMIMEMessage is a PGP/MIME message to alice whose armour holds the
+// framing of an encrypted message (a session-key packet, then an
+// encrypted-data packet, of filler): the milter reads the structure and
+// decrypts nothing, so it passes unchanged.
 func pgpMIMEMessage(id string) []byte {
 	return message(id, "alice@example.org",
 		"MIME-Version: 1.0\nContent-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\n",
 		"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n"+
-			"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n--b--\r\n")
+			"-----BEGIN PGP MESSAGE-----\r\n\r\nwSkDQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQtIpARcX\r\n"+
+			"FxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxc=\r\n=4/vX\r\n-----END PGP MESSAGE-----\r\n--b--\r\n")
 }
 
 // attachmentMessage is a message to alice with rawSize random bytes as a

@@ -380,16 +380,15 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 	return gomilter.RespContinue, nil
 }
 
-// Headers (end of header section) lets already-encrypted mail through
-// before its body is sent.
+// Headers is the end of the header section. Header fields never show
+// that mail is already encrypted (a multipart/encrypted Content-Type
+// over clear text is still clear text): that is decided from the body,
+// at end of message.
 func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	if !s.needsWork() {
 		return s.accept("clear", "eoh", nil), nil
-	}
-	if len(s.localMix) == 0 && crypto.EncryptedByHeader(s.fields) {
-		return s.accept("already-encrypted", "eoh", nil), nil
 	}
 	return gomilter.RespContinue, nil
 }
@@ -441,6 +440,8 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	if !s.needsWork() {
 		return s.accept("clear", "eom", nil), nil
 	}
+	// Already encrypted: decided from the body's structure (RFC 3156,
+	// inline armour, CMS EnvelopedData), never from the header alone.
 	if crypto.AlreadyEncrypted(s.fields, s.body) {
 		return s.accept("already-encrypted", "eom", nil), nil
 	}
@@ -552,7 +553,8 @@ func apply(m *gomilter.Modifier, res *crypto.Result, trace string) error {
 }
 
 // accept ends the message unchanged. at is the milter stage that decided
-// ("data", "header", "eoh", "eom"); it is logged, so that an operator can
+// ("data", "header", "eoh" for clear mail; "eom" for already-encrypted
+// and clear mail); it is logged, so that an operator can
 // see whether clear mail is accepted at DATA (Postfix with
 // milter_protocol = 6, Sendmail 8.14 and later) or only at the first
 // header field (an MTA speaking milter protocol 2).

@@ -373,16 +373,44 @@ func TestMixedRecipientsSplit(t *testing.T) {
 func TestAlreadyEncryptedPassesUnchanged(t *testing.T) {
 	f := newFixture(t, nil)
 	m := f.connect(t, false)
-	msg := "From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
-		"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\n--x\r\n...\r\n--x--\r\n"
-	r := m.send("Q7", []string{"alice@example.org"}, []byte(msg))
-	if r.endedAt != "eoh" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
-		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
+	// Decided at end of message, from the body: the header alone never
+	// lets a message through.
+	pgpMIME := "From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n" + fuzzCanned['B'][4]
+	r := m.send("Q7", []string{"alice@example.org"}, []byte(pgpMIME))
+	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+		t.Fatalf("PGP/MIME: ended at %s with %+v, %d mods", r.endedAt, r.final, len(r.mods))
 	}
-	inline := "From: a@example.net\r\nTo: alice@example.org\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n"
+	inline := "From: a@example.net\r\nTo: alice@example.org\r\n\r\n" + fuzzFakeArmour
 	r = m.send("Q8", []string{"alice@example.org"}, []byte(inline))
 	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
 		t.Fatalf("inline: ended at %s with %+v, %d mods", r.endedAt, r.final, len(r.mods))
+	}
+}
+
+// TestLookalikeIsEncrypted: mail whose header says "encrypted" over a
+// readable body is encrypted like any other (issue 11).
+func TestLookalikeIsEncrypted(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.connect(t, false)
+	for i, msg := range []string{
+		"From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=x\r\n\r\nThe launch code is 1234.\r\n",
+		"From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: application/pkcs7-mime\r\n\r\nThe launch code is 1234.\r\n",
+		"From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: application/octet-stream; name=\"letter.p7m\"\r\n\r\nThe launch code is 1234.\r\n",
+		"From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\nContent-Type: text/plain\r\n\r\n" + fuzzCanned['B'][4],
+	} {
+		r := m.send(fmt.Sprintf("L%d", i), []string{"alice@example.org"}, []byte(msg))
+		if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept {
+			t.Fatalf("look-alike %d: ended at %s with %+v", i, r.endedAt, r.final)
+		}
+		_, inner := pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
+		if _, body := crypto.Split([]byte(msg)); !bytes.HasSuffix(inner, body) {
+			t.Errorf("look-alike %d: decrypted %q, want the body %q", i, inner, body)
+		}
 	}
 }
 

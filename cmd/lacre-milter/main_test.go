@@ -915,6 +915,10 @@ const multipartMixed = "From: bob@example.net\r\n" +
 	"--XYZ\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n" +
 	"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAECAwQFBgcICQ==\r\n--XYZ--\r\n"
 
+// alreadyEncrypted and inlinePGP carry the framing of an encrypted
+// message (a session-key packet, then an encrypted-data packet, of
+// filler): crypto.AlreadyEncrypted reads the structure, it decrypts
+// nothing.
 const alreadyEncrypted = "From: bob@example.net\r\n" +
 	"To: alice@example.org\r\n" +
 	"Subject: already\r\n" +
@@ -923,14 +927,16 @@ const alreadyEncrypted = "From: bob@example.net\r\n" +
 	"\r\n" +
 	"--B\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\r\n" +
 	"--B\r\nContent-Type: application/octet-stream\r\n\r\n" +
-	"-----BEGIN PGP MESSAGE-----\r\n\r\nwV4DAAAAAAAAAAASAQdAbm90IHJlYWxseSBhIG1lc3NhZ2U=\r\n-----END PGP MESSAGE-----\r\n" +
+	"-----BEGIN PGP MESSAGE-----\r\n\r\nwSkDQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQtIpARcX\r\n" +
+	"FxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxc=\r\n=4/vX\r\n-----END PGP MESSAGE-----\r\n" +
 	"\r\n--B--\r\n"
 
 const inlinePGP = "From: bob@example.net\n" +
 	"To: alice@example.org\n" +
 	"Subject: inline\n" +
 	"\n" +
-	"-----BEGIN PGP MESSAGE-----\n\nwV4DAAAAAAAAAAASAQdAbm90IHJlYWxseSBhIG1lc3NhZ2U=\n-----END PGP MESSAGE-----\n"
+	"-----BEGIN PGP MESSAGE-----\n\nwSkDQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQtIpARcX\n" +
+	"FxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxcXFxc=\n=4/vX\n-----END PGP MESSAGE-----\n"
 
 // bodyOf returns the body of a raw message: what follows the first empty line.
 func bodyOf(t *testing.T, msg string) []byte {

@@ -22,6 +22,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -248,11 +249,87 @@ func mimeCases() map[string][]byte {
 		"Content-: a field called Content- with nothing after the dash\r\n" +
 		"\r\n--unterminated\r\nsecret body\r\n"
 
+	lookalikes(m)
+
 	out := make(map[string][]byte, len(m))
 	for k, v := range m {
 		out[k] = []byte(v)
 	}
 	return out
+}
+
+// lookalikes adds mail that only looks encrypted (issue 11): each case
+// differs from a genuine PGP/MIME, inline or S/MIME message in one
+// point, and must be encrypted like clear text.
+func lookalikes(m map[string]string) {
+	const secret = "The launch code is 1234.\r\n"
+	pkesk := pkt(1, append([]byte{3}, bytes.Repeat([]byte{0x42}, 60)...))  // v3 PKESK of filler
+	seipd := pkt(18, append([]byte{1}, bytes.Repeat([]byte{0x17}, 80)...)) // v1 SEIPD of filler
+	literal := pkt(11, []byte("b\x00\x00\x00\x00\x00"+secret))             // literal data: readable
+	good := append(append([]byte(nil), pkesk...), seipd...)                // what a genuine message frames
+	pgpMIME := func(name, subject, extraHeader, armour, version string) {
+		m[name] = std(strings.TrimSuffix(name, ".eml")) + "Subject: " + subject + "\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"\r\n" + extraHeader +
+			"\r\nThis is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n" +
+			"--b\r\nContent-Type: application/pgp-encrypted\r\n\r\n" + version + "\r\n\r\n" +
+			"--b\r\nContent-Type: application/octet-stream; name=\"encrypted.asc\"\r\n\r\n" + armour + "\r\n--b--\r\n"
+	}
+	inline := func(name, subject, body string) {
+		m[name] = std(strings.TrimSuffix(name, ".eml")) + "Subject: " + subject + "\r\nContent-Type: text/plain\r\n\r\n" + body
+	}
+	clear := func(name, subject, contentType string) {
+		m[name] = std(strings.TrimSuffix(name, ".eml")) + "Subject: " + subject + "\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: " + contentType + "\r\n\r\n" + secret
+	}
+	clear("lookalike-plain-multipart-encrypted.eml", "clear text under multipart/encrypted with protocol=",
+		"multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"b\"")
+	clear("lookalike-plain-multipart-encrypted-no-protocol.eml", "clear text under multipart/encrypted without protocol=",
+		"multipart/encrypted; boundary=\"b\"")
+	clear("lookalike-plain-pkcs7-mime.eml", "clear text under application/pkcs7-mime without smime-type",
+		"application/pkcs7-mime; name=\"smime.p7m\"")
+	clear("lookalike-plain-octet-stream-p7m.eml", "clear text in an octet-stream named letter.p7m",
+		"application/octet-stream; name=\"letter.p7m\"")
+	pgpMIME("lookalike-second-content-type.eml", "a genuine-looking PGP/MIME body and a second Content-Type",
+		"Content-Type: text/plain\r\n", fakeArmour(good, true), "Version: 1")
+	pgpMIME("lookalike-version-2.eml", "PGP/MIME with Version: 2", "", fakeArmour(good, true), "Version: 2")
+	inline("lookalike-pkesk-then-literal.eml", "armour of a session-key packet, then literal data",
+		fakeArmour(append(append([]byte(nil), pkesk...), literal...), true))
+	badCRC := fakeArmour(good, true)
+	i := strings.Index(badCRC, "\r\n=") + 3
+	badCRC = badCRC[:i] + string(badCRC[i]^1) + badCRC[i+1:]
+	inline("lookalike-bad-armour-crc.eml", "armour whose checksum does not match", badCRC)
+	inline("lookalike-seipd-not-spanning.eml", "encrypted data followed by literal data",
+		fakeArmour(append(append([]byte(nil), good...), literal...), true))
+	inline("lookalike-trailing-cleartext.eml", "clear text after a genuine-looking armour block",
+		fakeArmour(good, true)+"\r\n-- \r\n"+secret)
+}
+
+// fakeArmour armours data as a "PGP MESSAGE" (RFC 9580 §6.2), with the
+// CRC24 checksum line (§6.1.1) if withCRC.
+func fakeArmour(data []byte, withCRC bool) string {
+	var b strings.Builder
+	b.WriteString("-----BEGIN PGP MESSAGE-----\r\n\r\n")
+	enc := base64.StdEncoding.EncodeToString(data)
+	for len(enc) > 64 {
+		b.WriteString(enc[:64] + "\r\n")
+		enc = enc[64:]
+	}
+	b.WriteString(enc + "\r\n")
+	if withCRC {
+		crc := uint32(0xB704CE)
+		for _, c := range data {
+			crc ^= uint32(c) << 16
+			for range 8 {
+				crc <<= 1
+				if crc&0x1000000 != 0 {
+					crc ^= 0x1864CFB
+				}
+			}
+		}
+		b.WriteString("=" + base64.StdEncoding.EncodeToString([]byte{byte(crc >> 16), byte(crc >> 8), byte(crc)}) + "\r\n")
+	}
+	b.WriteString("-----END PGP MESSAGE-----\r\n")
+	return b.String()
 }
 
 // tenThousandFields is a header section of exactly 10,000 fields: the
