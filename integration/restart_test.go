@@ -130,34 +130,48 @@ func TestMilterRestartStall(t *testing.T) {
 		// session tries again; it returns whether the session must
 		// have been ended.
 		after func() bool
+		// openWhileDown: the session starts while the milter is down
+		// (its first MAIL gets 451 too), instead of before.
+		openWhileDown bool
 	}{
-		{"SIGKILL", m.kill, func() bool { return false }},
+		{"SIGKILL", m.kill, func() bool { return false }, false},
 		{"SIGTERM", func() {
 			if err := m.stop(); err != nil {
 				t.Errorf("lacre-milter: %v", err)
 			}
-		}, func() bool { return false }},
+		}, func() bool { return false }, false},
+		{"session opened while the milter is down", m.kill, func() bool { return false }, true},
 		{"SIGKILL then postfix reload", m.kill, func() bool {
 			if _, err := run(nil, nil, postfixCmd, "-c", p.configDir, "reload"); err != nil {
 				t.Fatal(err)
 			}
 			return false
-		}},
-		{"SIGKILL then postfix restart", m.kill, func() bool { p.restart(t); return true }},
+		}, false},
+		{"SIGKILL then postfix restart", m.kill, func() bool { p.restart(t); return true }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := strings.ReplaceAll(strings.ToLower(tc.name), " ", "-")
 			logStart := len(p.log())
-			// A session with one delivered message: smtpd has its milter
-			// connection, idle between transactions.
-			old := dialSession(t, p.smtpAddr())
-			if mail, final, err := old.send("sender@example.com", "alice@example.org", message(id+"-before", "alice@example.org", textFields, textBody)); err != nil || !strings.HasPrefix(final, "250 ") {
-				t.Fatalf("first message: MAIL %q, final %q, %v", mail, final, err)
-			}
-			byMessageID(t, s, id+"-before")
 			sinkBefore := len(s.messages())
+			var old *smtpSession
+			if !tc.openWhileDown {
+				// A session with one delivered message: smtpd has its
+				// milter connection, idle between transactions.
+				old = dialSession(t, p.smtpAddr())
+				if mail, final, err := old.send("sender@example.com", "alice@example.org", message(id+"-before", "alice@example.org", textFields, textBody)); err != nil || !strings.HasPrefix(final, "250 ") {
+					t.Fatalf("first message: MAIL %q, final %q, %v", mail, final, err)
+				}
+				byMessageID(t, s, id+"-before")
+				sinkBefore++
+			}
 
 			tc.stop()
+			if tc.openWhileDown {
+				old = dialSession(t, p.smtpAddr())
+				if mail, _, err := old.send("sender@example.com", "alice@example.org", message(id+"-down", "alice@example.org", textFields, textBody)); err != nil || !strings.HasPrefix(mail, "451 4.7.1") {
+					t.Fatalf("MAIL with the milter down: %q, %v", mail, err)
+				}
+			}
 			m.start(t)
 			back := time.Now()
 			mustEnd := tc.after()
@@ -223,30 +237,27 @@ func TestMilterRestartStall(t *testing.T) {
 
 // logPoisonedSession writes to the test log the first line of each kind
 // that the smtpd process of the first "milter-reject: MAIL" after offset
-// logged, once it has logged its disconnect.
+// logged after offset, once it has logged its disconnect.
 func logPoisonedSession(t *testing.T, p *postfixInstance, offset int) {
 	t.Helper()
 	pid := ""
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		l := p.log()[offset:]
-		// From the line before the first rejected MAIL (the warning) on.
 		if i := strings.Index(l, "milter-reject: MAIL"); i >= 0 {
-			start := strings.LastIndexByte(l[:i], '\n') + 1
-			line := l[start:i]
+			line := l[strings.LastIndexByte(l[:i], '\n')+1 : i]
 			if j := strings.Index(line, "smtpd["); j >= 0 {
 				pid = line[j : j+strings.IndexByte(line[j:], ']')+1]
 			}
-			l = l[max(strings.LastIndexByte(l[:max(start-1, 0)], '\n'), 0):]
 		}
-		if pid != "" && strings.Contains(l, pid+": disconnect from") {
+		if pid != "" && strings.Contains(l, pid+": too many errors") && strings.Contains(l[strings.Index(l, pid+": too many errors"):], pid+": disconnect from") {
 			seen := map[string]bool{}
 			for _, line := range strings.Split(l, "\n") {
 				if !strings.Contains(line, pid+": ") {
 					continue
 				}
 				for _, k := range []string{"warning:", "milter-reject: MAIL", "too many errors", "disconnect from"} {
-					if strings.Contains(line, k) && !seen[k] {
+					if strings.Contains(line, k) && !seen[k] && (k != "disconnect from" || strings.Contains(line, " rset=")) {
 						seen[k] = true
 						t.Logf("maillog: %s", line)
 					}
