@@ -272,3 +272,81 @@ func logPoisonedSession(t *testing.T, p *postfixInstance, offset int) {
 	}
 	t.Logf("no disconnect of the old session's smtpd (%q) in the maillog", pid)
 }
+
+// TestMilterRestartRealSender measures the same trap with a real sending
+// Postfix (its connection cache, up to 20 connections in parallel): 600
+// messages are submitted to it as fast as it takes them, for an unkeyed
+// recipient behind the MX; after the 200th the milter is killed (SIGTERM
+// with LACRE_IT_SIGNAL=TERM) and started again, and with
+// LACRE_IT_RESTART_POSTFIX=1 the MX Postfix is restarted right after. It
+// logs how many messages the sender deferred with 451 4.7.1 and when the
+// last was. A measurement for docs/operations.md, not a check: it runs
+// only with LACRE_IT_MEASURE=1 (about 30 s), e.g.
+//
+//	LACRE_IT_MEASURE=1 LACRE_IT_MX_MAIN='smtpd_soft_error_limit=10 smtpd_hard_error_limit=20' \
+//	  go test ./integration -run MilterRestartRealSender -v
+func TestMilterRestartRealSender(t *testing.T) {
+	if os.Getenv("LACRE_IT_MEASURE") == "" {
+		t.Skip("a measurement: set LACRE_IT_MEASURE=1")
+	}
+	s := startSink(t)
+	m := startMilter(t, "[milter]\nshutdown_timeout = \"2s\"\n")
+	mxMain := readmeErrorLimits(t)
+	for _, kv := range strings.Fields(os.Getenv("LACRE_IT_MX_MAIN")) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			t.Fatalf("LACRE_IT_MX_MAIN: %q is not name=value", kv)
+		}
+		mxMain[k] = v
+	}
+	mx := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr(), Main: mxMain})
+	// Postfix's own retry schedule: what is deferred stays deferred for
+	// the measurement.
+	sender := startPostfix(t, postfixOptions{RelayPort: mx.smtpPort, Main: map[string]string{
+		"minimal_backoff_time": "300s", "maximal_backoff_time": "4000s", "queue_run_delay": "300s"}})
+	t.Logf("MX settings: %v; signal %q, restart Postfix %q", mxMain, os.Getenv("LACRE_IT_SIGNAL"), os.Getenv("LACRE_IT_RESTART_POSTFIX"))
+	const n = 600
+	var back time.Time
+	for i := 0; i < n; i++ {
+		if i == 200 {
+			if os.Getenv("LACRE_IT_SIGNAL") == "TERM" {
+				if err := m.stop(); err != nil {
+					t.Errorf("lacre-milter: %v", err)
+				}
+			} else {
+				m.kill()
+			}
+			m.start(t)
+			back = time.Now()
+			if os.Getenv("LACRE_IT_RESTART_POSTFIX") != "" {
+				mx.restart(t)
+			}
+		}
+		msg := message(fmt.Sprintf("burst-%d", i), "bob@example.net", textFields, textBody)
+		if err := sender.sendSMTP(t, "sender@example.com", []string{"bob@example.net"}, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Until the sender has tried everything once.
+	sender.waitQueue(t, time.Minute, "tried", func(q []queueEntry) bool {
+		for _, e := range q {
+			if e.QueueName != "deferred" {
+				return false
+			}
+		}
+		return true
+	})
+	mx.waitQueue(t, time.Minute, "empty", func(q []queueEntry) bool { return len(q) == 0 })
+	var deferred int
+	var last string
+	for _, line := range strings.Split(sender.log(), "\n") {
+		if strings.Contains(line, "status=deferred") {
+			deferred++
+			if strings.Contains(line, "451 4.7.1") {
+				last = line
+			}
+		}
+	}
+	t.Logf("milter back at %s; %d message(s) deferred (%d with 451 4.7.1), the last 451: %.60s; %d delivered; MX dropped %d session(s) for too many errors",
+		back.Format("15:04:05.000"), deferred, strings.Count(sender.log(), "451 4.7.1"), last, len(s.messages()), strings.Count(mx.log(), "too many errors after"))
+}
