@@ -395,121 +395,157 @@ func typeProblem(err error) (Problem, bool) {
 	return Problem{Key: m[2], Line: line, Msg: fmt.Sprintf("must be %s, not %s", want, got)}, true
 }
 
-// Validate checks values that TOML types cannot express.
+// Validate checks values that TOML types cannot express. Every problem
+// is collected, each with its key (and the line, once parse has it), so
+// that check-config reports them all at once.
 func (c *Config) Validate() error {
-	var probs []Problem
-	add := func(key, format string, args ...any) {
-		probs = append(probs, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+	var p problems
+	c.validateMilter(&p)
+	c.validateLog(&p)
+	c.validateWeb(&p)
+	c.validateStore(&p)
+	c.validateKeys(&p)
+	c.validateStatic(&p)
+	if len(p.list) == 0 {
+		return nil
 	}
-	// addAt is add for one entry of a map, so the message points at its line.
-	addAt := func(at []string) func(string, string, ...any) {
-		return func(key, format string, args ...any) {
-			add(key, format, args...)
-			probs[len(probs)-1].at = at
-		}
+	return &Error{Path: c.Path, Problems: p.list}
+}
+
+// problems collects what Validate finds.
+type problems struct{ list []Problem }
+
+func (p *problems) add(key, format string, args ...any) {
+	p.list = append(p.list, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// at is add for one entry of a map, so the message points at its line.
+func (p *problems) at(path []string) func(string, string, ...any) {
+	return func(key, format string, args ...any) {
+		p.add(key, format, args...)
+		p.list[len(p.list)-1].at = path
 	}
+}
+
+func (c *Config) validateMilter(p *problems) {
 	if _, _, err := ParseListen(c.Milter.Listen); err != nil {
-		add("milter.listen", "%v", err)
+		p.add("milter.listen", "%v", err)
 	}
 	if c.Milter.MaxMessageSize < 1<<20 || c.Milter.MaxMessageSize > 1<<30 {
-		add("milter.max_message_size", "%d is out of range (1 MiB to 1 GiB, in bytes)", c.Milter.MaxMessageSize)
+		p.add("milter.max_message_size", "%d is out of range (1 MiB to 1 GiB, in bytes)", c.Milter.MaxMessageSize)
 	}
 	if m := c.Milter.MetricsListen; m != "" {
 		if _, _, err := net.SplitHostPort(m); err != nil {
-			add("milter.metrics_listen", "%q: write HOST:PORT, e.g. \"127.0.0.1:9191\", or \"\" for none", m)
+			p.add("milter.metrics_listen", "%q: write HOST:PORT, e.g. \"127.0.0.1:9191\", or \"\" for none", m)
 		}
 	}
 	if h := c.Milter.TraceHeader; h != "" && !validHeaderName(h) {
-		add("milter.trace_header", "%q is not a header field name (letters, digits and '-')", h)
+		p.add("milter.trace_header", "%q is not a header field name (letters, digits and '-')", h)
 	}
 	switch c.Milter.MixedLocal {
 	case MixedLocalHold, MixedLocalEncrypt:
 	default:
-		add("milter.mixed_local", "%q is not one of \"hold\", \"encrypt\"", c.Milter.MixedLocal)
+		p.add("milter.mixed_local", "%q is not one of \"hold\", \"encrypt\"", c.Milter.MixedLocal)
 	}
 	if d := c.Milter.ShutdownTimeout.D(); d < time.Second || d > 10*time.Minute {
-		add("milter.shutdown_timeout", "%s is out of range (1s to 10m)", d)
+		p.add("milter.shutdown_timeout", "%s is out of range (1s to 10m)", d)
 	}
 	if d := c.Milter.LookupTimeout.D(); d < 100*time.Millisecond || d > 25*time.Second {
-		add("milter.lookup_timeout", "%s is out of range (100ms to 25s; Postfix waits 30s for a RCPT reply)", d)
+		p.add("milter.lookup_timeout", "%s is out of range (100ms to 25s; Postfix waits 30s for a RCPT reply)", d)
 	}
 	if n := c.Milter.MaxConnections; n < 1 || n > 100000 {
-		add("milter.max_connections", "%d is out of range (1 to 100000; Postfix opens one per smtpd and cleanup process)", n)
+		p.add("milter.max_connections", "%d is out of range (1 to 100000; Postfix opens one per smtpd and cleanup process)", n)
 	}
 	if d := c.Milter.IdleTimeout.D(); d < 10*time.Minute || d > 24*time.Hour {
-		add("milter.idle_timeout", "%s is out of range (10m to 24h; the MTA legitimately waits 300s and more between packets, e.g. Postfix's smtpd_timeout plus a message's DATA transfer)", d)
+		p.add("milter.idle_timeout", "%s is out of range (10m to 24h; the MTA legitimately waits 300s and more between packets, e.g. Postfix's smtpd_timeout plus a message's DATA transfer)", d)
 	}
 	if d := c.Milter.PacketTimeout.D(); d < time.Second || d > 10*time.Minute {
-		add("milter.packet_timeout", "%s is out of range (1s to 10m)", d)
+		p.add("milter.packet_timeout", "%s is out of range (1s to 10m)", d)
 	}
+}
+
+func (c *Config) validateLog(p *problems) {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		add("log.level", "%q is not one of \"debug\", \"info\", \"warn\", \"error\"", c.Log.Level)
+		p.add("log.level", "%q is not one of \"debug\", \"info\", \"warn\", \"error\"", c.Log.Level)
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		add("log.format", "%q is not one of \"text\", \"json\"", c.Log.Format)
+		p.add("log.format", "%q is not one of \"text\", \"json\"", c.Log.Format)
 	}
+}
+
+func (c *Config) validateWeb(p *problems) {
 	if _, _, err := net.SplitHostPort(c.Web.Listen); err != nil {
-		add("web.listen", "%q: write HOST:PORT, e.g. \"127.0.0.1:8080\"", c.Web.Listen)
+		p.add("web.listen", "%q: write HOST:PORT, e.g. \"127.0.0.1:8080\"", c.Web.Listen)
 	}
 	if u, err := url.Parse(c.Web.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		add("web.base_url", "%q: write the service's public URL, e.g. \"https://keys.example.org\"", c.Web.BaseURL)
+		p.add("web.base_url", "%q: write the service's public URL, e.g. \"https://keys.example.org\"", c.Web.BaseURL)
 	}
 	for _, d := range c.Web.Domains {
 		if d == "" || strings.ContainsAny(d, "@ /") {
-			add("web.domains", "%q is not a domain", d)
+			p.add("web.domains", "%q is not a domain", d)
 		}
 	}
 	if f := c.Web.From; f != "" && !strings.Contains(f, "@") {
-		add("web.from", "%q is not an address", f)
+		p.add("web.from", "%q is not an address", f)
 	}
 	if d := c.Web.TokenTTL.D(); d < 10*time.Minute || d > 30*24*time.Hour {
-		add("web.token_ttl", "%s is out of range (10m to 720h)", d)
+		p.add("web.token_ttl", "%s is out of range (10m to 720h)", d)
 	}
 	if n := c.Web.MaxPendingPerAddress; n < 1 || n > 100 {
-		add("web.max_pending_per_address", "%d is out of range (1 to 100)", n)
+		p.add("web.max_pending_per_address", "%d is out of range (1 to 100)", n)
 	}
 	if n := c.Web.MaxRequestsPerClient; n < 1 || n > 10000 {
-		add("web.max_requests_per_client", "%d is out of range (1 to 10000)", n)
+		p.add("web.max_requests_per_client", "%d is out of range (1 to 10000)", n)
 	}
-	for _, p := range c.Web.TrustedProxies {
-		if _, err := ParsePrefix(p); err != nil {
-			add("web.trusted_proxies", "%q: write an IP address or a CIDR prefix, e.g. \"127.0.0.1\" or \"10.0.0.0/8\"", p)
+	for _, proxy := range c.Web.TrustedProxies {
+		if _, err := ParsePrefix(proxy); err != nil {
+			p.add("web.trusted_proxies", "%q: write an IP address or a CIDR prefix, e.g. \"127.0.0.1\" or \"10.0.0.0/8\"", proxy)
 		}
 	}
 	if _, _, err := net.SplitHostPort(c.Web.SMTP.Addr); err != nil {
-		add("web.smtp.addr", "%q: write HOST:PORT, e.g. \"127.0.0.1:25\"", c.Web.SMTP.Addr)
+		p.add("web.smtp.addr", "%q: write HOST:PORT, e.g. \"127.0.0.1:25\"", c.Web.SMTP.Addr)
 	}
+}
+
+func (c *Config) validateStore(p *problems) {
 	if c.Store.Database == "" {
-		add("store.database", "must name a file, e.g. \"lacre.db\"")
+		p.add("store.database", "must name a file, e.g. \"lacre.db\"")
 	}
 	if c.Store.CacheTTL < 0 || c.Store.CacheTTL.D() > time.Hour {
-		add("store.cache_ttl", "%s is out of range (0 to 1h; a long TTL delays new keys)", c.Store.CacheTTL.D())
+		p.add("store.cache_ttl", "%s is out of range (0 to 1h; a long TTL delays new keys)", c.Store.CacheTTL.D())
 	}
+}
+
+// validateKeys checks [keys] and [encryption].
+func (c *Config) validateKeys(p *problems) {
 	if c.Keys.MinRSABits < 1024 || c.Keys.MinRSABits > 16384 {
-		add("keys.min_rsa_bits", "%d is out of range (1024 to 16384; 2048 is the usual floor)", c.Keys.MinRSABits)
+		p.add("keys.min_rsa_bits", "%d is out of range (1024 to 16384; 2048 is the usual floor)", c.Keys.MinRSABits)
 	}
 	if s := c.Keys.SubaddressSeparator; len(s) > 1 || (s != "" && s[0] >= utf8.RuneSelf) || strings.ContainsAny(s, "@ \t\"") {
-		add("keys.subaddress_separator", "%q must be one ASCII character other than @, space or quote, or \"\" for none", s)
+		p.add("keys.subaddress_separator", "%q must be one ASCII character other than @, space or quote, or \"\" for none", s)
 	}
 	switch c.Encryption.UnusableKey {
 	case UnusableTempfail, UnusableReject, UnusableClear:
 	default:
-		add("encryption.unusable_key", "%q is not one of \"tempfail\", \"reject\", \"clear\"", c.Encryption.UnusableKey)
+		p.add("encryption.unusable_key", "%q is not one of \"tempfail\", \"reject\", \"clear\"", c.Encryption.UnusableKey)
 	}
+}
+
+func (c *Config) validateStatic(p *problems) {
 	// Sorted, so that several problems come in the same order every run.
 	for _, addr := range slices.Sorted(maps.Keys(c.Static.Addresses)) {
-		at := addAt([]string{"static", "addresses", addr})
+		at := p.at([]string{"static", "addresses", addr})
 		if !strings.Contains(addr, "@") {
 			at("static.addresses", "%q is not an address (domains go in [static.domains])", addr)
 		}
 		checkFingerprints(at, "static.addresses", addr, c.Static.Addresses[addr])
 	}
 	for _, dom := range slices.Sorted(maps.Keys(c.Static.Domains)) {
-		at := addAt([]string{"static", "domains", dom})
+		at := p.at([]string{"static", "domains", dom})
 		if dom == "" || strings.Contains(dom, "@") {
 			at("static.domains", "%q is not a domain", dom)
 		}
@@ -517,13 +553,9 @@ func (c *Config) Validate() error {
 	}
 	for _, addr := range c.Static.NeverEncrypt {
 		if !strings.Contains(addr, "@") {
-			add("static.never_encrypt", "%q is not an address", addr)
+			p.add("static.never_encrypt", "%q is not an address", addr)
 		}
 	}
-	if len(probs) == 0 {
-		return nil
-	}
-	return &Error{Path: c.Path, Problems: probs}
 }
 
 func checkFingerprints(add func(string, string, ...any), key, name string, fprs []string) {
