@@ -397,7 +397,7 @@ decrypt() {
 }
 
 say "read the confirmation mail over IMAP, decrypt it, confirm"
-uid=$(wait_mail alice@example.org "Confirm your OpenPGP key") || die "no confirmation mail in alice's INBOX within 60 s"
+uid=$(wait_mail alice@example.org "Please confirm your request") || die "no confirmation mail in alice's INBOX within 60 s"
 fetch alice@example.org "$uid" "$TMP/confirm.eml" || die "could not fetch the confirmation mail"
 check_pgp_mime "$TMP/confirm.eml"
 decrypt "$TMP/confirm.eml" "$TMP/confirm.txt"
