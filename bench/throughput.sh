@@ -229,27 +229,8 @@ cat >"$PF/etc/master.cf" <<EOF
 127.0.0.1:${SMTP_PORT[d]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLA_PORT
 127.0.0.1:${SMTP_PORT[f]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLH_PORT
 127.0.0.1:${SMTP_PORT[g]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLD_PORT
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-proxywrite unix  - - n -     1 proxymap
-smtp       unix  - - n -     - smtp
-relay      unix  - - n -     - smtp
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
 EOF
+cat "$REPO/contrib/postfix/master-services.cf" >>"$PF/etc/master.cf"
 # Postfix re-reads a configuration file changed in the last second.
 touch -d '-1 minute' "$PF/etc/main.cf" "$PF/etc/master.cf"
 

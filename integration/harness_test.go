@@ -420,36 +420,17 @@ func defaultMain(p *postfixInstance, relayPort int) map[string]string {
 	}
 }
 
-// masterCF is the instance's master.cf: the services Postfix needs, none
-// chrooted (Debian's default master.cf chroots into the system queue),
-// plus postlogd for maillog_file.
+// masterCF is the instance's master.cf: its smtpd, then the services of
+// contrib/postfix/master-services.cf (the demo and the benchmark use the
+// same file), then extra lines.
 func masterCF(smtpPort int, extra []string) string {
+	services, err := os.ReadFile(filepath.Join("..", "contrib", "postfix", "master-services.cf"))
+	if err != nil {
+		panic(fmt.Sprintf("the Postfix services template: %v", err))
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "127.0.0.1:%d inet n - n - - smtpd\n", smtpPort)
-	b.WriteString(`pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-proxywrite unix  - - n -     1 proxymap
-smtp       unix  - - n -     - smtp
-relay      unix  - - n -     - smtp
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-local      unix  - n n -     - local
-virtual    unix  - n n -     - virtual
-lmtp       unix  - - n -     - lmtp
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
-`)
+	b.Write(services)
 	for _, l := range extra {
 		b.WriteString(l)
 		b.WriteByte('\n')

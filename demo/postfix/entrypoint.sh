@@ -69,33 +69,7 @@ printf '%s\n' "alice@example.org ok" "bob@example.org ok" >/etc/postfix/vmailbox
 # Debian's master.cf chroots the daemons (which would need copies of
 # resolv.conf and friends); here nothing is chrooted, and smtpd listens on
 # the demo port instead of 25.
-cat >/etc/postfix/master.cf <<CF
-${smtp_port} inet n - n - - smtpd
-pickup     unix  n - n 60    1 pickup
-cleanup    unix  n - n -     0 cleanup
-qmgr       unix  n - n 300   1 qmgr
-tlsmgr     unix  - - n 1000? 1 tlsmgr
-rewrite    unix  - - n -     - trivial-rewrite
-bounce     unix  - - n -     0 bounce
-defer      unix  - - n -     0 bounce
-trace      unix  - - n -     0 bounce
-verify     unix  - - n -     1 verify
-flush      unix  n - n 1000? 0 flush
-proxymap   unix  - - n -     - proxymap
-proxywrite unix  - - n -     1 proxymap
-smtp       unix  - - n -     - smtp
-relay      unix  - - n -     - smtp
-showq      unix  n - n -     - showq
-error      unix  - - n -     - error
-retry      unix  - - n -     - error
-discard    unix  - - n -     - discard
-local      unix  - n n -     - local
-virtual    unix  - n n -     - virtual
-lmtp       unix  - - n -     - lmtp
-anvil      unix  - - n -     1 anvil
-scache     unix  - - n -     1 scache
-postlog    unix-dgram n - n - 1 postlogd
-CF
+{ echo "${smtp_port} inet n - n - - smtpd"; cat /etc/lacre-demo/master-services.cf; } >/etc/postfix/master.cf
 
 # A pid file left by an earlier run of this container (docker compose
 # restart) would make Postfix think it is running already.
