@@ -1,26 +1,12 @@
 package keys
 
 import (
-	"bytes"
 	"testing"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
-
-func exportKey(t *testing.T, e *openpgp.Entity) *Key {
-	t.Helper()
-	var b bytes.Buffer
-	if err := e.Serialize(&b); err != nil {
-		t.Fatal(err)
-	}
-	ks, err := Parse(b.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks[0]
-}
 
 // TestCheckUpdate: an older export of a key must not replace a newer copy
 // in the store, and a copy without a revocation must not replace a revoked one.
@@ -31,16 +17,16 @@ func TestCheckUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := exportKey(t, e)
+	old := parsePublic(t, e)
 	later := &packet.Config{Time: func() time.Time { return created.Add(24 * time.Hour) }}
 	if err := e.AddUserId("Alice", "", "alice@example.net", later); err != nil {
 		t.Fatal(err)
 	}
-	newer := exportKey(t, e)
+	newer := parsePublic(t, e)
 	if err := e.Revoke(packet.KeySuperseded, "moved on", &packet.Config{Time: func() time.Time { return created.Add(36 * time.Hour) }}); err != nil {
 		t.Fatal(err)
 	}
-	revoked := exportKey(t, e)
+	revoked := parsePublic(t, e)
 
 	p := Policy{MinRSABits: 2048}
 	now := time.Now()

@@ -270,10 +270,10 @@ func (s *Service) parseKeys(ctx context.Context, addr string, keyData []byte) ([
 			return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleKeyCount, Msg: fmt.Sprintf("submit at most %d keys at once", n)}
 		}
 		for _, k := range out {
-			if n := len(k.Entity.Identities); n > MaxUserIDsPerKey {
+			if n := len(k.UserIDs()); n > MaxUserIDsPerKey {
 				return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleUserIDCount, Msg: fmt.Sprintf("key %s has %d User IDs; at most %d are accepted", k.Fingerprint, n, MaxUserIDsPerKey)}
 			}
-			if n := len(k.Entity.Subkeys); n > MaxSubkeysPerKey {
+			if n := k.NumSubkeys(); n > MaxSubkeysPerKey {
 				return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleSubkeyCount, Msg: fmt.Sprintf("key %s has %d subkeys; at most %d are accepted", k.Fingerprint, n, MaxSubkeysPerKey)}
 			}
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -63,7 +64,7 @@ func (m *fakeMailer) last(t *testing.T) sentMail {
 
 type fixture struct {
 	svc    *Service
-	store  *keys.MemoryStore
+	store  *keystest.Store
 	mailer *fakeMailer
 	srv    *httptest.Server
 	now    time.Time
@@ -79,7 +80,7 @@ func newFixture(t *testing.T) *fixture {
 // changed options.
 func newFixtureWith(t *testing.T, store Store, mod func(*Options)) *fixture {
 	t.Helper()
-	f := &fixture{store: keys.NewMemoryStore(), mailer: &fakeMailer{}, now: time.Now()}
+	f := &fixture{store: keystest.NewStore(), mailer: &fakeMailer{}, now: time.Now()}
 	if store == nil {
 		store = f.store
 	}
@@ -195,7 +196,7 @@ func TestSubmitConfirmWithBrowserForms(t *testing.T) {
 		t.Fatalf("confirm: %d\n%s", status, page)
 	}
 	ks, _ := f.store.KeysFor(context.Background(), "alice@example.org")
-	if len(ks) != 1 || ks[0].Entity.PrimaryKey.KeyId != alice.PrimaryKey.KeyId {
+	if len(ks) != 1 || ks[0].KeyID() != "0x"+strings.ToUpper(alice.PrimaryKey.KeyIdString()) {
 		t.Fatalf("after confirmation the store has %v", ks)
 	}
 	// The token works once.
@@ -435,7 +436,7 @@ func TestMailFailureIsNotCounted(t *testing.T) {
 }
 
 func TestNeedsDomains(t *testing.T) {
-	if _, err := New(keys.NewMemoryStore(), &fakeMailer{}, Options{}); err == nil {
+	if _, err := New(keystest.NewStore(), &fakeMailer{}, Options{}); err == nil {
 		t.Fatal("a service without domains started")
 	}
 }

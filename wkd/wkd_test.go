@@ -13,6 +13,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -62,7 +63,7 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := keys.NewMemoryStore()
+	store := keystest.NewStore()
 	store.Add(ctx, "alice@example.org", ks, false)
 	old, _ := keys.Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")))
 	store.Add(ctx, "old@example.org", old, false)

@@ -22,7 +22,7 @@ func openResolver(c *config.Config) (keys.Store, *keys.Resolver, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := keys.NewResolver(s, c, nil)
+	r, err := keys.NewResolver(s, resolverOptions(c))
 	if err != nil {
 		s.Close()
 		return nil, nil, err
@@ -234,7 +234,7 @@ func keysRemove(e *env, args []string) error {
 	}
 	fpr := ""
 	if len(pos) == 2 {
-		if !config.IsFingerprint(pos[1]) {
+		if !keys.IsFingerprint(pos[1]) {
 			return fmt.Errorf("%q is not a fingerprint (40 or 64 hex digits, as \"keys list\" shows): %w", pos[1], errUsage)
 		}
 		fpr = keys.FormatFingerprint(pos[1])
