@@ -35,7 +35,12 @@ type RejectError struct {
 	Rule Rule
 	Key  string // "0x…" key ID, "" when the data did not parse as a key
 	Msg  string
+
+	cause error // ErrStaleCopy, or nil
 }
+
+// Unwrap returns ErrStaleCopy when the store's copy of the key won.
+func (e *RejectError) Unwrap() error { return e.cause }
 
 func (e *RejectError) Error() string {
 	if e.Key == "" {
@@ -130,11 +135,11 @@ func (p Policy) usable(k *Key, now time.Time) error {
 	return nil
 }
 
-// CheckUpdate decides whether submitted may replace stored, a copy of the
-// same key already in the store. Storing replaces the copy, so an older
+// checkUpdate decides whether submitted may replace stored, a copy of the
+// same key already in the store (ErrStaleCopy when it may not). Storing replaces the copy, so an older
 // export would silently drop a revocation or an extended expiry that the
 // store has: refuse copies that are older or lack a revocation.
-func (p Policy) CheckUpdate(stored, submitted *Key, now time.Time) error {
+func (p Policy) checkUpdate(stored, submitted *Key, now time.Time) error {
 	// One lock at a time: both keys have the same fingerprint.
 	revoked := func(k *Key) bool {
 		k.mu.Lock()
@@ -142,13 +147,18 @@ func (p Policy) CheckUpdate(stored, submitted *Key, now time.Time) error {
 		return k.entity.Revoked(now)
 	}
 	if revoked(stored) && !revoked(submitted) {
-		return reject(submitted.entity, RuleRevoked, "the key store holds a revoked copy of this key; a copy without the revocation cannot replace it")
+		return stale(reject(submitted.entity, RuleRevoked, "the key store holds a revoked copy of this key; a copy without the revocation cannot replace it"))
 	}
 	if s, n := latestSelfSignature(stored.entity), latestSelfSignature(submitted.entity); n.Before(s) {
-		return reject(submitted.entity, RuleSelfSig, "the key store holds a newer copy of this key (signed %s, this one %s); export the current key (gpg --export --armor) and submit that",
-			s.UTC().Format("2006-01-02"), n.UTC().Format("2006-01-02"))
+		return stale(reject(submitted.entity, RuleSelfSig, "the key store holds a newer copy of this key (signed %s, this one %s); export the current key (gpg --export --armor) and submit that",
+			s.UTC().Format("2006-01-02"), n.UTC().Format("2006-01-02")))
 	}
 	return nil
+}
+
+func stale(e *RejectError) *RejectError {
+	e.cause = ErrStaleCopy
+	return e
 }
 
 // latestSelfSignature returns the creation time of the newest signature

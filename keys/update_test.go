@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -41,7 +42,7 @@ func TestCheckUpdate(t *testing.T) {
 		{"older cannot replace newer", newer, old, RuleSelfSig},
 		{"unrevoked cannot replace revoked", revoked, newer, RuleRevoked},
 	} {
-		err := p.CheckUpdate(tc.stored, tc.submitted, now)
+		err := p.checkUpdate(tc.stored, tc.submitted, now)
 		var rule Rule
 		if rej, ok := err.(*RejectError); ok {
 			rule = rej.Rule
@@ -51,6 +52,9 @@ func TestCheckUpdate(t *testing.T) {
 		}
 		if rule != tc.rule {
 			t.Errorf("%s: rule %q, want %q", tc.name, rule, tc.rule)
+		}
+		if errors.Is(err, ErrStaleCopy) != (tc.rule != "") {
+			t.Errorf("%s: errors.Is(%v, ErrStaleCopy) = %v", tc.name, err, errors.Is(err, ErrStaleCopy))
 		}
 	}
 }

@@ -490,28 +490,26 @@ func (s *Service) Confirm(ctx context.Context, token, client string) (*keys.Requ
 	switch r.Action {
 	case keys.ActionAdd:
 		k := r.Keys[0]
-		if err := s.opt.Policy.Validate(k, r.Address, now); err != nil {
-			usedUp()
-			return nil, &Error{Status: 400, Code: "invalid_key", Msg: "the key is no longer acceptable: " + err.Error()}
-		}
-		if stored, err := s.store.KeyByFingerprint(ctx, k.Fingerprint); err == nil {
-			if err := s.opt.Policy.CheckUpdate(stored, k, now); err != nil {
-				usedUp()
-				return nil, &Error{Status: 409, Code: "stale_key", Msg: err.Error()}
-			}
-		} else if !errors.Is(err, keys.ErrNotFound) {
-			return nil, err
-		}
-		bind := []*keys.Key{k}
+		var keep []*keys.Key
 		for _, c := range current {
 			if c.Fingerprint != k.Fingerprint && slices.Contains(r.Submitted, c.Fingerprint) {
-				bind = append(bind, c)
+				keep = append(keep, c)
 			}
 		}
-		if err := s.wrote(s.store.Add(ctx, r.Address, bind, true)); err != nil {
-			return nil, err
+		err := keys.Admit(ctx, s.store, s.opt.Policy, keys.Admission{Address: r.Address, Keys: []*keys.Key{k}, Replace: true, Keep: keep}, now)
+		var rej *keys.RejectError
+		switch {
+		case errors.Is(err, keys.ErrStaleCopy):
+			usedUp()
+			return nil, &Error{Status: 409, Code: "stale_key", Msg: err.Error()}
+		case errors.As(err, &rej):
+			usedUp()
+			return nil, &Error{Status: 400, Code: "invalid_key", Msg: "the key is no longer acceptable: " + err.Error()}
+		case err != nil:
+			return nil, s.wrote(err)
 		}
-		s.opt.Log.Info("key confirmed", "address", r.Address, "fingerprint", k.Fingerprint, "bound", len(bind))
+		s.wrote(nil)
+		s.opt.Log.Info("key confirmed", "address", r.Address, "fingerprint", k.Fingerprint, "bound", 1+len(keep))
 	case keys.ActionRemove:
 		if _, err := s.store.Remove(ctx, r.Address, ""); err != nil && !errors.Is(err, keys.ErrNotFound) {
 			return nil, s.wrote(err)

@@ -74,21 +74,12 @@ func keysAdd(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("nothing changed: %w", err)
 	}
-	now := time.Now()
-	for _, k := range ks {
-		if err := r.Policy().Validate(k, addr, now); err != nil {
-			return fmt.Errorf("nothing changed: %w", err)
-		}
-		stored, err := s.KeyByFingerprint(context.Background(), k.Fingerprint)
-		if err == nil {
-			if err := r.Policy().CheckUpdate(stored, k, now); err != nil {
-				return fmt.Errorf("nothing changed: %w", err)
-			}
-		} else if !errors.Is(err, keys.ErrNotFound) {
-			return err
-		}
+	err = keys.Admit(context.Background(), s, r.Policy(), keys.Admission{Address: addr, Keys: ks, Replace: *replace}, time.Now())
+	var rej *keys.RejectError
+	if errors.As(err, &rej) {
+		return fmt.Errorf("nothing changed: %w", err)
 	}
-	if err := s.Add(context.Background(), addr, ks, *replace); err != nil {
+	if err != nil {
 		return err
 	}
 	for _, k := range ks {
