@@ -59,7 +59,10 @@ func reject(k *openpgp.Entity, rule Rule, format string, args ...any) *RejectErr
 
 // Policy is the set of rules a key must pass to be stored or used.
 type Policy struct {
+	// MinRSABits is the smallest RSA modulus accepted ([keys]
+	// min_rsa_bits); 0 means 2048.
 	MinRSABits int
+	// Normalizer compares a key's User IDs with the address it is for.
 	Normalizer Normalizer
 }
 
@@ -315,20 +318,6 @@ func userIDAddress(uid *packet.UserId, name string) string {
 		return name
 	}
 	return ""
-}
-
-// Addresses returns the e-mail addresses of k's User IDs, normalised.
-func (p Policy) Addresses(k *Key) []string {
-	var out []string
-	for name, id := range k.entity.Identities {
-		if a := userIDAddress(id.UserId, name); a != "" {
-			if n, err := p.Normalizer.Normalize(a); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 func revocationReason(revs []*packet.VerifiableSignature) string {

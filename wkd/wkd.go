@@ -36,8 +36,8 @@ func Hash(local string) string {
 	return string(out[:])
 }
 
-// Lookup is what the handler needs of the key store.
-type Lookup interface {
+// Store is what the handler needs of the key store.
+type Store interface {
 	KeysFor(ctx context.Context, address string) ([]*keys.Key, error)
 }
 
@@ -52,7 +52,7 @@ type Lookup interface {
 // caller cannot ask for one address under another's hash. Only usable keys
 // are served, each with only the User IDs for the address asked for.
 type Handler struct {
-	Store      Lookup
+	Store      Store
 	Domains    []string // lower-case A-label domains served
 	Normalizer keys.Normalizer
 	Policy     keys.Policy

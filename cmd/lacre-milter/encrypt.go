@@ -37,7 +37,7 @@ func encryptCmd(e *env, args []string) error {
 		if _, err := r.Normalizer().Normalize(a); err != nil {
 			return err
 		}
-		l, err := r.Lookup(context.Background(), a)
+		l, err := r.Resolve(context.Background(), a)
 		if err != nil {
 			return err
 		}

@@ -167,7 +167,7 @@ func keysShow(e *env, args []string) error {
 	if _, err := r.Normalizer().Normalize(pos[0]); err != nil {
 		return err
 	}
-	l, err := r.Lookup(context.Background(), pos[0])
+	l, err := r.Resolve(context.Background(), pos[0])
 	if err != nil {
 		return err
 	}
