@@ -319,7 +319,7 @@ func TestAttackerCannotSwitchEncryptionOff(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	victim := testkeys.Generate(t, testkeys.Curve25519, "victim@example.org")
-	vk, _ := keys.Parse(testkeys.Public(t, victim))
+	vk := []*keys.Key{keystest.Parse(t, victim)}
 	f.store.Add(ctx, "victim@example.org", vk, false)
 
 	// The attacker makes a key with the victim's address in its User ID.
@@ -387,7 +387,7 @@ func TestRemovalAndExpiry(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
-	ak, _ := keys.Parse(testkeys.Public(t, alice))
+	ak := []*keys.Key{keystest.Parse(t, alice)}
 	f.store.Add(ctx, "alice@example.org", ak, false)
 
 	apiCall(t, f, "/api/v1/remove", map[string]string{"address": "alice@example.org"})
@@ -412,7 +412,7 @@ func TestRemovalAndExpiry(t *testing.T) {
 	// A key that has expired since registration: the removal mail cannot
 	// be encrypted to it, so it goes in clear (the mailbox is the proof).
 	old := testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")
-	ok, _ := keys.Parse(testkeys.Public(t, old))
+	ok := []*keys.Key{keystest.Parse(t, old)}
 	f.store.Add(ctx, "old@example.org", ok, false)
 	if status, out := apiCall(t, f, "/api/v1/remove", map[string]string{"address": "old@example.org"}); status != 202 || out["encrypted"] != false {
 		t.Fatalf("removal of an expired key: %d %v", status, out)

@@ -59,13 +59,10 @@ func TestHandler(t *testing.T) {
 	if err := e.AddUserId("Alice", "private", "alice.private@example.net", nil); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := keys.Parse(testkeys.Public(t, e))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ks := []*keys.Key{keystest.Parse(t, e)}
 	store := keystest.NewStore()
 	store.Add(ctx, "alice@example.org", ks, false)
-	old, _ := keys.Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")))
+	old := []*keys.Key{keystest.Parse(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org"))}
 	store.Add(ctx, "old@example.org", old, false)
 	h := &Handler{Store: store, Domains: []string{"example.org"}, Normalizer: norm, Policy: keys.Policy{MinRSABits: 2048, Normalizer: norm}}
 	srv := httptest.NewServer(h)
