@@ -62,7 +62,7 @@ func encryptionKeyID(t *testing.T, e *openpgp.Entity) uint64 {
 // Directory, as an attacker would.
 func fetchWKD(t *testing.T, f *fixture, local string) []byte {
 	t.Helper()
-	h := f.svc.Handler(&wkd.Handler{Store: f.store, Domains: []string{"example.org"}, Normalizer: norm, Policy: f.svc.opt.Policy})
+	h := f.svc.Handler(&wkd.Handler{Store: f.store, Domains: []string{"example.org"}, Policy: f.svc.opt.Policy})
 	req := httptest.NewRequest("GET", "/.well-known/openpgpkey/hu/"+wkd.Hash(local)+"?l="+local, nil)
 	req.Host = "example.org"
 	rec := httptest.NewRecorder()

@@ -62,21 +62,27 @@ type Mailer interface {
 	Send(ctx context.Context, from string, to []string, msg []byte) error
 }
 
-// Options configure a Service.
+// Options configure a Service. cmd/lacre-milter builds them from [web]
+// and [keys]; a zero field means what its comment says.
 type Options struct {
-	BaseURL  string   // public URL, for links
-	Domains  []string // normalised domains users may register for
-	From     string   // sender of confirmation mail
+	BaseURL string   // public URL, for the links in confirmation mail
+	Domains []string // normalised domains users may register for; New refuses none
+	From    string   // sender of confirmation mail
+	// TokenTTL is how long a confirmation link works (0: not at all).
 	TokenTTL time.Duration
 	// MaxPendingPerAddress bounds the unconfirmed requests for one address
-	// (subaddresses folded) from one source.
+	// (subaddresses folded) from one source (0: every request is refused).
 	MaxPendingPerAddress int
-	MaxRequestsPerClient int // per source and hour
-	Policy               keys.Policy
-	Templates            *Templates
-	Log                  *slog.Logger
-	Now                  func() time.Time // nil: time.Now
-	Rand                 io.Reader        // nil: crypto/rand
+	// MaxRequestsPerClient bounds the requests per source and hour (0:
+	// every request is refused).
+	MaxRequestsPerClient int
+	// Policy is the key policy; its Normalizer also normalises the
+	// submitted addresses.
+	Policy    keys.Policy
+	Templates *Templates       // nil: the built-in pages and mails
+	Log       *slog.Logger     // nil: discarded
+	Now       func() time.Time // nil: time.Now
+	Rand      io.Reader        // nil: crypto/rand
 	// TrustedProxies are the peers whose X-Forwarded-For is believed
 	// (nil: none; the peer address is the client).
 	TrustedProxies []netip.Prefix

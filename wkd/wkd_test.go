@@ -64,7 +64,7 @@ func TestHandler(t *testing.T) {
 	store.Add(ctx, "alice@example.org", ks, false)
 	old := []*keys.Key{keystest.Parse(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org"))}
 	store.Add(ctx, "old@example.org", old, false)
-	h := &Handler{Store: store, Domains: []string{"example.org"}, Normalizer: norm, Policy: keys.Policy{MinRSABits: 2048, Normalizer: norm}}
+	h := &Handler{Store: store, Domains: []string{"example.org"}, Policy: keys.Policy{MinRSABits: 2048, Normalizer: norm}}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 

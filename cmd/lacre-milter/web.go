@@ -81,7 +81,7 @@ func webCmd(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	handler := svc.Handler(&wkd.Handler{Store: store, Domains: domains, Normalizer: norm, Policy: policy})
+	handler := svc.Handler(&wkd.Handler{Store: store, Domains: domains, Policy: policy})
 	ln, err := net.Listen("tcp", c.Web.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.Web.Listen, err)
