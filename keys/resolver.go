@@ -207,11 +207,9 @@ func formatAll(fprs []string) []string {
 	return out
 }
 
-// Policy returns the key policy the resolver applies.
+// Policy returns the key policy the resolver applies (its Normalizer
+// normalises the addresses).
 func (r *Resolver) Policy() Policy { return r.policy }
-
-// Normalizer returns the address normaliser the resolver applies.
-func (r *Resolver) Normalizer() Normalizer { return r.norm }
 
 // Resolve returns how mail to address must be encrypted. An error means
 // the answer could not be determined (store unavailable, static key

@@ -66,7 +66,7 @@ func keysAdd(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
-	addr, err := r.Normalizer().Normalize(pos[0])
+	addr, err := r.Policy().Normalizer.Normalize(pos[0])
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func keysShow(e *env, args []string) error {
 	defer s.Close()
 	// An operator's typo is an error here; the milter treats an address
 	// that does not normalise as one without keys.
-	if _, err := r.Normalizer().Normalize(pos[0]); err != nil {
+	if _, err := r.Policy().Normalizer.Normalize(pos[0]); err != nil {
 		return err
 	}
 	l, err := r.Resolve(context.Background(), pos[0])
@@ -235,7 +235,7 @@ func keysRemove(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
-	addr, err := r.Normalizer().Normalize(pos[0])
+	addr, err := r.Policy().Normalizer.Normalize(pos[0])
 	if err != nil {
 		return err
 	}
@@ -279,7 +279,7 @@ func keysSet(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
-	addr, err := r.Normalizer().Normalize(pos[0])
+	addr, err := r.Policy().Normalizer.Normalize(pos[0])
 	if err != nil {
 		return err
 	}
