@@ -108,19 +108,27 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		used = append(used, k)
 	}
 
-	var (
-		out      bytes.Buffer
-		armor    *armorWriter
-		boundary string
-		inner    []byte
-		finish   func(inner, body []byte) error
-	)
+	boundary, err := newBoundary(rnd)
+	if err != nil {
+		return nil, err
+	}
+	inner := innerHeader(fields, opt.ProtectHeaders)
+	var out bytes.Buffer
+	// One allocation for the whole result: a session-key packet is at most
+	// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
+	out.Grow(armoredLen(len(inner)+len(body)+600*len(used)+1024) + 512)
+	writeBodyHead(&out, boundary)
+
 	// go-crypto writes into a key's signatures while it checks them, and
 	// the keys are shared with concurrent sessions: the key work (the
 	// version choice, the session-key packets) runs inside
 	// keys.WithEntities, which holds the keys' locks; the message is
 	// encrypted after it, by finish.
-	err := keys.WithEntities(used, func(entities []*openpgp.Entity) error {
+	var (
+		armor  *armorWriter
+		finish func(inner, body []byte) error
+	)
+	err = keys.WithEntities(used, func(entities []*openpgp.Entity) error {
 		seipdV2 := true
 		for i, e := range entities {
 			sig, err := e.PrimarySelfSignature(now, cfg)
@@ -130,22 +138,10 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 			// go-crypto uses SEIPDv2 exactly when every key advertises it.
 			seipdV2 = seipdV2 && sig.SEIPDv2
 		}
-
-		var err error
-		boundary, err = newBoundary(rnd)
-		if err != nil {
-			return err
-		}
-		inner = innerHeader(fields, opt.ProtectHeaders)
-
-		// One allocation for the whole result: a session-key packet is at most
-		// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
-		out.Grow(armoredLen(len(inner)+len(body)+600*len(entities)+1024) + 512)
-		writeBodyHead(&out, boundary)
 		// RFC 9580 §6.2.2.3: no CRC24 after a v2 SEIPD packet; for v1 keep it,
 		// because GnuPG 2.2 rejects CRC-less armour.
 		armor = newArmorWriter(&out, !seipdV2)
-
+		var err error
 		if seipdV2 {
 			finish, err = startV2(armor, entities, opt.HideRecipients, cfg)
 		} else {
