@@ -324,11 +324,7 @@ func TestV6AdvertisesSEIPDv2(t *testing.T) {
 // TestUsableOverTime checks that Usable judges at the time it is given:
 // the ExpiredSubkey key was fine before its subkey expired.
 func TestUsableOverTime(t *testing.T) {
-	ks, err := Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "alice@example.org")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := ks[0]
+	k := parseOne(t, testkeys.ExpiredSubkey, "alice@example.org")
 	before := testkeys.ExpiredSubkeyCreated.Add(24 * time.Hour)
 	if err := testPolicy.Validate(k, "alice@example.org", before); err != nil {
 		t.Errorf("Validate before the subkey expired: %v", err)
@@ -349,12 +345,9 @@ func TestUsableOverTime(t *testing.T) {
 // TestKeyFromTheFuture: a key made on a computer whose clock is ahead is
 // refused until its creation time; the message should say why.
 func TestKeyFromTheFuture(t *testing.T) {
-	ks, err := Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := ks[0].Created().Add(-10 * time.Minute)
-	err = testPolicy.Validate(ks[0], "alice@example.org", now)
+	k := parseOne(t, testkeys.Curve25519, "alice@example.org")
+	now := k.Created().Add(-10 * time.Minute)
+	err := testPolicy.Validate(k, "alice@example.org", now)
 	var rej *RejectError
 	if !errors.As(err, &rej) {
 		t.Fatalf("Validate 10 minutes before the key was made = %v, want a *RejectError", err)
