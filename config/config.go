@@ -25,6 +25,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
+
+	"lacre.io/milter/keys"
 )
 
 // EnvVar names the environment variable consulted when no -config flag is given.
@@ -563,7 +565,7 @@ func checkFingerprints(add func(string, string, ...any), key, name string, fprs 
 		add(key, "%q maps to no fingerprint", name)
 	}
 	for _, f := range fprs {
-		if !IsFingerprint(f) {
+		if !keys.IsFingerprint(f) {
 			add(key, "%q: %q is not a fingerprint (40 or 64 hex digits; key IDs are too short to be safe)", name, f)
 		}
 	}
@@ -576,21 +578,6 @@ func validHeaderName(s string) bool {
 		}
 	}
 	return s != ""
-}
-
-// IsFingerprint reports whether s is a v4 (40 hex digits) or v6 (64 hex
-// digits) fingerprint; spaces are ignored so that gpg's grouped output can be pasted.
-func IsFingerprint(s string) bool {
-	s = strings.ReplaceAll(s, " ", "")
-	if len(s) != 40 && len(s) != 64 {
-		return false
-	}
-	for _, r := range s {
-		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
-			return false
-		}
-	}
-	return true
 }
 
 // ParseListen splits a listen address into a network ("tcp" or "unix") and

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -13,7 +14,7 @@ import (
 // docs/performance.md. MB/s counts the original body.
 func BenchmarkEncrypt(b *testing.B) {
 	for _, kind := range []testkeys.Kind{testkeys.Curve25519, testkeys.RSA3072} {
-		key, _ := testKey(b, kind, "alice@example.org")
+		key, _ := keystest.Key(b, kind, "alice@example.org")
 		for _, size := range []int{4 << 10, 1 << 20} {
 			fields, _ := Split([]byte(crlf(stdHeader + "Subject: bench\nMIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n")))
 			body := []byte(strings.Repeat("All work and no play makes Jack a dull boy. 0123456789 abcdefghijklm\r\n", size/70+1)[:size])

@@ -13,6 +13,7 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
 	"lacre.io/milter/internal/hostiletest"
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -86,7 +87,7 @@ func detectPGPMIME(armoured string) ([]string, string) {
 // fields and body, and the armoured ciphertext in it.
 func realEncrypted(t testing.TB, kind testkeys.Kind, protect bool) ([]Field, []byte, string) {
 	t.Helper()
-	k, _ := testKey(t, kind, "alice@example.org")
+	k, _ := keystest.Key(t, kind, "alice@example.org")
 	fields, body := Split([]byte("From: a@example.net\r\nSubject: x\r\nContent-Type: text/plain\r\n\r\nThe launch code is 1234.\r\n"))
 	res, err := Encrypt(fields, body, []*keys.Key{k}, Options{ProtectHeaders: protect})
 	if err != nil {

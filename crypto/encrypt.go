@@ -14,7 +14,6 @@ import (
 	"mime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
@@ -97,7 +96,6 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		Rand:                   rnd,
 	}
 
-	entities := make([]*openpgp.Entity, 0, len(to))
 	used := make([]*keys.Key, 0, len(to))
 	seen := make(map[string]bool, len(to))
 	for _, k := range to {
@@ -108,21 +106,6 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		}
 		seen[k.Fingerprint] = true
 		used = append(used, k)
-		entities = append(entities, k.Entity)
-	}
-	// go-crypto writes into a key's signatures while it checks them, and
-	// the keys are shared with concurrent sessions: hold their locks for
-	// the key work (keys.Key), released before the message is encrypted.
-	release := sync.OnceFunc(keys.LockKeys(used))
-	defer release()
-	seipdV2 := true
-	for _, k := range used {
-		sig, err := k.Entity.PrimarySelfSignature(now, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("key %s: no valid self-signature: %w", k.Fingerprint, err)
-		}
-		// go-crypto uses SEIPDv2 exactly when every key advertises it.
-		seipdV2 = seipdV2 && sig.SEIPDv2
 	}
 
 	boundary, err := newBoundary(rnd)
@@ -130,22 +113,49 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		return nil, err
 	}
 	inner := innerHeader(fields, opt.ProtectHeaders)
-
 	var out bytes.Buffer
 	// One allocation for the whole result: a session-key packet is at most
 	// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
-	out.Grow(armoredLen(len(inner)+len(body)+600*len(entities)+1024) + 512)
+	out.Grow(armoredLen(len(inner)+len(body)+600*len(used)+1024) + 512)
 	writeBodyHead(&out, boundary)
-	// RFC 9580 §6.2.2.3: no CRC24 after a v2 SEIPD packet; for v1 keep it,
-	// because GnuPG 2.2 rejects CRC-less armour.
-	armor := newArmorWriter(&out, !seipdV2)
 
-	if seipdV2 {
-		err = encryptV2(armor, entities, opt.HideRecipients, cfg, release, inner, body)
-	} else {
-		err = encryptV1(armor, entities, opt.HideRecipients, cfg, release, inner, body)
-	}
+	// go-crypto writes into a key's signatures while it checks them, and
+	// the keys are shared with concurrent sessions: the key work (the
+	// version choice, the session-key packets) runs inside
+	// keys.WithEntities, which holds the keys' locks; the message is
+	// encrypted after it, by finish.
+	var (
+		armor  *armorWriter
+		finish func(inner, body []byte) error
+	)
+	err = keys.WithEntities(used, func(entities []*openpgp.Entity) error {
+		seipdV2 := true
+		for i, e := range entities {
+			sig, err := e.PrimarySelfSignature(now, cfg)
+			if err != nil {
+				return fmt.Errorf("key %s: no valid self-signature: %w", used[i].Fingerprint, err)
+			}
+			// go-crypto uses SEIPDv2 exactly when every key advertises it.
+			seipdV2 = seipdV2 && sig.SEIPDv2
+		}
+		// RFC 9580 §6.2.2.3: no CRC24 after a v2 SEIPD packet; for v1 keep it,
+		// because GnuPG 2.2 rejects CRC-less armour.
+		armor = newArmorWriter(&out, !seipdV2)
+		var err error
+		if seipdV2 {
+			finish, err = startV2(armor, entities, opt.HideRecipients, cfg)
+		} else {
+			finish, err = startV1(armor, entities, opt.HideRecipients, cfg)
+		}
+		if err != nil {
+			return fmt.Errorf("encrypt: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
+		return nil, err
+	}
+	if err := finish(inner, body); err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
 	armor.Close()
@@ -278,10 +288,11 @@ func outerChanges(fields []Field, boundary string, protect bool) []Change {
 	return changes
 }
 
-// encryptV2 uses go-crypto for recipients who all support SEIPDv2
+// startV2 uses go-crypto for recipients who all support SEIPDv2
 // (RFC 9580 §5.13.2): AEAD with the best cipher suite they share. It
-// calls keysDone when it no longer uses the Entities.
-func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, keysDone func(), inner, body []byte) error {
+// writes the session-key packets; finish writes the data, without the
+// entities (no signing: the writer does not go back to the keys).
+func startV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (finish func(inner, body []byte) error, err error) {
 	var toVisible, toHidden []*openpgp.Entity
 	if hide {
 		toHidden = to
@@ -289,64 +300,69 @@ func encryptV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config,
 		toVisible = to
 	}
 	pt, err := openpgp.EncryptWithParams(w, toVisible, toHidden, &openpgp.EncryptParams{Config: cfg})
-	keysDone() // no signing: the writer does not go back to the keys
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := pt.Write(inner); err != nil {
-		return err
-	}
-	// Feed the body in chunks: go-crypto's partial-length writer keeps
-	// everything of one Write call in memory and flushes one power-of-two
-	// packet per call, so a single large Write would be buffered whole.
-	for p := body; len(p) > 0; {
-		n := min(len(p), writeChunk)
-		if _, err := pt.Write(p[:n]); err != nil {
+	return func(inner, body []byte) error {
+		if _, err := pt.Write(inner); err != nil {
 			return err
 		}
-		p = p[n:]
-	}
-	return pt.Close()
+		// Feed the body in chunks: go-crypto's partial-length writer keeps
+		// everything of one Write call in memory and flushes one power-of-two
+		// packet per call, so a single large Write would be buffered whole.
+		for p := body; len(p) > 0; {
+			n := min(len(p), writeChunk)
+			if _, err := pt.Write(p[:n]); err != nil {
+				return err
+			}
+			p = p[n:]
+		}
+		return pt.Close()
+	}, nil
 }
 
-// encryptV1 writes one session-key packet per recipient with go-crypto
-// (v3 PKESK, RFC 9580 §5.1) and the data with writeSEIPDv1. The cipher is
-// AES-256 unless a key's preferences exclude it (then AES-128, which
-// every implementation must support, RFC 9580 §9.3).
-func encryptV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config, keysDone func(), inner, body []byte) error {
+// startV1 writes one session-key packet per recipient with go-crypto
+// (v3 PKESK, RFC 9580 §5.1); finish writes the data with writeSEIPDv1.
+// The cipher is AES-256 unless a key's preferences exclude it (then
+// AES-128, which every implementation must support, RFC 9580 §9.3).
+func startV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (finish func(inner, body []byte) error, err error) {
 	now := cfg.Now()
 	cipherFunc := packet.CipherAES256
 	for _, e := range to {
 		sig, err := e.PrimarySelfSignature(now, cfg)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(sig.PreferredSymmetric) > 0 && !slices.Contains(sig.PreferredSymmetric, uint8(packet.CipherAES256)) {
 			cipherFunc = packet.CipherAES128
 		}
 	}
 	sessionKey := make([]byte, cipherFunc.KeySize())
-	defer clear(sessionKey)
 	if _, err := io.ReadFull(cfg.Random(), sessionKey); err != nil {
-		return err
+		return nil, err
 	}
 	for _, e := range to {
 		k, err := e.EncryptionKeyWithError(now, cfg)
 		if err != nil {
-			return err
+			clear(sessionKey)
+			return nil, err
 		}
 		// go-crypto does not check RSA encrypt-only (algorithm 2) sizes.
 		if k.PublicKey.PubKeyAlgo == packet.PubKeyAlgoRSAEncryptOnly {
 			if bits, err := k.PublicKey.BitLength(); err != nil || int(bits) < int(cfg.MinimumRSABits()) {
-				return fmt.Errorf("key %X: RSA encryption subkey of %d bits is below the minimum of %d", e.PrimaryKey.Fingerprint, bits, cfg.MinimumRSABits())
+				clear(sessionKey)
+				return nil, fmt.Errorf("key %X: RSA encryption subkey of %d bits is below the minimum of %d", e.PrimaryKey.Fingerprint, bits, cfg.MinimumRSABits())
 			}
 		}
 		if err := packet.SerializeEncryptedKeyAEADwithHiddenOption(w, k.PublicKey, cipherFunc, false, sessionKey, hide, cfg); err != nil {
-			return err
+			clear(sessionKey)
+			return nil, err
 		}
 	}
-	keysDone()
-	return writeSEIPDv1(w, sessionKey, cfg.Random(), inner, body)
+	return func(inner, body []byte) error {
+		defer clear(sessionKey)
+		return writeSEIPDv1(w, sessionKey, cfg.Random(), inner, body)
+	}, nil
 }
 
 // writeBodyHead writes the preamble, the version part (RFC 3156 §4) and

@@ -14,22 +14,11 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
-
-// testKey returns a generated key as the keys package stores it, plus the
-// entity holding its secret key for decryption.
-func testKey(t testing.TB, kind testkeys.Kind, address string) (*keys.Key, *openpgp.Entity) {
-	t.Helper()
-	e := testkeys.Generate(t, kind, address)
-	ks, err := keys.Parse(testkeys.Public(t, e))
-	if err != nil || len(ks) != 1 {
-		t.Fatalf("parse %v key: %v", kind, err)
-	}
-	return ks[0], e
-}
 
 // delivered applies res to the original message and returns what the MTA
 // would deliver.
@@ -98,7 +87,7 @@ func TestEncryptRoundTrip(t *testing.T) {
 	kinds := []testkeys.Kind{testkeys.Curve25519, testkeys.RSA3072, testkeys.V6}
 	msgs := corpus(!testing.Short())
 	for _, kind := range kinds {
-		key, secret := testKey(t, kind, "alice@example.org")
+		key, secret := keystest.Key(t, kind, "alice@example.org")
 		for _, protect := range []bool{false, true} {
 			for _, m := range msgs {
 				t.Run(fmt.Sprintf("%v/protect=%v/%s", kind, protect, m.name), func(t *testing.T) {
@@ -136,10 +125,10 @@ func TestEncryptRoundTrip(t *testing.T) {
 // AES-256, SEIPDv2 only when every key advertises it, CRC24 only with v1,
 // key IDs visible unless hidden.
 func TestEncryptPacketChoices(t *testing.T) {
-	rsa, rsaSecret := testKey(t, testkeys.RSA3072, "alice@example.org")
-	x, xSecret := testKey(t, testkeys.Curve25519, "bob@example.org")
-	v6, v6Secret := testKey(t, testkeys.V6, "carol@example.org")
-	v6b, v6bSecret := testKey(t, testkeys.V6, "dave@example.org")
+	rsa, rsaSecret := keystest.Key(t, testkeys.RSA3072, "alice@example.org")
+	x, xSecret := keystest.Key(t, testkeys.Curve25519, "bob@example.org")
+	v6, v6Secret := keystest.Key(t, testkeys.V6, "carol@example.org")
+	v6b, v6bSecret := keystest.Key(t, testkeys.V6, "dave@example.org")
 	fields, body := Split(corpus(false)[0].raw)
 	tests := []struct {
 		name    string
@@ -227,7 +216,7 @@ func TestEncryptRefusesUnusableKeys(t *testing.T) {
 		t.Errorf("no keys: err = %v, want ErrNoKeys", err)
 	}
 	for _, kind := range []testkeys.Kind{testkeys.ExpiredSubkey, testkeys.Revoked, testkeys.RSA1024, testkeys.SignOnly} {
-		k, _ := testKey(t, kind, "alice@example.org")
+		k, _ := keystest.Key(t, kind, "alice@example.org")
 		if res, err := Encrypt(fields, body, []*keys.Key{k}, Options{}); err == nil {
 			t.Errorf("%v: encrypted (%d bytes) to an unusable key", kind, len(res.Body))
 		} else {
@@ -269,7 +258,7 @@ func TestOuterChanges(t *testing.T) {
 func squash(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func TestEncryptDeduplicatesKeys(t *testing.T) {
-	k, secret := testKey(t, testkeys.Curve25519, "alice@example.org")
+	k, secret := keystest.Key(t, testkeys.Curve25519, "alice@example.org")
 	fields, body := Split(corpus(false)[0].raw)
 	res, err := Encrypt(fields, body, []*keys.Key{k, k, k}, Options{})
 	if err != nil {
@@ -302,7 +291,7 @@ func TestEncryptMemoryIsLinear(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts under -race are the detector's; the plain test run checks this")
 	}
-	k, _ := testKey(t, testkeys.Curve25519, "alice@example.org")
+	k, _ := keystest.Key(t, testkeys.Curve25519, "alice@example.org")
 	fields, _ := Split([]byte(crlf(stdHeader + "Subject: mem\n\n")))
 	for _, size := range []int{1 << 20, 8 << 20} {
 		body := pseudoRandom(size, 7)
@@ -331,25 +320,24 @@ func TestEncryptConcurrentlyToOneKey(t *testing.T) {
 	// Keys whose signatures nobody has checked yet (keys.Parse checks
 	// some), so that go-crypto checks them during the concurrent calls.
 	unchecked := func(kind testkeys.Kind, address string) (*keys.Key, *openpgp.Entity) {
-		k, secret := testKey(t, kind, address)
-		el, err := openpgp.ReadKeyRing(bytes.NewReader(k.Raw))
-		if err != nil || len(el) != 1 {
-			t.Fatalf("read %s: %v", address, err)
-		}
-		e := el[0]
+		k, secret := keystest.Key(t, kind, address)
 		forget := func(sigs []*packet.VerifiableSignature) {
 			for _, s := range sigs {
 				s.Valid = nil
 			}
 		}
-		forget(e.DirectSignatures)
-		for _, id := range e.Identities {
-			forget(id.SelfCertifications)
-		}
-		for _, sk := range e.Subkeys {
-			forget(sk.Bindings)
-		}
-		return &keys.Key{Entity: e, Fingerprint: k.Fingerprint, Raw: k.Raw}, secret
+		keys.WithEntities([]*keys.Key{k}, func(es []*openpgp.Entity) error {
+			e := es[0]
+			forget(e.DirectSignatures)
+			for _, id := range e.Identities {
+				forget(id.SelfCertifications)
+			}
+			for _, sk := range e.Subkeys {
+				forget(sk.Bindings)
+			}
+			return nil
+		})
+		return k, secret
 	}
 	k, secret := unchecked(testkeys.Curve25519, "alice@example.org")
 	other, _ := unchecked(testkeys.RSA3072, "bob@example.org")

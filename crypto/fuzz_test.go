@@ -21,6 +21,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -70,7 +71,7 @@ func FuzzEncrypt(f *testing.F) {
 	}
 	// One key for the whole fuzzing process (testkeys caches it; Parse is
 	// done once here, not per input).
-	key, secret := testKey(f, testkeys.Curve25519, "alice@example.org")
+	key, secret := keystest.Key(f, testkeys.Curve25519, "alice@example.org")
 	to := []*keys.Key{key}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fields, body := Split(data)

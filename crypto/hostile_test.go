@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"lacre.io/milter/internal/hostiletest"
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -60,7 +61,7 @@ func TestHostileMIME(t *testing.T) {
 	var worst hostiletest.Measure
 	worstShare, worstName := 0.0, ""
 	for _, kind := range []testkeys.Kind{testkeys.Curve25519, testkeys.V6} {
-		key, secret := testKey(t, kind, "alice@example.org")
+		key, secret := keystest.Key(t, kind, "alice@example.org")
 		for _, name := range names {
 			data := files[name]
 			orig := bytes.Clone(data)

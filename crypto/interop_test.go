@@ -40,6 +40,7 @@ import (
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -213,7 +214,7 @@ func interopShortCase() interopCase {
 func runInteropTool(t *testing.T, tool interopTool) {
 	for _, kind := range interopKinds {
 		t.Run(kind.String(), func(t *testing.T) {
-			key, secret := testKey(t, kind, "alice@example.org")
+			key, secret := keystest.Key(t, kind, "alice@example.org")
 			ring, stderr, err := tool.load(t, testkeys.ArmoredSecret(t, secret))
 			if err != nil {
 				if kind == testkeys.V6 {

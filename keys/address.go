@@ -7,24 +7,19 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/net/idna"
-
-	"lacre.io/milter/config"
 )
 
 // Normalizer turns the many spellings of an address into the one used as
 // the store's key, so that "Alice@EXAMPLE.org" and "alice@example.org"
-// find the same key.
+// find the same key. The zero value lower-cases and IDNA-encodes the
+// domain only: local parts are compared as written, with no subaddress
+// fallback.
 type Normalizer struct {
 	// FoldLocalPartCase lower-cases the local part. RFC 5321 §2.4 lets a
 	// server treat local parts case-sensitively, but virtually none does.
 	FoldLocalPartCase bool
 	// SubaddressSeparator, when not "", makes "user+tag@" fall back to "user@".
 	SubaddressSeparator string
-}
-
-// NewNormalizer returns the Normalizer configured in c.
-func NewNormalizer(c config.Keys) Normalizer {
-	return Normalizer{FoldLocalPartCase: c.FoldLocalPartCase, SubaddressSeparator: c.SubaddressSeparator}
 }
 
 // idnaProfile converts U-labels to A-labels (RFC 5891) the way resolvers

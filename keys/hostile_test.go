@@ -28,10 +28,11 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
-	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/internal/hostiletest"
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
+	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
 
@@ -97,9 +98,13 @@ const (
 	hostileHang = 60 * time.Second
 )
 
-func hostilePolicy() keys.Policy {
-	c := config.Default()
-	return keys.Policy{MinRSABits: c.Keys.MinRSABits, Normalizer: keys.NewNormalizer(c.Keys)}
+func hostilePolicy() keys.Policy { return defaultOptions().Policy }
+
+// hostileOptions are the default resolver options with the clock now.
+func hostileOptions(now func() time.Time) keys.ResolverOptions {
+	o := defaultOptions()
+	o.Now = now
+	return o
 }
 
 // hostileKeyShape checks that an accepted key still is what makes its
@@ -139,7 +144,7 @@ var hostileKeyShape = map[string]func(e *openpgp.Entity) error{
 type hostileKeyOutcome struct {
 	err    error       // the first error, as the CLI would print it
 	keys   []*keys.Key // the parsed keys, when accepted
-	looked *keys.Lookup
+	looked *keys.Recipient
 	res    *crypto.Result
 	fields []crypto.Field
 	body   []byte
@@ -167,12 +172,12 @@ func hostileKeySubmit(st keys.Store, data []byte, now time.Time) (out hostileKey
 		out.err = fmt.Errorf("store: %w", err)
 		return out
 	}
-	r, err := keys.NewResolver(st, config.Default(), func() time.Time { return now })
+	r, err := keys.NewResolver(st, hostileOptions(func() time.Time { return now }))
 	if err != nil {
 		out.err = err
 		return out
 	}
-	l, err := r.Lookup(ctx, hostileKeyAddr)
+	l, err := r.Resolve(ctx, hostileKeyAddr)
 	if err != nil {
 		out.err = fmt.Errorf("lookup: %w", err)
 		return out
@@ -216,18 +221,24 @@ func hostileCheckKeyOutcome(t *testing.T, name string, out hostileKeyOutcome) ke
 	_, armored := pgptest.Open(t, m.Bytes())
 	ids := hostilePKESKIDs(t, armored)
 	for _, k := range out.keys {
-		ek, ok := k.Entity.EncryptionKey(time.Now(), nil)
-		if !ok {
-			t.Fatalf("%s: accepted key %s has no encryption key", name, k.KeyID())
-		}
-		if !ids[ek.PublicKey.KeyId] {
-			t.Errorf("%s: no session key for the encryption subkey %X (found %v)", name, ek.PublicKey.KeyId, ids)
-		}
+		keys.WithEntities([]*keys.Key{k}, func(es []*openpgp.Entity) error {
+			ek, ok := es[0].EncryptionKey(time.Now(), nil)
+			if !ok {
+				t.Fatalf("%s: accepted key %s has no encryption key", name, k.KeyID())
+			}
+			if !ids[ek.PublicKey.KeyId] {
+				t.Errorf("%s: no session key for the encryption subkey %X (found %v)", name, ek.PublicKey.KeyId, ids)
+			}
+			return nil
+		})
 	}
 	if shape := hostileKeyShape[name]; shape != nil {
-		if err := shape(out.keys[0].Entity); err != nil {
-			t.Errorf("%s: no longer hostile: %v", name, err)
-		}
+		keys.WithEntities(out.keys[:1], func(es []*openpgp.Entity) error {
+			if err := shape(es[0]); err != nil {
+				t.Errorf("%s: no longer hostile: %v", name, err)
+			}
+			return nil
+		})
 	}
 	t.Logf("%s: accepted, %d key(s), encrypts", name, len(out.keys))
 	return ""
@@ -384,24 +395,12 @@ func hostileRuleOf(err error) keys.Rule {
 // created (whole seconds), whose primary key expires life later.
 func hostileExpiringKey(t *testing.T, address string, created time.Time, life time.Duration) (*keys.Key, *openpgp.Entity) {
 	t.Helper()
-	cfg := &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, Curve: packet.Curve25519, DefaultCipher: packet.CipherAES256,
-		Time: func() time.Time { return created }, KeyLifetimeSecs: uint32(life / time.Second)}
-	e, err := openpgp.NewEntity("Expiring Test", "", address, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b bytes.Buffer
-	if err := e.Serialize(&b); err != nil {
-		t.Fatal(err)
-	}
-	ks, err := keys.Parse(b.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := ks[0].Expires(); !got.Equal(created.Add(life)) {
+	e := testkeys.Expiring(t, address, created, life)
+	k := keystest.Parse(t, e)
+	if got := k.Expires(); !got.Equal(created.Add(life)) {
 		t.Fatalf("the key expires at %v, want %v", got, created.Add(life))
 	}
-	return ks[0], e
+	return k, e
 }
 
 // TestHostileKeyExpiresWhileCached: a key added while valid encrypts;
@@ -424,16 +423,16 @@ func TestHostileKeyExpiresWhileCached(t *testing.T) {
 	if err := st.Add(ctx, addr, []*keys.Key{k}, false); err != nil {
 		t.Fatal(err)
 	}
-	c := config.Default()
-	if c.Store.CacheTTL.D() < 10*time.Second {
-		t.Fatalf("the default cache TTL is %v; the test wants one longer than the key's remaining life", c.Store.CacheTTL.D())
+	c := hostileOptions(func() time.Time { return now })
+	if c.CacheTTL < 10*time.Second {
+		t.Fatalf("the default cache TTL is %v; the test wants one longer than the key's remaining life", c.CacheTTL)
 	}
-	r, err := keys.NewResolver(st, c, func() time.Time { return now })
+	r, err := keys.NewResolver(st, c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fields, body := crypto.Split([]byte("To: " + addr + "\r\nSubject: s\r\n\r\nsecret text\r\n"))
-	l, err := r.Lookup(ctx, addr)
+	l, err := r.Resolve(ctx, addr)
 	if err != nil || len(l.Keys) != 1 {
 		t.Fatalf("lookup while valid: %+v, %v", l, err)
 	}
@@ -448,7 +447,7 @@ func TestHostileKeyExpiresWhileCached(t *testing.T) {
 	}
 
 	now = created.Add(4 * time.Second) // expired one second ago; the cached answer is 3 s old
-	l, err = r.Lookup(ctx, addr)
+	l, err = r.Resolve(ctx, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,13 +472,13 @@ func TestHostileConcurrentLookupsAcrossExpiry(t *testing.T) {
 	ctx := context.Background()
 	created := time.Now().Truncate(time.Second)
 	k, _ := hostileExpiringKey(t, addr, created, 3*time.Second)
-	st := keys.NewMemoryStore() // hands out the same *Key to every lookup
+	st := keystest.NewStore() // hands out the same *Key to every lookup
 	if err := st.Add(ctx, addr, []*keys.Key{k}, false); err != nil {
 		t.Fatal(err)
 	}
 	var clock atomic.Int64
 	clock.Store(created.Add(time.Second).UnixNano())
-	r, err := keys.NewResolver(st, config.Default(), func() time.Time { return time.Unix(0, clock.Load()) })
+	r, err := keys.NewResolver(st, hostileOptions(func() time.Time { return time.Unix(0, clock.Load()) }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +492,7 @@ func TestHostileConcurrentLookupsAcrossExpiry(t *testing.T) {
 		for range sessions {
 			wg.Go(func() {
 				for range lookups {
-					l, err := r.Lookup(ctx, addr)
+					l, err := r.Resolve(ctx, addr)
 					switch {
 					case err != nil:
 						errs <- err

@@ -278,12 +278,12 @@ func TestParseAndValidate(t *testing.T) {
 func checkKeys(t *testing.T, ks []*Key) {
 	t.Helper()
 	for _, k := range ks {
-		fp := strings.ToUpper(hex.EncodeToString(k.Entity.PrimaryKey.Fingerprint))
+		fp := strings.ToUpper(hex.EncodeToString(k.entity.PrimaryKey.Fingerprint))
 		if k.Fingerprint != fp {
 			t.Errorf("Fingerprint = %s, want %s", k.Fingerprint, fp)
 		}
-		if want := map[int]int{4: 40, 6: 64}[k.Entity.PrimaryKey.Version]; len(k.Fingerprint) != want {
-			t.Errorf("v%d fingerprint %s has %d digits, want %d", k.Entity.PrimaryKey.Version, k.Fingerprint, len(k.Fingerprint), want)
+		if want := map[int]int{4: 40, 6: 64}[k.entity.PrimaryKey.Version]; len(k.Fingerprint) != want {
+			t.Errorf("v%d fingerprint %s has %d digits, want %d", k.entity.PrimaryKey.Version, k.Fingerprint, len(k.Fingerprint), want)
 		}
 		if !strings.HasPrefix(k.KeyID(), "0x") || len(k.KeyID()) != 18 {
 			t.Errorf("KeyID() = %q", k.KeyID())
@@ -305,7 +305,7 @@ func TestV6AdvertisesSEIPDv2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := ks[0].Entity
+	e := ks[0].entity
 	if e.PrimaryKey.Version != 6 {
 		t.Fatalf("version %d, want 6", e.PrimaryKey.Version)
 	}
@@ -324,11 +324,7 @@ func TestV6AdvertisesSEIPDv2(t *testing.T) {
 // TestUsableOverTime checks that Usable judges at the time it is given:
 // the ExpiredSubkey key was fine before its subkey expired.
 func TestUsableOverTime(t *testing.T) {
-	ks, err := Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "alice@example.org")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := ks[0]
+	k := parseOne(t, testkeys.ExpiredSubkey, "alice@example.org")
 	before := testkeys.ExpiredSubkeyCreated.Add(24 * time.Hour)
 	if err := testPolicy.Validate(k, "alice@example.org", before); err != nil {
 		t.Errorf("Validate before the subkey expired: %v", err)
@@ -349,12 +345,9 @@ func TestUsableOverTime(t *testing.T) {
 // TestKeyFromTheFuture: a key made on a computer whose clock is ahead is
 // refused until its creation time; the message should say why.
 func TestKeyFromTheFuture(t *testing.T) {
-	ks, err := Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := ks[0].Created().Add(-10 * time.Minute)
-	err = testPolicy.Validate(ks[0], "alice@example.org", now)
+	k := parseOne(t, testkeys.Curve25519, "alice@example.org")
+	now := k.Created().Add(-10 * time.Minute)
+	err := testPolicy.Validate(k, "alice@example.org", now)
 	var rej *RejectError
 	if !errors.As(err, &rej) {
 		t.Fatalf("Validate 10 minutes before the key was made = %v, want a *RejectError", err)
@@ -404,7 +397,7 @@ func TestParseKeepsNoSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ks[0].Entity.PrivateKey != nil {
+	if ks[0].entity.PrivateKey != nil {
 		t.Error("parsed key has a private key")
 	}
 	if got := ks[0].UserIDs(); !reflect.DeepEqual(got, []string{testkeys.UserID("alice@example.org")}) {
@@ -531,10 +524,11 @@ func TestNormalizeDomain(t *testing.T) {
 	}
 }
 
-// TestLockKeysOrder: callers that lock the same keys given in different
-// orders never deadlock (LockKeys sorts by fingerprint), and a list with
-// one fingerprint twice is refused.
-func TestLockKeysOrder(t *testing.T) {
+// TestWithEntitiesOrder: callers that lock the same keys given in
+// different orders never deadlock (WithEntities sorts by fingerprint), f
+// gets the entities in the order given, and a list with one fingerprint
+// twice is refused.
+func TestWithEntitiesOrder(t *testing.T) {
 	a := parseOne(t, testkeys.Curve25519, "a@example.org")
 	b := parseOne(t, testkeys.Curve25519, "b@example.org")
 	done := make(chan struct{})
@@ -544,9 +538,13 @@ func TestLockKeysOrder(t *testing.T) {
 		for _, order := range [][]*Key{{a, b}, {b, a}} {
 			wg.Go(func() {
 				for range 20000 {
-					unlock := LockKeys(order)
-					runtime.Gosched()
-					unlock()
+					WithEntities(order, func(es []*openpgp.Entity) error {
+						if es[0] != order[0].entity || es[1] != order[1].entity {
+							t.Error("entities not in the order of the keys")
+						}
+						runtime.Gosched()
+						return nil
+					})
 				}
 			})
 		}
@@ -555,12 +553,23 @@ func TestLockKeysOrder(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
-		t.Fatal("LockKeys deadlocked")
+		t.Fatal("WithEntities deadlocked")
 	}
+	// The locks are held while f runs, and only then.
+	WithEntities([]*Key{a}, func([]*openpgp.Entity) error {
+		if a.mu.TryLock() {
+			t.Error("the key is not locked inside WithEntities")
+		}
+		return nil
+	})
+	if !a.mu.TryLock() {
+		t.Fatal("the key is still locked after WithEntities")
+	}
+	a.mu.Unlock()
 	defer func() {
 		if recover() == nil {
 			t.Error("two keys with one fingerprint were accepted")
 		}
 	}()
-	LockKeys([]*Key{a, {Fingerprint: a.Fingerprint}})
+	WithEntities([]*Key{a, {Fingerprint: a.Fingerprint}}, func([]*openpgp.Entity) error { return nil })
 }

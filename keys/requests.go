@@ -116,8 +116,10 @@ func (e *LimitError) Error() string {
 
 func (e *LimitError) Unwrap() error { return ErrLimited }
 
-// checkNewRequests checks what every implementation requires of rs.
-func checkNewRequests(tokenHashes [][]byte, rs []Request) error {
+// CheckNewRequests checks what every implementation of
+// Requests.CreateRequests requires of its arguments; implementations call
+// it first.
+func CheckNewRequests(tokenHashes [][]byte, rs []Request) error {
 	if len(tokenHashes) != len(rs) || len(rs) == 0 {
 		return fmt.Errorf("storing requests: %d token hashes for %d requests", len(tokenHashes), len(rs))
 	}
@@ -132,9 +134,11 @@ func checkNewRequests(tokenHashes [][]byte, rs []Request) error {
 	return nil
 }
 
-// limitCheck applies lim to rs given count, which returns the stored
-// counts for a (limit address, client) pair.
-func limitCheck(lim Limits, rs []Request, count func(limitAddress, clientIP string) (int, int, error)) error {
+// Check applies lim to the new requests rs given count, which returns the
+// stored counts for a (limit address, client) pair as CountRequests does.
+// Implementations of Requests.CreateRequests call it in the transaction
+// that stores rs.
+func (lim Limits) Check(rs []Request, count func(limitAddress, clientIP string) (int, int, error)) error {
 	type pair struct{ addr, client string }
 	adding := map[pair]int{}
 	byClient := map[string]int{}

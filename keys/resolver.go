@@ -8,8 +8,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"lacre.io/milter/config"
 )
 
 // Source says which rule of the lookup order decided a recipient's keys.
@@ -34,8 +32,9 @@ const (
 	SourceNone          Source = "none"
 )
 
-// Lookup is the answer to "how must mail to this address be encrypted?".
-type Lookup struct {
+// Recipient is the answer to "how must mail to this address be
+// encrypted?", as Resolver.Resolve gives it.
+type Recipient struct {
 	// Address is the recipient, normalised.
 	Address string
 	// Matched is the address or domain whose entry decided (e.g. "user@"
@@ -54,10 +53,15 @@ type Lookup struct {
 }
 
 // Encrypt reports whether mail to the address must be encrypted.
-func (l *Lookup) Encrypt() bool { return len(l.Keys) > 0 }
+func (r *Recipient) Encrypt() bool { return len(r.Keys) > 0 }
 
 // AllUnusable reports whether the address has keys but none can be used now.
-func (l *Lookup) AllUnusable() bool { return len(l.Keys) == 0 && len(l.Unusable) > 0 }
+func (r *Recipient) AllUnusable() bool { return len(r.Keys) == 0 && len(r.Unusable) > 0 }
+
+// Lookup is the former name of Recipient.
+//
+// Deprecated: use Recipient; kept until package milter is ported.
+type Lookup = Recipient
 
 // ErrStaticKeyMissing is returned when the config maps an address or domain
 // to a fingerprint that is not in the key store. Mail for it must wait
@@ -68,9 +72,39 @@ var ErrStaticKeyMissing = errors.New("key named in [static] is not in the key st
 // flood of random recipients must not grow memory without limit.
 const maxCacheEntries = 100_000
 
-// Resolver answers lookups from the config's static rules and the store,
-// with a short-lived cache so that the answer at RCPT time costs a map
-// lookup, not a query and a signature check. It is safe for concurrent use.
+// ResolverOptions configure a Resolver. The zero value is usable: every
+// address is resolved from the store alone, with the zero Policy (RSA keys
+// of at least 2048 bits, addresses compared as written apart from the
+// domain's case), no cache, and header protection off unless a recipient
+// turned it on.
+type ResolverOptions struct {
+	// Policy decides which keys may encrypt; its Normalizer also
+	// normalises the addresses and domains below.
+	Policy Policy
+	// NeverEncrypt lists addresses that always receive mail as sent
+	// ([static] never_encrypt).
+	NeverEncrypt []string
+	// Addresses maps an address to the fingerprints of keys in the store
+	// that encrypt its mail instead of its registered keys ([static.addresses]).
+	Addresses map[string][]string
+	// Domains maps a domain to the fingerprints of keys in the store that
+	// encrypt mail to every address of the domain without keys of its own
+	// ([static.domains]).
+	Domains map[string][]string
+	// CacheTTL bounds how long an answer (including "no key") is reused;
+	// 0 asks the store every time.
+	CacheTTL time.Duration
+	// ProtectHeaders is Recipient.ProtectHeaders for a recipient who has
+	// not chosen ([encryption] protect_headers).
+	ProtectHeaders bool
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Resolver answers "how must mail to this address be encrypted?" from
+// the static rules of its options and the store, with a short-lived cache
+// so that the answer at RCPT time costs a map lookup, not a query and a
+// signature check. It is safe for concurrent use.
 type Resolver struct {
 	store      Store
 	norm       Normalizer
@@ -87,64 +121,82 @@ type Resolver struct {
 }
 
 type cached struct {
-	l       *Lookup
+	r       *Recipient
 	expires time.Time
 }
 
-// NewResolver returns a resolver over store configured by c. now may be
-// nil (time.Now). Errors name the [static] entry that is wrong.
-func NewResolver(store Store, c *config.Config, now func() time.Time) (*Resolver, error) {
+// NewResolver returns a resolver over store. Errors name the static entry
+// that is wrong (see ResolverOptions.Check).
+func NewResolver(store Store, opt ResolverOptions) (*Resolver, error) {
+	now := opt.Now
 	if now == nil {
 		now = time.Now
 	}
-	norm := NewNormalizer(c.Keys)
 	r := &Resolver{
-		store:     store,
-		norm:      norm,
-		policy:    Policy{MinRSABits: c.Keys.MinRSABits, Normalizer: norm},
-		protect:   c.Encryption.ProtectHeaders,
-		never:     map[string]bool{},
-		addresses: map[string][]string{},
-		domains:   map[string][]string{},
-		ttl:       c.Store.CacheTTL.D(),
-		now:       now,
-		cache:     map[string]cached{},
+		store:   store,
+		norm:    opt.Policy.Normalizer,
+		policy:  opt.Policy,
+		protect: opt.ProtectHeaders,
+		ttl:     opt.CacheTTL,
+		now:     now,
+		cache:   map[string]cached{},
 	}
-	for _, a := range c.Static.NeverEncrypt {
+	var err error
+	r.never, r.addresses, r.domains, err = opt.static()
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Check reports what NewResolver would refuse in the static rules (an
+// entry that does not normalise, two entries that normalise alike, an
+// address both mapped and never encrypted) without a store.
+func (opt ResolverOptions) Check() error {
+	_, _, _, err := opt.static()
+	return err
+}
+
+// static normalises the static rules; the messages name the config keys
+// they come from.
+func (opt ResolverOptions) static() (never map[string]bool, addresses, domains map[string][]string, err error) {
+	norm := opt.Policy.Normalizer
+	never, addresses, domains = map[string]bool{}, map[string][]string{}, map[string][]string{}
+	for _, a := range opt.NeverEncrypt {
 		n, err := norm.Normalize(a)
 		if err != nil {
-			return nil, fmt.Errorf("static.never_encrypt: %v", err)
+			return nil, nil, nil, fmt.Errorf("static.never_encrypt: %v", err)
 		}
-		r.never[n] = true
+		never[n] = true
 	}
 	// Two entries that normalise alike would win at random: refuse them.
 	origin := map[string]string{}
-	for _, a := range slices.Sorted(maps.Keys(c.Static.Addresses)) {
+	for _, a := range slices.Sorted(maps.Keys(opt.Addresses)) {
 		n, err := norm.Normalize(a)
 		if err != nil {
-			return nil, fmt.Errorf("static.addresses: %v", err)
+			return nil, nil, nil, fmt.Errorf("static.addresses: %v", err)
 		}
 		if prev, dup := origin[n]; dup {
-			return nil, fmt.Errorf("static.addresses: %q and %q are the same address (%s)", prev, a, n)
+			return nil, nil, nil, fmt.Errorf("static.addresses: %q and %q are the same address (%s)", prev, a, n)
 		}
-		if r.never[n] {
-			return nil, fmt.Errorf("static.addresses: %q is also in static.never_encrypt; keep one", a)
+		if never[n] {
+			return nil, nil, nil, fmt.Errorf("static.addresses: %q is also in static.never_encrypt; keep one", a)
 		}
 		origin[n] = a
-		r.addresses[n] = formatAll(c.Static.Addresses[a])
+		addresses[n] = formatAll(opt.Addresses[a])
 	}
-	for _, d := range slices.Sorted(maps.Keys(c.Static.Domains)) {
+	for _, d := range slices.Sorted(maps.Keys(opt.Domains)) {
 		n, err := norm.NormalizeDomain(d)
 		if err != nil {
-			return nil, fmt.Errorf("static.domains: %v", err)
+			return nil, nil, nil, fmt.Errorf("static.domains: %v", err)
 		}
 		if prev, dup := origin["@"+n]; dup {
-			return nil, fmt.Errorf("static.domains: %q and %q are the same domain (%s)", prev, d, n)
+			return nil, nil, nil, fmt.Errorf("static.domains: %q and %q are the same domain (%s)", prev, d, n)
 		}
 		origin["@"+n] = d
-		r.domains[n] = formatAll(c.Static.Domains[d])
+		domains[n] = formatAll(opt.Domains[d])
 	}
-	return r, nil
+	return never, addresses, domains, nil
 }
 
 func formatAll(fprs []string) []string {
@@ -155,23 +207,22 @@ func formatAll(fprs []string) []string {
 	return out
 }
 
-// Policy returns the key policy the resolver applies.
+// Policy returns the key policy the resolver applies (its Normalizer
+// normalises the addresses).
 func (r *Resolver) Policy() Policy { return r.policy }
 
-// Normalizer returns the address normaliser the resolver applies.
-func (r *Resolver) Normalizer() Normalizer { return r.norm }
-
-// Lookup returns how mail to address must be encrypted. An error means the
-// answer could not be determined (store unavailable, static key missing,
-// address malformed): the caller must not treat it as "no key". Every
-// lookup of alias resolution, when it comes, belongs behind this function.
-func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) {
+// Resolve returns how mail to address must be encrypted. An error means
+// the answer could not be determined (store unavailable, static key
+// missing, address malformed): the caller must not treat it as "no key".
+// Every lookup of alias resolution, when it comes, belongs behind this
+// function.
+func (r *Resolver) Resolve(ctx context.Context, address string) (*Recipient, error) {
 	l, cands, gen, now, err := r.fromMemory(address)
 	if l != nil || err != nil {
 		return l, err
 	}
 	key := cands[0]
-	l, err = r.resolve(ctx, cands, now)
+	l, err = r.decide(ctx, cands, now)
 	if err != nil {
 		return nil, err
 	}
@@ -181,26 +232,33 @@ func (r *Resolver) Lookup(ctx context.Context, address string) (*Lookup, error) 
 			if len(r.cache) >= maxCacheEntries {
 				r.cache = map[string]cached{}
 			}
-			r.cache[key] = cached{l: l, expires: cacheUntil(l, now, r.ttl)}
+			r.cache[key] = cached{r: l, expires: cacheUntil(l, now, r.ttl)}
 		}
 		r.mu.Unlock()
 	}
 	return l, nil
 }
 
-// Cached is Lookup without the store: the answer when it is in the cache
-// (or needs no key at all), and ok false when only Lookup can tell. It
-// never waits for I/O, so the milter can call it directly on the RCPT path
-// and start a bounded Lookup only on a miss.
-func (r *Resolver) Cached(address string) (l *Lookup, ok bool) {
+// Lookup is the former name of Resolve.
+//
+// Deprecated: use Resolve; kept until package milter is ported.
+func (r *Resolver) Lookup(ctx context.Context, address string) (*Recipient, error) {
+	return r.Resolve(ctx, address)
+}
+
+// Cached is Resolve without the store: the answer when it is in the cache,
+// and ok false when only Resolve can tell. It never waits for I/O, so the
+// milter can call it directly on the RCPT path and start a bounded Resolve
+// only on a miss.
+func (r *Resolver) Cached(address string) (l *Recipient, ok bool) {
 	l, _, _, _, err := r.fromMemory(address)
 	return l, l != nil && err == nil
 }
 
-// fromMemory is the part of Lookup that needs no store: a non-nil Lookup
-// or error is the answer; otherwise cands (normalised, first is the cache
+// fromMemory is the part of Resolve that needs no store: a non-nil
+// Recipient or error is the answer; otherwise cands (normalised, first is the cache
 // key), the cache generation and the time are what resolving needs.
-func (r *Resolver) fromMemory(address string) (l *Lookup, cands []string, gen uint64, now time.Time, err error) {
+func (r *Resolver) fromMemory(address string) (l *Recipient, cands []string, gen uint64, now time.Time, err error) {
 	// An address that does not normalise is an error, never "no key":
 	// what we cannot parse, the MTA may still deliver to a keyed mailbox
 	// (issue 11: "alice(c)@example.org" reached alice in clear). The
@@ -216,7 +274,7 @@ func (r *Resolver) fromMemory(address string) (l *Lookup, cands []string, gen ui
 	gen = r.generation
 	r.mu.Unlock()
 	if ok && now.Before(c.expires) {
-		return c.l, nil, 0, now, nil
+		return c.r, nil, 0, now, nil
 	}
 	return nil, cands, gen, now, nil
 }
@@ -227,7 +285,7 @@ func (r *Resolver) fromMemory(address string) (l *Lookup, cands []string, gen ui
 // [encryption] unusable_key from that moment, not a failed encryption for
 // the rest of the TTL; checking this once here keeps a cache hit as cheap
 // as a map lookup.
-func cacheUntil(l *Lookup, now time.Time, ttl time.Duration) time.Time {
+func cacheUntil(l *Recipient, now time.Time, ttl time.Duration) time.Time {
 	until := now.Add(ttl)
 	for _, k := range l.Keys {
 		if t := k.NextChange(now); !t.IsZero() && t.Before(until) {
@@ -237,8 +295,9 @@ func cacheUntil(l *Lookup, now time.Time, ttl time.Duration) time.Time {
 	return until
 }
 
-func (r *Resolver) resolve(ctx context.Context, cands []string, now time.Time) (*Lookup, error) {
-	l := &Lookup{Address: cands[0], Source: SourceNone, ProtectHeaders: r.protect}
+// decide applies the lookup order (see Source) to the candidates.
+func (r *Resolver) decide(ctx context.Context, cands []string, now time.Time) (*Recipient, error) {
+	l := &Recipient{Address: cands[0], Source: SourceNone, ProtectHeaders: r.protect}
 	for _, a := range cands {
 		if r.never[a] {
 			l.Source, l.Matched = SourceNever, a
@@ -284,7 +343,7 @@ func (r *Resolver) byFingerprint(ctx context.Context, entry string, fprs []strin
 
 // fill sorts the keys into usable and unusable ones and applies the
 // recipient's preferences (prefsFor "" means none apply, e.g. a domain).
-func (r *Resolver) fill(ctx context.Context, l *Lookup, prefsFor string, get func() ([]*Key, error), now time.Time) error {
+func (r *Resolver) fill(ctx context.Context, l *Recipient, prefsFor string, get func() ([]*Key, error), now time.Time) error {
 	ks, err := get()
 	if err != nil {
 		return err

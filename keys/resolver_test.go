@@ -1,4 +1,4 @@
-package keys
+package keys_test
 
 import (
 	"context"
@@ -8,87 +8,94 @@ import (
 	"testing"
 	"time"
 
-	"lacre.io/milter/config"
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
 )
 
-func parseOne(t testing.TB, kind testkeys.Kind, address string) *Key {
+func parseOne(t testing.TB, kind testkeys.Kind, address string) *keys.Key {
 	t.Helper()
-	ks, err := Parse(testkeys.Public(t, testkeys.Generate(t, kind, address)))
-	if err != nil {
-		t.Fatal(err)
+	k, _ := keystest.Key(t, kind, address)
+	return k
+}
+
+// defaultOptions are the resolver options of the default configuration
+// (cmd/lacre-milter builds them from lacre.toml).
+func defaultOptions() keys.ResolverOptions {
+	return keys.ResolverOptions{
+		Policy:   keys.Policy{MinRSABits: 2048, Normalizer: keys.Normalizer{FoldLocalPartCase: true, SubaddressSeparator: "+"}},
+		CacheTTL: 30 * time.Second,
 	}
-	return ks[0]
 }
 
 // resolverFixture builds a store and config that exercise every rule of
 // the lookup order.
-func resolverFixture(t *testing.T) (*MemoryStore, *config.Config, map[string]*Key) {
+func resolverFixture(t *testing.T) (*keystest.Store, keys.ResolverOptions, map[string]*keys.Key) {
 	ctx := context.Background()
-	k := map[string]*Key{
+	k := map[string]*keys.Key{
 		"alice":   parseOne(t, testkeys.Curve25519, "alice@example.org"),
 		"bob":     parseOne(t, testkeys.Curve25519, "bob@example.org"),
 		"expired": parseOne(t, testkeys.ExpiredSubkey, "old@example.org"),
 		"archive": parseOne(t, testkeys.Curve25519, "archive@example.net"),
 		"team":    parseOne(t, testkeys.Curve25519, "team@example.org"),
 	}
-	s := NewMemoryStore()
+	s := keystest.NewStore()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(s.Add(ctx, "alice@example.org", []*Key{k["alice"]}, false))
-	must(s.Add(ctx, "bob@example.org", []*Key{k["bob"]}, false))
-	must(s.Add(ctx, "bob+lists@example.org", []*Key{k["alice"]}, false))
-	must(s.Add(ctx, "old@example.org", []*Key{k["expired"]}, false))
-	must(s.Add(ctx, "archive@example.net", []*Key{k["archive"]}, false))
-	must(s.Add(ctx, "team@example.org", []*Key{k["team"]}, false))
+	must(s.Add(ctx, "alice@example.org", []*keys.Key{k["alice"]}, false))
+	must(s.Add(ctx, "bob@example.org", []*keys.Key{k["bob"]}, false))
+	must(s.Add(ctx, "bob+lists@example.org", []*keys.Key{k["alice"]}, false))
+	must(s.Add(ctx, "old@example.org", []*keys.Key{k["expired"]}, false))
+	must(s.Add(ctx, "archive@example.net", []*keys.Key{k["archive"]}, false))
+	must(s.Add(ctx, "team@example.org", []*keys.Key{k["team"]}, false))
 	on := true
-	must(s.SetPrefs(ctx, "bob@example.org", Prefs{ProtectHeaders: &on}))
+	must(s.SetPrefs(ctx, "bob@example.org", keys.Prefs{ProtectHeaders: &on}))
 
-	c := config.Default()
-	c.Static.NeverEncrypt = []string{"Postmaster@Example.org", "alice+public@example.org"}
-	c.Static.Addresses = map[string][]string{
+	c := defaultOptions()
+	c.NeverEncrypt = []string{"Postmaster@Example.org", "alice+public@example.org"}
+	c.Addresses = map[string][]string{
 		"carol@example.org": {k["team"].Fingerprint, strings.ToLower(k["archive"].Fingerprint)},
 	}
-	c.Static.Domains = map[string][]string{"example.net": {k["archive"].Fingerprint}}
+	c.Domains = map[string][]string{"example.net": {k["archive"].Fingerprint}}
 	return s, c, k
 }
 
 func TestResolverLookupOrder(t *testing.T) {
 	s, c, k := resolverFixture(t)
-	r, err := NewResolver(s, c, nil)
+	r, err := keys.NewResolver(s, c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
 		addr     string
-		source   Source
+		source   keys.Source
 		matched  string
-		keys     []*Key
+		keys     []*keys.Key
 		unusable int
 		protect  bool
 	}{
-		{"alice@example.org", SourceStore, "alice@example.org", []*Key{k["alice"]}, 0, false},
-		{"<ALICE@Example.ORG>", SourceStore, "alice@example.org", []*Key{k["alice"]}, 0, false},
-		{"alice+news@example.org", SourceStore, "alice@example.org", []*Key{k["alice"]}, 0, false},
-		{"alice+public@example.org", SourceNever, "alice+public@example.org", nil, 0, false},
-		{"bob@example.org", SourceStore, "bob@example.org", []*Key{k["bob"]}, 0, true},
+		{"alice@example.org", keys.SourceStore, "alice@example.org", []*keys.Key{k["alice"]}, 0, false},
+		{"<ALICE@Example.ORG>", keys.SourceStore, "alice@example.org", []*keys.Key{k["alice"]}, 0, false},
+		{"alice+news@example.org", keys.SourceStore, "alice@example.org", []*keys.Key{k["alice"]}, 0, false},
+		{"alice+public@example.org", keys.SourceNever, "alice+public@example.org", nil, 0, false},
+		{"bob@example.org", keys.SourceStore, "bob@example.org", []*keys.Key{k["bob"]}, 0, true},
 		// A subaddress with its own binding wins over the base address.
-		{"bob+lists@example.org", SourceStore, "bob+lists@example.org", []*Key{k["alice"]}, 0, false},
-		{"postmaster@example.org", SourceNever, "postmaster@example.org", nil, 0, false},
-		{"carol@example.org", SourceStaticAddress, "carol@example.org", []*Key{k["team"], k["archive"]}, 0, false},
-		{"old@example.org", SourceStore, "old@example.org", nil, 1, false},
+		{"bob+lists@example.org", keys.SourceStore, "bob+lists@example.org", []*keys.Key{k["alice"]}, 0, false},
+		{"postmaster@example.org", keys.SourceNever, "postmaster@example.org", nil, 0, false},
+		{"carol@example.org", keys.SourceStaticAddress, "carol@example.org", []*keys.Key{k["team"], k["archive"]}, 0, false},
+		{"old@example.org", keys.SourceStore, "old@example.org", nil, 1, false},
 		// The store's own entry for an address beats the domain mapping.
-		{"archive@example.net", SourceStore, "archive@example.net", []*Key{k["archive"]}, 0, false},
-		{"anyone@Example.NET", SourceStaticDomain, "example.net", []*Key{k["archive"]}, 0, false},
-		{"nobody@example.org", SourceNone, "", nil, 0, false},
+		{"archive@example.net", keys.SourceStore, "archive@example.net", []*keys.Key{k["archive"]}, 0, false},
+		{"anyone@Example.NET", keys.SourceStaticDomain, "example.net", []*keys.Key{k["archive"]}, 0, false},
+		{"nobody@example.org", keys.SourceNone, "", nil, 0, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.addr, func(t *testing.T) {
-			l, err := r.Lookup(context.Background(), tc.addr)
+			l, err := r.Resolve(context.Background(), tc.addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -115,15 +122,15 @@ func TestResolverLookupOrder(t *testing.T) {
 	// An address that does not normalise is an error, never "no key":
 	// the MTA may understand it and deliver it to a keyed mailbox.
 	for _, a := range []string{"postmaster", "<>", "user@-bad-.example", "alice(c)@example.org"} {
-		l, err := r.Lookup(context.Background(), a)
-		var ae *AddressError
+		l, err := r.Resolve(context.Background(), a)
+		var ae *keys.AddressError
 		if !errors.As(err, &ae) || l != nil {
-			t.Errorf("Lookup(%q) = %+v, %v; want an AddressError", a, l, err)
+			t.Errorf("Lookup(%q) = %+v, %v; want an keys.AddressError", a, l, err)
 		}
 	}
 }
 
-func fprs(ks []*Key) []string {
+func fprs(ks []*keys.Key) []string {
 	var out []string
 	for _, k := range ks {
 		out = append(out, k.Fingerprint[:8])
@@ -135,15 +142,16 @@ func TestResolverCache(t *testing.T) {
 	s, c, k := resolverFixture(t)
 	now := time.Now()
 	clock := func() time.Time { return now }
-	c.Store.CacheTTL = config.Duration(30 * time.Second)
-	r, err := NewResolver(s, c, clock)
+	c.CacheTTL = 30 * time.Second
+	c.Now = clock
+	r, err := keys.NewResolver(s, c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	lookup := func(addr string) *Lookup {
+	lookup := func(addr string) *keys.Recipient {
 		t.Helper()
-		l, err := r.Lookup(ctx, addr)
+		l, err := r.Resolve(ctx, addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +169,7 @@ func TestResolverCache(t *testing.T) {
 	}
 
 	// A key added elsewhere shows up once the TTL has passed…
-	if err := s.Add(ctx, "nobody@example.org", []*Key{k["bob"]}, false); err != nil {
+	if err := s.Add(ctx, "nobody@example.org", []*keys.Key{k["bob"]}, false); err != nil {
 		t.Fatal(err)
 	}
 	if lookup("nobody@example.org").Encrypt() {
@@ -188,7 +196,7 @@ func TestResolverCache(t *testing.T) {
 	if lookup("alice+x@example.org").Encrypt() {
 		t.Error("subaddress answer survived the invalidation of its base address")
 	}
-	s.Add(ctx, "alice@example.org", []*Key{k["alice"]}, false)
+	s.Add(ctx, "alice@example.org", []*keys.Key{k["alice"]}, false)
 	r.InvalidateAll()
 	if !lookup("alice+x@example.org").Encrypt() {
 		t.Error("InvalidateAll kept a stale answer")
@@ -200,8 +208,9 @@ func TestResolverCache(t *testing.T) {
 func TestResolverCached(t *testing.T) {
 	s, c, _ := resolverFixture(t)
 	now := time.Now()
-	c.Store.CacheTTL = config.Duration(30 * time.Second)
-	r, err := NewResolver(s, c, func() time.Time { return now })
+	c.CacheTTL = 30 * time.Second
+	c.Now = func() time.Time { return now }
+	r, err := keys.NewResolver(s, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +224,7 @@ func TestResolverCached(t *testing.T) {
 	if s.Calls != calls {
 		t.Fatalf("Cached reached the store")
 	}
-	want, err := r.Lookup(context.Background(), "alice@example.org")
+	want, err := r.Resolve(context.Background(), "alice@example.org")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,30 +246,30 @@ func TestResolverCached(t *testing.T) {
 
 func TestResolverFailsClosed(t *testing.T) {
 	s, c, _ := resolverFixture(t)
-	r, err := NewResolver(s, c, nil)
+	r, err := keys.NewResolver(s, c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	s.SetFail(errors.New("disk on fire"))
-	_, err = r.Lookup(ctx, "alice@example.org")
-	if !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("store down: err = %v, want ErrUnavailable", err)
+	_, err = r.Resolve(ctx, "alice@example.org")
+	if !errors.Is(err, keys.ErrUnavailable) {
+		t.Fatalf("store down: err = %v, want keys.ErrUnavailable", err)
 	}
 	// Errors are not cached: the store coming back is seen at once.
 	s.SetFail(nil)
-	if l, err := r.Lookup(ctx, "alice@example.org"); err != nil || !l.Encrypt() {
+	if l, err := r.Resolve(ctx, "alice@example.org"); err != nil || !l.Encrypt() {
 		t.Fatalf("after recovery: %v, %v", l, err)
 	}
 
 	// A static mapping to a key that is not in the store is an error, not "no key".
-	c.Static.Addresses = map[string][]string{"dave@example.org": {strings.Repeat("AB", 20)}}
-	r, err = NewResolver(s, c, nil)
+	c.Addresses = map[string][]string{"dave@example.org": {strings.Repeat("AB", 20)}}
+	r, err = keys.NewResolver(s, c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.Lookup(ctx, "dave@example.org")
-	if !errors.Is(err, ErrStaticKeyMissing) {
+	_, err = r.Resolve(ctx, "dave@example.org")
+	if !errors.Is(err, keys.ErrStaticKeyMissing) {
 		t.Fatalf("missing static key: err = %v", err)
 	}
 	t.Log(err)
@@ -268,22 +277,22 @@ func TestResolverFailsClosed(t *testing.T) {
 
 func TestResolverRejectsBadStatic(t *testing.T) {
 	fpr := strings.Repeat("AB", 20)
-	for name, tweak := range map[string]func(*config.Config){
-		"bad never_encrypt": func(c *config.Config) { c.Static.NeverEncrypt = []string{"no-at-sign"} },
-		"duplicate address": func(c *config.Config) {
-			c.Static.Addresses = map[string][]string{"Alice@example.org": {fpr}, "alice@EXAMPLE.org": {fpr}}
+	for name, tweak := range map[string]func(*keys.ResolverOptions){
+		"bad never_encrypt": func(c *keys.ResolverOptions) { c.NeverEncrypt = []string{"no-at-sign"} },
+		"duplicate address": func(c *keys.ResolverOptions) {
+			c.Addresses = map[string][]string{"Alice@example.org": {fpr}, "alice@EXAMPLE.org": {fpr}}
 		},
-		"address also never": func(c *config.Config) {
-			c.Static.NeverEncrypt = []string{"alice@example.org"}
-			c.Static.Addresses = map[string][]string{"Alice@example.org": {fpr}}
+		"address also never": func(c *keys.ResolverOptions) {
+			c.NeverEncrypt = []string{"alice@example.org"}
+			c.Addresses = map[string][]string{"Alice@example.org": {fpr}}
 		},
-		"duplicate domain": func(c *config.Config) {
-			c.Static.Domains = map[string][]string{"Bücher.example": {fpr}, "xn--bcher-kva.example": {fpr}}
+		"duplicate domain": func(c *keys.ResolverOptions) {
+			c.Domains = map[string][]string{"Bücher.example": {fpr}, "xn--bcher-kva.example": {fpr}}
 		},
 	} {
-		c := config.Default()
-		tweak(c)
-		_, err := NewResolver(NewMemoryStore(), c, nil)
+		c := defaultOptions()
+		tweak(&c)
+		_, err := keys.NewResolver(keystest.NewStore(), c)
 		if err == nil {
 			t.Errorf("%s: accepted", name)
 		} else {
@@ -293,15 +302,15 @@ func TestResolverRejectsBadStatic(t *testing.T) {
 }
 
 func BenchmarkResolverCached(b *testing.B) {
-	s := NewMemoryStore()
+	s := keystest.NewStore()
 	k := parseOne(b, testkeys.Curve25519, "alice@example.org")
-	s.Add(context.Background(), "alice@example.org", []*Key{k}, false)
-	r, _ := NewResolver(s, config.Default(), nil)
+	s.Add(context.Background(), "alice@example.org", []*keys.Key{k}, false)
+	r, _ := keys.NewResolver(s, defaultOptions())
 	ctx := context.Background()
-	r.Lookup(ctx, "alice@example.org")
+	r.Resolve(ctx, "alice@example.org")
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := r.Lookup(ctx, "Alice@Example.org"); err != nil {
+		if _, err := r.Resolve(ctx, "Alice@Example.org"); err != nil {
 			b.Fatal(err)
 		}
 	}

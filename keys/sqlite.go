@@ -278,7 +278,9 @@ func (s *SQLiteStore) unavailable(op string, err error) error {
 func (s *SQLiteStore) parseStored(fingerprint string, material []byte) (*Key, error) {
 	ks, err := Parse(material)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key store %s: stored key %s does not parse: %w", ErrUnavailable, s.path, fingerprint, err)
+		// %v, not %w: the *RejectError of Parse is about the stored
+		// material, and must not read as a refusal of a submitted key.
+		return nil, fmt.Errorf("%w: key store %s: stored key %s does not parse: %v", ErrUnavailable, s.path, fingerprint, err)
 	}
 	if len(ks) != 1 || ks[0].Fingerprint != fingerprint {
 		return nil, fmt.Errorf("%w: key store %s: stored material of key %s holds %d other key(s)", ErrUnavailable, s.path, fingerprint, len(ks))

@@ -15,7 +15,7 @@ var _ Requests = (*SQLiteStore)(nil)
 // so concurrent submissions, even from several processes, cannot all pass
 // the limit.
 func (s *SQLiteStore) CreateRequests(ctx context.Context, now time.Time, lim Limits, tokenHashes [][]byte, rs []Request) error {
-	if err := checkNewRequests(tokenHashes, rs); err != nil {
+	if err := CheckNewRequests(tokenHashes, rs); err != nil {
 		return err
 	}
 	op := "storing a request for " + rs[0].Address
@@ -24,7 +24,7 @@ func (s *SQLiteStore) CreateRequests(ctx context.Context, now time.Time, lim Lim
 		return s.unavailable(op, err)
 	}
 	defer tx.Rollback()
-	err = limitCheck(lim, rs, func(addr, client string) (int, int, error) {
+	err = lim.Check(rs, func(addr, client string) (int, int, error) {
 		return countRequests(ctx, txQueryer{tx}, addr, client, lim.ClientSince, now)
 	})
 	var le *LimitError

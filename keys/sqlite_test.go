@@ -31,26 +31,9 @@ func sqltEntity(t *testing.T, email string) *openpgp.Entity {
 	return e
 }
 
-// sqltKey turns the public part of e into a *Key the way callers do, via Parse.
-func sqltKey(t *testing.T, e *openpgp.Entity) *Key {
-	t.Helper()
-	var b bytes.Buffer
-	if err := e.Serialize(&b); err != nil {
-		t.Fatal(err)
-	}
-	ks, err := Parse(b.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ks) != 1 {
-		t.Fatalf("Parse returned %d keys, want 1", len(ks))
-	}
-	return ks[0]
-}
-
 func sqltNewKey(t *testing.T, email string) *Key {
 	t.Helper()
-	return sqltKey(t, sqltEntity(t, email))
+	return parsePublic(t, sqltEntity(t, email))
 }
 
 // sqltClock is a settable clock for binding times.
@@ -133,7 +116,7 @@ func TestSQLiteStore(t *testing.T) {
 				if !bytes.Equal(got[i].Raw, ks[i].Raw) {
 					t.Fatalf("KeysFor(%s)[%d]: material differs from what was added", addr, i)
 				}
-				if got[i].Entity == nil {
+				if got[i].entity == nil {
 					t.Fatalf("KeysFor(%s)[%d]: no parsed entity", addr, i)
 				}
 			}
@@ -235,7 +218,7 @@ func TestSQLiteAddUpdatesMaterial(t *testing.T) {
 	ctx := context.Background()
 	s, clk, _ := sqltOpen(t)
 	e := sqltEntity(t, "alice@example.org")
-	old := sqltKey(t, e)
+	old := parsePublic(t, e)
 	if err := s.Add(ctx, "alice@example.org", []*Key{old}, false); err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +226,7 @@ func TestSQLiteAddUpdatesMaterial(t *testing.T) {
 	if err := e.AddUserId("Alice", "", "alice@example.net", nil); err != nil {
 		t.Fatal(err)
 	}
-	refreshed := sqltKey(t, e)
+	refreshed := parsePublic(t, e)
 	if refreshed.Fingerprint != old.Fingerprint || bytes.Equal(refreshed.Raw, old.Raw) {
 		t.Fatal("test setup: want the same key with other material")
 	}

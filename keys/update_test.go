@@ -1,26 +1,13 @@
 package keys
 
 import (
-	"bytes"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
-
-func exportKey(t *testing.T, e *openpgp.Entity) *Key {
-	t.Helper()
-	var b bytes.Buffer
-	if err := e.Serialize(&b); err != nil {
-		t.Fatal(err)
-	}
-	ks, err := Parse(b.Bytes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks[0]
-}
 
 // TestCheckUpdate: an older export of a key must not replace a newer copy
 // in the store, and a copy without a revocation must not replace a revoked one.
@@ -31,16 +18,16 @@ func TestCheckUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := exportKey(t, e)
+	old := parsePublic(t, e)
 	later := &packet.Config{Time: func() time.Time { return created.Add(24 * time.Hour) }}
 	if err := e.AddUserId("Alice", "", "alice@example.net", later); err != nil {
 		t.Fatal(err)
 	}
-	newer := exportKey(t, e)
+	newer := parsePublic(t, e)
 	if err := e.Revoke(packet.KeySuperseded, "moved on", &packet.Config{Time: func() time.Time { return created.Add(36 * time.Hour) }}); err != nil {
 		t.Fatal(err)
 	}
-	revoked := exportKey(t, e)
+	revoked := parsePublic(t, e)
 
 	p := Policy{MinRSABits: 2048}
 	now := time.Now()
@@ -55,7 +42,7 @@ func TestCheckUpdate(t *testing.T) {
 		{"older cannot replace newer", newer, old, RuleSelfSig},
 		{"unrevoked cannot replace revoked", revoked, newer, RuleRevoked},
 	} {
-		err := p.CheckUpdate(tc.stored, tc.submitted, now)
+		err := p.checkUpdate(tc.stored, tc.submitted, now)
 		var rule Rule
 		if rej, ok := err.(*RejectError); ok {
 			rule = rej.Rule
@@ -65,6 +52,9 @@ func TestCheckUpdate(t *testing.T) {
 		}
 		if rule != tc.rule {
 			t.Errorf("%s: rule %q, want %q", tc.name, rule, tc.rule)
+		}
+		if errors.Is(err, ErrStaleCopy) != (tc.rule != "") {
+			t.Errorf("%s: errors.Is(%v, ErrStaleCopy) = %v", tc.name, err, errors.Is(err, ErrStaleCopy))
 		}
 	}
 }

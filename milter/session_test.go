@@ -20,6 +20,7 @@ import (
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -30,7 +31,7 @@ import (
 type fixture struct {
 	srv     *Server
 	addr    string
-	store   *keys.MemoryStore
+	store   *keystest.Store
 	cfg     *config.Config
 	secrets map[string]*openpgp.Entity
 	logs    *syncBuffer
@@ -55,7 +56,7 @@ func (s *syncBuffer) String() string {
 
 func newFixture(t testing.TB, tweak func(*config.Config)) *fixture {
 	t.Helper()
-	f := &fixture{store: keys.NewMemoryStore(), cfg: config.Default(), secrets: map[string]*openpgp.Entity{}, logs: &syncBuffer{}}
+	f := &fixture{store: keystest.NewStore(), cfg: config.Default(), secrets: map[string]*openpgp.Entity{}, logs: &syncBuffer{}}
 	ctx := context.Background()
 	for _, a := range []string{"alice@example.org", "bob@example.org", "carol@example.org"} {
 		e := testkeys.Generate(t, testkeys.Curve25519, a)
@@ -81,7 +82,7 @@ func newFixture(t testing.TB, tweak func(*config.Config)) *fixture {
 
 func (f *fixture) start(t testing.TB) {
 	t.Helper()
-	res, err := keys.NewResolver(f.store, f.cfg, nil)
+	res, err := keys.NewResolver(f.store, keys.ResolverOptions{Policy: keys.Policy{MinRSABits: f.cfg.Keys.MinRSABits, Normalizer: keys.Normalizer{FoldLocalPartCase: f.cfg.Keys.FoldLocalPartCase, SubaddressSeparator: f.cfg.Keys.SubaddressSeparator}}, NeverEncrypt: f.cfg.Static.NeverEncrypt, Addresses: f.cfg.Static.Addresses, Domains: f.cfg.Static.Domains, CacheTTL: f.cfg.Store.CacheTTL.D(), ProtectHeaders: f.cfg.Encryption.ProtectHeaders})
 	if err != nil {
 		t.Fatal(err)
 	}

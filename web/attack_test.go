@@ -15,6 +15,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 	"lacre.io/milter/wkd"
@@ -61,7 +62,7 @@ func encryptionKeyID(t *testing.T, e *openpgp.Entity) uint64 {
 // Directory, as an attacker would.
 func fetchWKD(t *testing.T, f *fixture, local string) []byte {
 	t.Helper()
-	h := f.svc.Handler(&wkd.Handler{Store: f.store, Domains: []string{"example.org"}, Normalizer: norm, Policy: f.svc.opt.Policy})
+	h := f.svc.Handler(&wkd.Handler{Store: f.store, Domains: []string{"example.org"}, Policy: f.svc.opt.Policy})
 	req := httptest.NewRequest("GET", "/.well-known/openpgpkey/hu/"+wkd.Hash(local)+"?l="+local, nil)
 	req.Host = "example.org"
 	rec := httptest.NewRecorder()
@@ -91,14 +92,14 @@ func TestMultiKeySubmissionProvesEachKey(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
-	ak, _ := keys.Parse(testkeys.Public(t, alice))
+	ak := []*keys.Key{keystest.Parse(t, alice)}
 	f.store.Add(ctx, "alice@example.org", ak, false)
 	// Mallory's own key, with a User ID for alice's address.
 	mallory, err := openpgp.NewEntity("Alice", "", "alice@example.org", &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mk, _ := keys.Parse(testkeys.Public(t, mallory))
+	mk := []*keys.Key{keystest.Parse(t, mallory)}
 
 	fromWKD := fetchWKD(t, f, "alice")
 	both := armorKey(t, fromWKD) + string(testkeys.ArmoredPublic(t, mallory))
@@ -171,7 +172,7 @@ func TestMultiKeyOwnerBindsEachKey(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	old := testkeys.Generate(t, testkeys.V6, "bob@example.org")
-	ok, _ := keys.Parse(testkeys.Public(t, old))
+	ok := []*keys.Key{keystest.Parse(t, old)}
 	f.store.Add(ctx, "bob@example.org", ok, false)
 	k1 := testkeys.Generate(t, testkeys.Curve25519, "bob@example.org")
 	k2 := testkeys.Generate(t, testkeys.RSA3072, "bob@example.org")
@@ -191,7 +192,7 @@ func TestMultiKeyOwnerBindsEachKey(t *testing.T) {
 	if len(tokens) != 2 {
 		t.Fatalf("%d of 2 keys got a readable confirmation", len(tokens))
 	}
-	fp := func(e *openpgp.Entity) string { ks, _ := keys.Parse(testkeys.Public(t, e)); return ks[0].Fingerprint }
+	fp := func(e *openpgp.Entity) string { return keystest.Parse(t, e).Fingerprint }
 	if status, out := apiCall(t, f, "/api/v1/confirm", map[string]string{"token": tokens[k2]}); status != 200 {
 		t.Fatalf("confirm k2: %d %v", status, out)
 	}

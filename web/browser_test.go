@@ -11,8 +11,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
-	"lacre.io/milter/keys"
 )
 
 // chromium finds Debian's headless browser. Without it the browser test
@@ -110,8 +110,8 @@ func TestBrowserSubmitAndConfirm(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The confirmation page names the key the button binds (issue 12).
-	if ak, _ := keys.Parse(testkeys.Public(t, alice)); shown != ak[0].Fingerprint {
-		t.Errorf("the confirmation page shows %q, want the key's fingerprint %s", shown, ak[0].Fingerprint)
+	if ak := keystest.Parse(t, alice); shown != ak.Fingerprint {
+		t.Errorf("the confirmation page shows %q, want the key's fingerprint %s", shown, ak.Fingerprint)
 	}
 	if !strings.Contains(status, "Your key is active") {
 		t.Fatalf("after confirming: %q", status)

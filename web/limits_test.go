@@ -18,6 +18,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -74,20 +75,20 @@ func TestSubaddressesShareTheLimit(t *testing.T) {
 
 // ctxStore honours contexts like the SQLite store does, which the
 // memory store does not.
-type ctxStore struct{ *keys.MemoryStore }
+type ctxStore struct{ *keystest.Store }
 
 func (s ctxStore) CreateRequests(ctx context.Context, now time.Time, lim keys.Limits, h [][]byte, rs []keys.Request) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w: %w", keys.ErrUnavailable, err)
 	}
-	return s.MemoryStore.CreateRequests(ctx, now, lim, h, rs)
+	return s.Store.CreateRequests(ctx, now, lim, h, rs)
 }
 
 func (s ctxStore) DeleteRequests(ctx context.Context, h [][]byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w: %w", keys.ErrUnavailable, err)
 	}
-	return s.MemoryStore.DeleteRequests(ctx, h)
+	return s.Store.DeleteRequests(ctx, h)
 }
 
 // hangUpMailer is a client that disconnects while the mail is sent.
@@ -113,7 +114,7 @@ func (m *hangUpMailer) Send(ctx context.Context, _ string, _ []string, _ []byte)
 // request's context. A client that goes away mid-request leaves either a
 // sent mail with its pending request, or nothing.
 func TestClientDisconnect(t *testing.T) {
-	store := ctxStore{keys.NewMemoryStore()}
+	store := ctxStore{keystest.NewStore()}
 	f := newFixtureWith(t, store, nil)
 	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
 	count := func() int {
@@ -209,7 +210,7 @@ func TestLimitsBeforeParsing(t *testing.T) {
 // failingWrites is a store whose writes fail (a read-only database) while
 // broken is set; reads work.
 type failingWrites struct {
-	*keys.MemoryStore
+	*keystest.Store
 	mu     sync.Mutex
 	broken bool
 }
@@ -229,21 +230,21 @@ func (s *failingWrites) CreateRequests(ctx context.Context, now time.Time, lim k
 	if err := s.err(); err != nil {
 		return err
 	}
-	return s.MemoryStore.CreateRequests(ctx, now, lim, h, rs)
+	return s.Store.CreateRequests(ctx, now, lim, h, rs)
 }
 
 func (s *failingWrites) PurgeRequests(ctx context.Context, now time.Time) (int, error) {
 	if err := s.err(); err != nil {
 		return 0, err
 	}
-	return s.MemoryStore.PurgeRequests(ctx, now)
+	return s.Store.PurgeRequests(ctx, now)
 }
 
 func (s *failingWrites) Add(ctx context.Context, a string, ks []*keys.Key, replace bool) error {
 	if err := s.err(); err != nil {
 		return err
 	}
-	return s.MemoryStore.Add(ctx, a, ks, replace)
+	return s.Store.Add(ctx, a, ks, replace)
 }
 
 func healthz(t *testing.T, f *fixture) int {
@@ -259,7 +260,7 @@ func healthz(t *testing.T, f *fixture) int {
 // TestHealthReflectsWriteFailures: /healthz is not ok while writes fail,
 // and ok again, without a restart, once they work.
 func TestHealthReflectsWriteFailures(t *testing.T) {
-	store := &failingWrites{MemoryStore: keys.NewMemoryStore()}
+	store := &failingWrites{Store: keystest.NewStore()}
 	f := newFixtureWith(t, store, nil)
 	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
 	submit := func() int {
@@ -288,14 +289,14 @@ func TestHealthReflectsWriteFailures(t *testing.T) {
 // checkedStore is a store with a Check method (the SQLite store's: file
 // gone, replaced, or the last write failed).
 type checkedStore struct {
-	*keys.MemoryStore
+	*keystest.Store
 	fault error
 }
 
 func (s *checkedStore) Check(context.Context) error { return s.fault }
 
 func TestHealthCallsStoreCheck(t *testing.T) {
-	store := &checkedStore{MemoryStore: keys.NewMemoryStore()}
+	store := &checkedStore{Store: keystest.NewStore()}
 	f := newFixtureWith(t, store, nil)
 	if healthz(t, f) != 200 {
 		t.Fatal("not healthy at the start")

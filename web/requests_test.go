@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -79,7 +80,7 @@ func TestStaleTokens(t *testing.T) {
 	if _, err := f.svc.Confirm(ctx, tokA, "192.0.2.1"); err == nil || userErr(t, err).Status/100 != 4 {
 		t.Fatalf("confirming A after B: %v", err)
 	}
-	bk, _ := keys.Parse(testkeys.Public(t, b))
+	bk := []*keys.Key{keystest.Parse(t, b)}
 	if ks, _ := f.store.KeysFor(ctx, "alice@example.org"); len(ks) != 1 || ks[0].Fingerprint != bk[0].Fingerprint {
 		t.Fatalf("an old link reverted the address: %v", keys.SortedFingerprints(ks))
 	}
@@ -120,7 +121,7 @@ func TestStaleTokens(t *testing.T) {
 		t.Fatal("a link of an earlier submission still worked after another was confirmed")
 	}
 	f.store.Remove(ctx, "alice@example.org", "")
-	f.store.Add(ctx, "alice@example.org", []*keys.Key{mustParse(t, testkeys.Public(t, c))}, false)
+	f.store.Add(ctx, "alice@example.org", []*keys.Key{keystest.Parse(t, c)}, false)
 
 	// The state is checked too, not only the tokens dropped by the
 	// service: a change made elsewhere (lacre-milter keys add) kills the
@@ -129,7 +130,7 @@ func TestStaleTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokRm = openMail(t, f.mailer.last(t).msg, c)
-	ak, _ := keys.Parse(testkeys.Public(t, a))
+	ak := []*keys.Key{keystest.Parse(t, a)}
 	f.store.Add(ctx, "alice@example.org", ak, false)
 	_, err := f.svc.Confirm(ctx, tokRm, "192.0.2.5")
 	if ue := userErr(t, err); ue.Status != 409 || ue.Code != "stale_token" {
@@ -193,7 +194,7 @@ func TestNoEnumeration(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	old := testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")
-	ok, _ := keys.Parse(testkeys.Public(t, old))
+	ok := []*keys.Key{keystest.Parse(t, old)}
 	f.store.Add(ctx, "old@example.org", ok, false)
 	_, withKey := apiCall(t, f, "/api/v1/remove", map[string]string{"address": "old@example.org"})
 	_, without := apiCall(t, f, "/api/v1/remove", map[string]string{"address": "nobody@example.org"})
@@ -399,13 +400,4 @@ func TestSMTPReplyAfterData(t *testing.T) {
 		}
 		ln.Close()
 	}
-}
-
-func mustParse(t *testing.T, b []byte) *keys.Key {
-	t.Helper()
-	ks, err := keys.Parse(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks[0]
 }

@@ -62,21 +62,27 @@ type Mailer interface {
 	Send(ctx context.Context, from string, to []string, msg []byte) error
 }
 
-// Options configure a Service.
+// Options configure a Service. cmd/lacre-milter builds them from [web]
+// and [keys]; a zero field means what its comment says.
 type Options struct {
-	BaseURL  string   // public URL, for links
-	Domains  []string // normalised domains users may register for
-	From     string   // sender of confirmation mail
+	BaseURL string   // public URL, for the links in confirmation mail
+	Domains []string // normalised domains users may register for; New refuses none
+	From    string   // sender of confirmation mail
+	// TokenTTL is how long a confirmation link works (0: not at all).
 	TokenTTL time.Duration
 	// MaxPendingPerAddress bounds the unconfirmed requests for one address
-	// (subaddresses folded) from one source.
+	// (subaddresses folded) from one source (0: every request is refused).
 	MaxPendingPerAddress int
-	MaxRequestsPerClient int // per source and hour
-	Policy               keys.Policy
-	Templates            *Templates
-	Log                  *slog.Logger
-	Now                  func() time.Time // nil: time.Now
-	Rand                 io.Reader        // nil: crypto/rand
+	// MaxRequestsPerClient bounds the requests per source and hour (0:
+	// every request is refused).
+	MaxRequestsPerClient int
+	// Policy is the key policy; its Normalizer also normalises the
+	// submitted addresses.
+	Policy    keys.Policy
+	Templates *Templates       // nil: the built-in pages and mails
+	Log       *slog.Logger     // nil: discarded
+	Now       func() time.Time // nil: time.Now
+	Rand      io.Reader        // nil: crypto/rand
 	// TrustedProxies are the peers whose X-Forwarded-For is believed
 	// (nil: none; the peer address is the client).
 	TrustedProxies []netip.Prefix
@@ -270,10 +276,10 @@ func (s *Service) parseKeys(ctx context.Context, addr string, keyData []byte) ([
 			return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleKeyCount, Msg: fmt.Sprintf("submit at most %d keys at once", n)}
 		}
 		for _, k := range out {
-			if n := len(k.Entity.Identities); n > MaxUserIDsPerKey {
+			if n := len(k.UserIDs()); n > MaxUserIDsPerKey {
 				return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleUserIDCount, Msg: fmt.Sprintf("key %s has %d User IDs; at most %d are accepted", k.Fingerprint, n, MaxUserIDsPerKey)}
 			}
-			if n := len(k.Entity.Subkeys); n > MaxSubkeysPerKey {
+			if n := k.NumSubkeys(); n > MaxSubkeysPerKey {
 				return nil, &Error{Status: 400, Code: "invalid_key", Rule: RuleSubkeyCount, Msg: fmt.Sprintf("key %s has %d subkeys; at most %d are accepted", k.Fingerprint, n, MaxSubkeysPerKey)}
 			}
 		}
@@ -490,28 +496,26 @@ func (s *Service) Confirm(ctx context.Context, token, client string) (*keys.Requ
 	switch r.Action {
 	case keys.ActionAdd:
 		k := r.Keys[0]
-		if err := s.opt.Policy.Validate(k, r.Address, now); err != nil {
-			usedUp()
-			return nil, &Error{Status: 400, Code: "invalid_key", Msg: "the key is no longer acceptable: " + err.Error()}
-		}
-		if stored, err := s.store.KeyByFingerprint(ctx, k.Fingerprint); err == nil {
-			if err := s.opt.Policy.CheckUpdate(stored, k, now); err != nil {
-				usedUp()
-				return nil, &Error{Status: 409, Code: "stale_key", Msg: err.Error()}
-			}
-		} else if !errors.Is(err, keys.ErrNotFound) {
-			return nil, err
-		}
-		bind := []*keys.Key{k}
+		var keep []*keys.Key
 		for _, c := range current {
 			if c.Fingerprint != k.Fingerprint && slices.Contains(r.Submitted, c.Fingerprint) {
-				bind = append(bind, c)
+				keep = append(keep, c)
 			}
 		}
-		if err := s.wrote(s.store.Add(ctx, r.Address, bind, true)); err != nil {
-			return nil, err
+		err := keys.Admit(ctx, s.store, s.opt.Policy, keys.Admission{Address: r.Address, Keys: []*keys.Key{k}, Replace: true, Keep: keep}, now)
+		var rej *keys.RejectError
+		switch {
+		case errors.Is(err, keys.ErrStaleCopy):
+			usedUp()
+			return nil, &Error{Status: 409, Code: "stale_key", Msg: err.Error()}
+		case errors.As(err, &rej):
+			usedUp()
+			return nil, &Error{Status: 400, Code: "invalid_key", Msg: "the key is no longer acceptable: " + err.Error()}
+		case err != nil:
+			return nil, s.wrote(err)
 		}
-		s.opt.Log.Info("key confirmed", "address", r.Address, "fingerprint", k.Fingerprint, "bound", len(bind))
+		s.wrote(nil)
+		s.opt.Log.Info("key confirmed", "address", r.Address, "fingerprint", k.Fingerprint, "bound", 1+len(keep))
 	case keys.ActionRemove:
 		if _, err := s.store.Remove(ctx, r.Address, ""); err != nil && !errors.Is(err, keys.ErrNotFound) {
 			return nil, s.wrote(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -63,7 +64,7 @@ func (m *fakeMailer) last(t *testing.T) sentMail {
 
 type fixture struct {
 	svc    *Service
-	store  *keys.MemoryStore
+	store  *keystest.Store
 	mailer *fakeMailer
 	srv    *httptest.Server
 	now    time.Time
@@ -79,7 +80,7 @@ func newFixture(t *testing.T) *fixture {
 // changed options.
 func newFixtureWith(t *testing.T, store Store, mod func(*Options)) *fixture {
 	t.Helper()
-	f := &fixture{store: keys.NewMemoryStore(), mailer: &fakeMailer{}, now: time.Now()}
+	f := &fixture{store: keystest.NewStore(), mailer: &fakeMailer{}, now: time.Now()}
 	if store == nil {
 		store = f.store
 	}
@@ -195,7 +196,7 @@ func TestSubmitConfirmWithBrowserForms(t *testing.T) {
 		t.Fatalf("confirm: %d\n%s", status, page)
 	}
 	ks, _ := f.store.KeysFor(context.Background(), "alice@example.org")
-	if len(ks) != 1 || ks[0].Entity.PrimaryKey.KeyId != alice.PrimaryKey.KeyId {
+	if len(ks) != 1 || ks[0].KeyID() != "0x"+strings.ToUpper(alice.PrimaryKey.KeyIdString()) {
 		t.Fatalf("after confirmation the store has %v", ks)
 	}
 	// The token works once.
@@ -318,7 +319,7 @@ func TestAttackerCannotSwitchEncryptionOff(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	victim := testkeys.Generate(t, testkeys.Curve25519, "victim@example.org")
-	vk, _ := keys.Parse(testkeys.Public(t, victim))
+	vk := []*keys.Key{keystest.Parse(t, victim)}
 	f.store.Add(ctx, "victim@example.org", vk, false)
 
 	// The attacker makes a key with the victim's address in its User ID.
@@ -386,7 +387,7 @@ func TestRemovalAndExpiry(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	alice := testkeys.Generate(t, testkeys.Curve25519, "alice@example.org")
-	ak, _ := keys.Parse(testkeys.Public(t, alice))
+	ak := []*keys.Key{keystest.Parse(t, alice)}
 	f.store.Add(ctx, "alice@example.org", ak, false)
 
 	apiCall(t, f, "/api/v1/remove", map[string]string{"address": "alice@example.org"})
@@ -411,7 +412,7 @@ func TestRemovalAndExpiry(t *testing.T) {
 	// A key that has expired since registration: the removal mail cannot
 	// be encrypted to it, so it goes in clear (the mailbox is the proof).
 	old := testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")
-	ok, _ := keys.Parse(testkeys.Public(t, old))
+	ok := []*keys.Key{keystest.Parse(t, old)}
 	f.store.Add(ctx, "old@example.org", ok, false)
 	if status, out := apiCall(t, f, "/api/v1/remove", map[string]string{"address": "old@example.org"}); status != 202 || out["encrypted"] != false {
 		t.Fatalf("removal of an expired key: %d %v", status, out)
@@ -435,7 +436,7 @@ func TestMailFailureIsNotCounted(t *testing.T) {
 }
 
 func TestNeedsDomains(t *testing.T) {
-	if _, err := New(keys.NewMemoryStore(), &fakeMailer{}, Options{}); err == nil {
+	if _, err := New(keystest.NewStore(), &fakeMailer{}, Options{}); err == nil {
 		t.Fatal("a service without domains started")
 	}
 }

@@ -36,8 +36,8 @@ func Hash(local string) string {
 	return string(out[:])
 }
 
-// Lookup is what the handler needs of the key store.
-type Lookup interface {
+// Store is what the handler needs of the key store.
+type Store interface {
 	KeysFor(ctx context.Context, address string) ([]*keys.Key, error)
 }
 
@@ -52,10 +52,11 @@ type Lookup interface {
 // caller cannot ask for one address under another's hash. Only usable keys
 // are served, each with only the User IDs for the address asked for.
 type Handler struct {
-	Store      Lookup
-	Domains    []string // lower-case A-label domains served
-	Normalizer keys.Normalizer
-	Policy     keys.Policy
+	Store   Store
+	Domains []string // lower-case A-label domains served; nil serves none
+	// Policy decides which keys are served (usable ones only); its
+	// Normalizer normalises the addresses asked for.
+	Policy keys.Policy
 	// Now is the clock for the usability check; nil means time.Now.
 	Now func() time.Time
 }
@@ -111,7 +112,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, domain, hash 
 		http.NotFound(w, r)
 		return
 	}
-	addr, err := h.Normalizer.Normalize(local + "@" + domain)
+	addr, err := h.Policy.Normalizer.Normalize(local + "@" + domain)
 	if err != nil {
 		http.NotFound(w, r)
 		return
@@ -132,7 +133,7 @@ func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request, domain, hash 
 		if h.Policy.Usable(k, now()) != nil {
 			continue
 		}
-		body = append(body, k.ExportFor(addr, h.Normalizer)...)
+		body = append(body, k.ExportFor(addr, h.Policy.Normalizer)...)
 	}
 	if len(body) == 0 {
 		http.NotFound(w, r)

@@ -13,6 +13,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -58,15 +59,12 @@ func TestHandler(t *testing.T) {
 	if err := e.AddUserId("Alice", "private", "alice.private@example.net", nil); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := keys.Parse(testkeys.Public(t, e))
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := keys.NewMemoryStore()
+	ks := []*keys.Key{keystest.Parse(t, e)}
+	store := keystest.NewStore()
 	store.Add(ctx, "alice@example.org", ks, false)
-	old, _ := keys.Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")))
+	old := []*keys.Key{keystest.Parse(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org"))}
 	store.Add(ctx, "old@example.org", old, false)
-	h := &Handler{Store: store, Domains: []string{"example.org"}, Normalizer: norm, Policy: keys.Policy{MinRSABits: 2048, Normalizer: norm}}
+	h := &Handler{Store: store, Domains: []string{"example.org"}, Policy: keys.Policy{MinRSABits: 2048, Normalizer: norm}}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 

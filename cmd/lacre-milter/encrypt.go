@@ -34,10 +34,10 @@ func encryptCmd(e *env, args []string) error {
 	var to []*keys.Key
 	protectHeaders := *protect
 	for _, a := range pos {
-		if _, err := r.Normalizer().Normalize(a); err != nil {
+		if _, err := r.Policy().Normalizer.Normalize(a); err != nil {
 			return err
 		}
-		l, err := r.Lookup(context.Background(), a)
+		l, err := r.Resolve(context.Background(), a)
 		if err != nil {
 			return err
 		}

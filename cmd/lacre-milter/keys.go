@@ -22,7 +22,7 @@ func openResolver(c *config.Config) (keys.Store, *keys.Resolver, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	r, err := keys.NewResolver(s, c, nil)
+	r, err := keys.NewResolver(s, resolverOptions(c))
 	if err != nil {
 		s.Close()
 		return nil, nil, err
@@ -66,7 +66,7 @@ func keysAdd(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
-	addr, err := r.Normalizer().Normalize(pos[0])
+	addr, err := r.Policy().Normalizer.Normalize(pos[0])
 	if err != nil {
 		return err
 	}
@@ -74,21 +74,12 @@ func keysAdd(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("nothing changed: %w", err)
 	}
-	now := time.Now()
-	for _, k := range ks {
-		if err := r.Policy().Validate(k, addr, now); err != nil {
-			return fmt.Errorf("nothing changed: %w", err)
-		}
-		stored, err := s.KeyByFingerprint(context.Background(), k.Fingerprint)
-		if err == nil {
-			if err := r.Policy().CheckUpdate(stored, k, now); err != nil {
-				return fmt.Errorf("nothing changed: %w", err)
-			}
-		} else if !errors.Is(err, keys.ErrNotFound) {
-			return err
-		}
+	err = keys.Admit(context.Background(), s, r.Policy(), keys.Admission{Address: addr, Keys: ks, Replace: *replace}, time.Now())
+	var rej *keys.RejectError
+	if errors.As(err, &rej) {
+		return fmt.Errorf("nothing changed: %w", err)
 	}
-	if err := s.Add(context.Background(), addr, ks, *replace); err != nil {
+	if err != nil {
 		return err
 	}
 	for _, k := range ks {
@@ -173,10 +164,10 @@ func keysShow(e *env, args []string) error {
 	defer s.Close()
 	// An operator's typo is an error here; the milter treats an address
 	// that does not normalise as one without keys.
-	if _, err := r.Normalizer().Normalize(pos[0]); err != nil {
+	if _, err := r.Policy().Normalizer.Normalize(pos[0]); err != nil {
 		return err
 	}
-	l, err := r.Lookup(context.Background(), pos[0])
+	l, err := r.Resolve(context.Background(), pos[0])
 	if err != nil {
 		return err
 	}
@@ -234,7 +225,7 @@ func keysRemove(e *env, args []string) error {
 	}
 	fpr := ""
 	if len(pos) == 2 {
-		if !config.IsFingerprint(pos[1]) {
+		if !keys.IsFingerprint(pos[1]) {
 			return fmt.Errorf("%q is not a fingerprint (40 or 64 hex digits, as \"keys list\" shows): %w", pos[1], errUsage)
 		}
 		fpr = keys.FormatFingerprint(pos[1])
@@ -244,7 +235,7 @@ func keysRemove(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
-	addr, err := r.Normalizer().Normalize(pos[0])
+	addr, err := r.Policy().Normalizer.Normalize(pos[0])
 	if err != nil {
 		return err
 	}
@@ -288,7 +279,7 @@ func keysSet(e *env, args []string) error {
 		return err
 	}
 	defer s.Close()
-	addr, err := r.Normalizer().Normalize(pos[0])
+	addr, err := r.Policy().Normalizer.Normalize(pos[0])
 	if err != nil {
 		return err
 	}

@@ -18,7 +18,6 @@ import (
 	"strings"
 
 	"lacre.io/milter/config"
-	"lacre.io/milter/keys"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; without
@@ -199,7 +198,7 @@ func checkConfig(e *env, args []string) error {
 	}
 	// The static maps' own consistency (duplicates after normalisation,
 	// overlaps) does not need the store.
-	if _, err := keys.NewResolver(keys.NewMemoryStore(), c, nil); err != nil {
+	if err := resolverOptions(c).Check(); err != nil {
 		return err
 	}
 	storeNote := "  (the key store does not exist yet; \"lacre-milter store init\" creates it)\n"

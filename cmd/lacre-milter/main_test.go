@@ -373,6 +373,15 @@ func TestCheckConfig(t *testing.T) {
 				t.Errorf("unclosed table header on line 3 reported as: %s", r.stderr)
 			}
 		})
+		t.Run("one address spelled twice", func(t *testing.T) {
+			// Caught by the resolver's options, not by config.Validate,
+			// also before there is a store.
+			fp := strings.Repeat("AB", 20)
+			f := newFixtureNoStore(t, after, "[static.addresses]\n\"Alice@example.org\" = [\""+fp+"\"]\n\"alice@EXAMPLE.org\" = [\""+fp+"\"]\n")
+			r := f.run(nil, "check-config")
+			wantCode(t, r, 1)
+			wantContains(t, "stderr", r.stderr, `static.addresses: "Alice@example.org" and "alice@EXAMPLE.org" are the same address (alice@example.org)`)
+		})
 		t.Run("static mapping to a key not in the store", func(t *testing.T) {
 			f := newFixture(t, after, "[static.addresses]\n\"carol@example.org\" = [\""+fpr(carol)+"\"]\n"+
 				"[static.domains]\n\"example.net\" = [\""+fpr(alice)+"\"]\n")

@@ -8,11 +8,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"lacre.io/milter/keys"
+	"lacre.io/milter/internal/keystest"
 )
 
 func TestHealthz(t *testing.T) {
-	store := keys.NewMemoryStore()
+	store := keystest.NewStore()
 	h := metricsHandler(prometheus.NewRegistry(), store)
 	for _, tc := range []struct {
 		fail error

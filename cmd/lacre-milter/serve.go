@@ -85,7 +85,7 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	defer store.Close()
-	res, err := keys.NewResolver(store, c, nil)
+	res, err := keys.NewResolver(store, resolverOptions(c))
 	if err != nil {
 		return err
 	}
@@ -171,7 +171,7 @@ func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server) (*
 	if c.DatabasePath() != old.DatabasePath() {
 		return nil, fmt.Errorf("store.database changed from %q to %q: restart lacre-milter to apply it", old.DatabasePath(), c.DatabasePath())
 	}
-	res, err := keys.NewResolver(store, c, nil)
+	res, err := keys.NewResolver(store, resolverOptions(c))
 	if err != nil {
 		return nil, err
 	}

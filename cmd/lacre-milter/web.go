@@ -33,7 +33,7 @@ func webCmd(e *env, args []string) error {
 	if len(c.Web.Domains) == 0 {
 		return errors.New("set [web] domains to the mail domains whose users may register keys")
 	}
-	norm := keys.NewNormalizer(c.Keys)
+	norm := normalizer(c)
 	var domains []string
 	for _, d := range c.Web.Domains {
 		n, err := norm.NormalizeDomain(d)
@@ -72,7 +72,7 @@ func webCmd(e *env, args []string) error {
 			return fmt.Errorf("web.secret_file: %s holds %d bytes; write at least 32 random bytes (head -c 32 /dev/urandom > %s)", path, len(secret), path)
 		}
 	}
-	policy := keys.Policy{MinRSABits: c.Keys.MinRSABits, Normalizer: norm}
+	policy := keyPolicy(c)
 	svc, err := web.New(store, &web.SMTPMailer{Addr: c.Web.SMTP.Addr, Helo: domains[0]}, web.Options{
 		BaseURL: c.Web.BaseURL, Domains: domains, From: from, TokenTTL: c.Web.TokenTTL.D(),
 		MaxPendingPerAddress: c.Web.MaxPendingPerAddress, MaxRequestsPerClient: c.Web.MaxRequestsPerClient,
@@ -81,7 +81,7 @@ func webCmd(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	handler := svc.Handler(&wkd.Handler{Store: store, Domains: domains, Normalizer: norm, Policy: policy})
+	handler := svc.Handler(&wkd.Handler{Store: store, Domains: domains, Policy: policy})
 	ln, err := net.Listen("tcp", c.Web.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.Web.Listen, err)

@@ -100,6 +100,19 @@ func Generate(t testing.TB, kind Kind, address string) *openpgp.Entity {
 	return ent.e
 }
 
+// Expiring returns a new (not cached) Curve25519 key for address, created
+// at created (whole seconds), whose primary key expires life later.
+func Expiring(t testing.TB, address string, created time.Time, life time.Duration) *openpgp.Entity {
+	t.Helper()
+	cfg := curve25519Config(func() time.Time { return created })
+	cfg.KeyLifetimeSecs = uint32(life / time.Second)
+	e, err := newEntity(address, cfg)
+	if err != nil {
+		t.Fatalf("testkeys: generating an expiring key for %s: %v", address, err)
+	}
+	return e
+}
+
 func generate(kind Kind, address string) (*openpgp.Entity, error) {
 	switch kind {
 	case RSA3072:

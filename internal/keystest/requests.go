@@ -1,29 +1,31 @@
-package keys
+package keystest
 
 import (
 	"context"
 	"fmt"
 	"slices"
 	"time"
+
+	"lacre.io/milter/keys"
 )
 
 type memRequest struct {
-	r    Request
+	r    keys.Request
 	hash string
 }
 
-var _ Requests = (*MemoryStore)(nil)
+var _ keys.Requests = (*Store)(nil)
 
-// CreateRequests implements Requests.
-func (m *MemoryStore) CreateRequests(_ context.Context, now time.Time, lim Limits, tokenHashes [][]byte, rs []Request) error {
+// CreateRequests implements keys.Requests.
+func (m *Store) CreateRequests(_ context.Context, now time.Time, lim keys.Limits, tokenHashes [][]byte, rs []keys.Request) error {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return err
 	}
-	if err := checkNewRequests(tokenHashes, rs); err != nil {
+	if err := keys.CheckNewRequests(tokenHashes, rs); err != nil {
 		return err
 	}
-	if err := limitCheck(lim, rs, func(addr, client string) (int, int, error) {
+	if err := lim.Check(rs, func(addr, client string) (int, int, error) {
 		a, c := m.count(addr, client, lim.ClientSince, now)
 		return a, c, nil
 	}); err != nil {
@@ -35,7 +37,7 @@ func (m *MemoryStore) CreateRequests(_ context.Context, now time.Time, lim Limit
 	return nil
 }
 
-func (m *MemoryStore) find(tokenHash []byte, now time.Time, take bool) (*Request, error) {
+func (m *Store) find(tokenHash []byte, now time.Time, take bool) (*keys.Request, error) {
 	for i, q := range m.requests {
 		if q.hash != string(tokenHash) {
 			continue
@@ -44,16 +46,16 @@ func (m *MemoryStore) find(tokenHash []byte, now time.Time, take bool) (*Request
 			m.requests = slices.Delete(m.requests, i, i+1)
 		}
 		if !now.Before(q.r.Expires) {
-			return nil, fmt.Errorf("confirmation token for %s: %w", q.r.Address, ErrExpired)
+			return nil, fmt.Errorf("confirmation token for %s: %w", q.r.Address, keys.ErrExpired)
 		}
 		r := q.r
 		return &r, nil
 	}
-	return nil, fmt.Errorf("confirmation token: %w", ErrNotFound)
+	return nil, fmt.Errorf("confirmation token: %w", keys.ErrNotFound)
 }
 
-// FindRequest implements Requests.
-func (m *MemoryStore) FindRequest(_ context.Context, tokenHash []byte, now time.Time) (*Request, error) {
+// FindRequest implements keys.Requests.
+func (m *Store) FindRequest(_ context.Context, tokenHash []byte, now time.Time) (*keys.Request, error) {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return nil, err
@@ -61,8 +63,8 @@ func (m *MemoryStore) FindRequest(_ context.Context, tokenHash []byte, now time.
 	return m.find(tokenHash, now, false)
 }
 
-// TakeRequest implements Requests.
-func (m *MemoryStore) TakeRequest(_ context.Context, tokenHash []byte, now time.Time) (*Request, error) {
+// TakeRequest implements keys.Requests.
+func (m *Store) TakeRequest(_ context.Context, tokenHash []byte, now time.Time) (*keys.Request, error) {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return nil, err
@@ -70,8 +72,8 @@ func (m *MemoryStore) TakeRequest(_ context.Context, tokenHash []byte, now time.
 	return m.find(tokenHash, now, true)
 }
 
-// DeleteRequests implements Requests.
-func (m *MemoryStore) DeleteRequests(_ context.Context, tokenHashes [][]byte) error {
+// DeleteRequests implements keys.Requests.
+func (m *Store) DeleteRequests(_ context.Context, tokenHashes [][]byte) error {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return err
@@ -82,8 +84,8 @@ func (m *MemoryStore) DeleteRequests(_ context.Context, tokenHashes [][]byte) er
 	return nil
 }
 
-// DropRequests implements Requests.
-func (m *MemoryStore) DropRequests(_ context.Context, address, keep string) (int, error) {
+// DropRequests implements keys.Requests.
+func (m *Store) DropRequests(_ context.Context, address, keep string) (int, error) {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return 0, err
@@ -95,7 +97,7 @@ func (m *MemoryStore) DropRequests(_ context.Context, address, keep string) (int
 	return n - len(m.requests), nil
 }
 
-func (m *MemoryStore) count(limitAddress, clientIP string, clientSince, now time.Time) (int, int) {
+func (m *Store) count(limitAddress, clientIP string, clientSince, now time.Time) (int, int) {
 	var a, c int
 	for _, q := range m.requests {
 		if q.r.LimitAddress == limitAddress && q.r.ClientIP == clientIP && now.Before(q.r.Expires) {
@@ -108,8 +110,8 @@ func (m *MemoryStore) count(limitAddress, clientIP string, clientSince, now time
 	return a, c
 }
 
-// CountRequests implements Requests.
-func (m *MemoryStore) CountRequests(_ context.Context, limitAddress, clientIP string, clientSince, now time.Time) (int, int, error) {
+// CountRequests implements keys.Requests.
+func (m *Store) CountRequests(_ context.Context, limitAddress, clientIP string, clientSince, now time.Time) (int, int, error) {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return 0, 0, err
@@ -118,8 +120,8 @@ func (m *MemoryStore) CountRequests(_ context.Context, limitAddress, clientIP st
 	return a, c, nil
 }
 
-// PurgeRequests implements Requests.
-func (m *MemoryStore) PurgeRequests(_ context.Context, now time.Time) (int, error) {
+// PurgeRequests implements keys.Requests.
+func (m *Store) PurgeRequests(_ context.Context, now time.Time) (int, error) {
 	defer m.mu.Unlock()
 	if err := m.enter(); err != nil {
 		return 0, err
