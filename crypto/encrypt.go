@@ -47,9 +47,13 @@ type Result struct {
 	Body    []byte
 }
 
-// ProtectedFields are copied into the encrypted payload when headers are
+// protectedFields are copied into the encrypted payload when headers are
 // protected (RFC 9788 §2.2: the fields a reader uses to identify a message).
-var ProtectedFields = []string{"Subject", "From", "To", "Cc", "Date", "Message-ID", "References", "In-Reply-To"}
+var protectedFields = [...]string{"Subject", "From", "To", "Cc", "Date", "Message-ID", "References", "In-Reply-To"}
+
+// ProtectedFields returns (a copy of) the names of the fields copied into
+// the encrypted payload when headers are protected.
+func ProtectedFields() []string { return slices.Clone(protectedFields[:]) }
 
 // ObscuredSubject replaces the outer Subject when headers are protected
 // (RFC 9788 §2.3 recommends exactly this string).
@@ -73,6 +77,35 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	if len(to) == 0 {
 		return nil, ErrNoKeys
 	}
+	cfg := opt.packetConfig()
+	used := distinctKeys(to)
+	boundary, err := newBoundary(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	inner := innerHeader(fields, opt.ProtectHeaders)
+	var out bytes.Buffer
+	// One allocation for the whole result: a session-key packet is at most
+	// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
+	out.Grow(armoredLen(len(inner)+len(body)+600*len(used)+1024) + 512)
+	writeBodyHead(&out, boundary)
+	armor, finish, err := startMessage(&out, used, opt.HideRecipients, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := finish(inner, body); err != nil {
+		return nil, fmt.Errorf("encrypt: %w", err)
+	}
+	armor.Close()
+	writeBodyTail(&out, boundary)
+	return &Result{
+		Changes: outerChanges(fields, boundary, opt.ProtectHeaders),
+		Body:    out.Bytes(),
+	}, nil
+}
+
+// packetConfig is go-crypto's configuration for one message.
+func (opt Options) packetConfig() *packet.Config {
 	now := opt.Now
 	if now.IsZero() {
 		now = time.Now()
@@ -85,7 +118,7 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	if minBits == 0 {
 		minBits = 2048
 	}
-	cfg := &packet.Config{
+	return &packet.Config{
 		// AES-256 whenever every key's preferences allow it (RFC 9580 §5.2.3.14).
 		DefaultCipher: packet.CipherAES256,
 		// No compression: it costs CPU, and compressing secrets next to
@@ -95,43 +128,33 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		Time:                   func() time.Time { return now },
 		Rand:                   rnd,
 	}
+}
 
+// distinctKeys drops repeated keys: recipients may share a key (a static
+// mapping, a team key), and one session-key packet per key is enough.
+func distinctKeys(to []*keys.Key) []*keys.Key {
 	used := make([]*keys.Key, 0, len(to))
 	seen := make(map[string]bool, len(to))
 	for _, k := range to {
-		// Recipients may share a key (a static mapping, a team key): one
-		// session-key packet per key is enough.
-		if seen[k.Fingerprint] {
-			continue
+		if !seen[k.Fingerprint] {
+			seen[k.Fingerprint] = true
+			used = append(used, k)
 		}
-		seen[k.Fingerprint] = true
-		used = append(used, k)
 	}
+	return used
+}
 
-	boundary, err := newBoundary(rnd)
-	if err != nil {
-		return nil, err
-	}
-	inner := innerHeader(fields, opt.ProtectHeaders)
-	var out bytes.Buffer
-	// One allocation for the whole result: a session-key packet is at most
-	// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
-	out.Grow(armoredLen(len(inner)+len(body)+600*len(used)+1024) + 512)
-	writeBodyHead(&out, boundary)
-
-	// go-crypto writes into a key's signatures while it checks them, and
-	// the keys are shared with concurrent sessions: the key work (the
-	// version choice, the session-key packets) runs inside
-	// keys.WithEntities, which holds the keys' locks; the message is
-	// encrypted after it, by finish.
-	var (
-		armor  *armorWriter
-		finish func(inner, body []byte) error
-	)
+// startMessage chooses the message's format and writes its session-key
+// packets into an armour writer on out; finish then encrypts the inner
+// entity. go-crypto writes into a key's signatures while it checks them,
+// and the keys are shared with concurrent sessions: the key work (the
+// version choice, the session-key packets) runs inside keys.WithEntities,
+// which holds the keys' locks; the message is encrypted after it.
+func startMessage(out *bytes.Buffer, used []*keys.Key, hide bool, cfg *packet.Config) (armor *armorWriter, finish func(inner, body []byte) error, err error) {
 	err = keys.WithEntities(used, func(entities []*openpgp.Entity) error {
 		seipdV2 := true
 		for i, e := range entities {
-			sig, err := e.PrimarySelfSignature(now, cfg)
+			sig, err := e.PrimarySelfSignature(cfg.Now(), cfg)
 			if err != nil {
 				return fmt.Errorf("key %s: no valid self-signature: %w", used[i].Fingerprint, err)
 			}
@@ -140,31 +163,19 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 		}
 		// RFC 9580 §6.2.2.3: no CRC24 after a v2 SEIPD packet; for v1 keep it,
 		// because GnuPG 2.2 rejects CRC-less armour.
-		armor = newArmorWriter(&out, !seipdV2)
+		armor = newArmorWriter(out, !seipdV2)
 		var err error
 		if seipdV2 {
-			finish, err = startV2(armor, entities, opt.HideRecipients, cfg)
+			finish, err = startV2(armor, entities, hide, cfg)
 		} else {
-			finish, err = startV1(armor, entities, opt.HideRecipients, cfg)
+			finish, err = startV1(armor, entities, hide, cfg)
 		}
 		if err != nil {
 			return fmt.Errorf("encrypt: %w", err)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	if err := finish(inner, body); err != nil {
-		return nil, fmt.Errorf("encrypt: %w", err)
-	}
-	armor.Close()
-	writeBodyTail(&out, boundary)
-
-	return &Result{
-		Changes: outerChanges(fields, boundary, opt.ProtectHeaders),
-		Body:    out.Bytes(),
-	}, nil
+	return armor, finish, err
 }
 
 // innerHeader builds the header section of the encrypted entity: the
@@ -197,7 +208,7 @@ func innerHeader(fields []Field, protect bool) []byte {
 		writeField(&b, "Content-Type", v)
 	}
 	if protect {
-		for _, name := range ProtectedFields {
+		for _, name := range protectedFields {
 			for _, f := range fields {
 				if strings.EqualFold(f.Name, name) {
 					writeField(&b, f.Name, f.Value)
@@ -206,7 +217,7 @@ func innerHeader(fields []Field, protect bool) []byte {
 		}
 		// RFC 9788 §2.2.1: HP-Outer records the outer fields as delivered,
 		// so a reader can tell which outer values were obscured.
-		for _, name := range ProtectedFields {
+		for _, name := range protectedFields {
 			for _, f := range fields {
 				if !strings.EqualFold(f.Name, name) {
 					continue

@@ -71,7 +71,7 @@ func checkInner(t testing.TB, name string, inner []byte, fields []Field, body []
 		if params["protected-headers"] != "v1" || params["hp"] != "cipher" {
 			t.Errorf("%s: protected headers but inner Content-Type %q", name, ct)
 		}
-		for _, pf := range ProtectedFields {
+		for _, pf := range ProtectedFields() {
 			if v, ok := get(fields, pf); ok {
 				if iv, _ := get(innerFields, pf); iv != strings.ReplaceAll(v, "\r\n", "\r\n") {
 					t.Errorf("%s: protected %s = %q, want %q", name, pf, iv, v)

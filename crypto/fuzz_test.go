@@ -145,14 +145,14 @@ func fuzzCheckInner(t *testing.T, inner []byte, fields []Field, protect bool) {
 		}
 	}
 	if protect {
-		for _, name := range ProtectedFields {
+		for _, name := range ProtectedFields() {
 			for _, f := range fields {
 				if strings.EqualFold(f.Name, name) {
 					wantOther = append(wantOther, Field{f.Name, fuzzNorm(f.Value)})
 				}
 			}
 		}
-		for _, name := range ProtectedFields {
+		for _, name := range ProtectedFields() {
 			for _, f := range fields {
 				if strings.EqualFold(f.Name, name) {
 					v := f.Value
