@@ -2,6 +2,8 @@ package milter
 
 import (
 	"fmt"
+	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -17,9 +19,9 @@ import (
 // as Postfix does: MAIL, RCPT, DATA, the header fields, end of header, the body,
 // end of message. It reports messages per second and the p50/p99 latency
 // of one message; docs/performance.md has the figures. It runs with the
-// runtime settings of lacre-milter serve (TuneRuntime).
+// runtime settings of lacre-milter serve (cmd/lacre-milter, tuneRuntime).
 func BenchmarkMilter(b *testing.B) {
-	TuneRuntime() // as lacre-milter serve does
+	tuneRuntimeAsServe()
 	body := strings.Repeat("All work and no play makes Jack a dull boy. 0123456789 abcdefghijklm\r\n", 4096/70+1)[:4096]
 	msg := []byte(plainMsg[:strings.Index(plainMsg, "\r\n\r\n")+4] + body)
 	fields, mbody := crypto.Split(msg)
@@ -135,7 +137,7 @@ func BenchmarkMilter(b *testing.B) {
 // then QUIT. 16 such MTA connections at a time. It isolates what
 // lacre-milter spends per connection and per clear message.
 func BenchmarkMilterConnPerMessage(b *testing.B) {
-	TuneRuntime()
+	tuneRuntimeAsServe()
 	f := newFixture(b, nil)
 	one := func() error {
 		s, err := gomilter.NewClientWithOptions("tcp", f.addr, clientOptions).Session()
@@ -171,4 +173,15 @@ func BenchmarkMilterConnPerMessage(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
+
+// tuneRuntimeAsServe applies the GC settings lacre-milter serve applies
+// (cmd/lacre-milter/runtime.go), unless GOGC or GOMEMLIMIT are set.
+func tuneRuntimeAsServe() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(256 << 20)
+	}
 }

@@ -416,7 +416,7 @@ func fuzzCheckReply(t *testing.T, fx *fixture, i int, p fuzzPacket, tx *fuzzTx, 
 		}
 		if reply.code == 'c' && ok {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			l, err := fx.srv.settings.Load().Resolver.Lookup(ctx, addr)
+			l, err := fx.srv.opts.Load().Keys.Lookup(ctx, addr)
 			cancel()
 			if err == nil && l.Encrypt() {
 				tx.keyed = true

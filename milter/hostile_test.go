@@ -27,7 +27,6 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 	gomilter "github.com/emersion/go-milter"
 
-	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/internal/hostiletest"
 	"lacre.io/milter/internal/pgptest"
@@ -417,7 +416,7 @@ func TestHostileKeyExpiresDuringRun(t *testing.T) {
 	if !expires.Equal(created.Add(life)) {
 		t.Fatalf("the key expires at %v, want %v", expires, created.Add(life))
 	}
-	res := f.srv.settings.Load().Resolver.(*keys.Resolver)
+	res := f.srv.opts.Load().Keys.(*keys.Resolver)
 	if err := res.Policy().Validate(ks[0], addr, time.Now()); err != nil {
 		t.Fatalf("refused while valid: %v", err)
 	}
@@ -447,23 +446,23 @@ func TestHostileKeyExpiresDuringRun(t *testing.T) {
 	}
 	// The other policies, with the same resolver (and its cache).
 	for _, tc := range []struct {
-		policy string
+		policy UnusableKeyPolicy
 		check  func(hostileOutcome) bool
 	}{
-		{config.UnusableReject, func(o hostileOutcome) bool {
+		{UnusableKeyReject, func(o hostileOutcome) bool {
 			return o.stage == "rcpt" && o.action.SMTPCode == ReplyKeyUnusableReject.Code
 		}},
-		{config.UnusableClear, func(o hostileOutcome) bool {
+		{UnusableKeyClear, func(o hostileOutcome) bool {
 			// The operator chose clear delivery for unusable keys.
 			return o.stage == "header" && o.action.Code == gomilter.ActAccept && len(o.mods) == 0
 		}},
 	} {
-		st := *f.srv.settings.Load()
+		st := *f.srv.opts.Load()
 		st.UnusableKey = tc.policy
-		f.srv.Reload(&st)
-		out = hostileSend(f.addr, "QEXP-"+tc.policy, addr, []byte(plainMsg))
+		f.srv.Reload(st)
+		out = hostileSend(f.addr, "QEXP-"+tc.policy.String(), addr, []byte(plainMsg))
 		if !tc.check(out) {
-			t.Errorf("unusable_key = %q after expiry: ended at %s with %+v", tc.policy, out.stage, out.action)
+			t.Errorf("unusable_key = %v after expiry: ended at %s with %+v", tc.policy, out.stage, out.action)
 		}
 	}
 }

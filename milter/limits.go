@@ -16,26 +16,7 @@ import (
 	"net"
 	"sync"
 	"time"
-
-	"lacre.io/milter/config"
 )
-
-// limits are the effective limits for new connections: the settings'
-// values, or the defaults of config.Default for those left zero.
-func (st *Settings) limits() (maxConns int, idle, packet time.Duration) {
-	d := config.Default().Milter
-	maxConns, idle, packet = st.MaxConnections, st.IdleTimeout, st.PacketTimeout
-	if maxConns <= 0 {
-		maxConns = d.MaxConnections
-	}
-	if idle <= 0 {
-		idle = d.IdleTimeout.D()
-	}
-	if packet <= 0 {
-		packet = d.PacketTimeout.D()
-	}
-	return maxConns, idle, packet
-}
 
 // writeChunk is the most limitConn writes under one deadline: a large
 // reply (a replaced body) may take longer than packetTimeout in all, as

@@ -317,7 +317,7 @@ func TestAcceptErrorsAreRetried(t *testing.T) {
 	}
 	select {
 	case err := <-served:
-		if !errors.Is(err, gomilter.ErrServerClosed) {
+		if !errors.Is(err, ErrServerClosed) {
 			t.Fatalf("Serve returned %v after Shutdown", err)
 		}
 	case <-time.After(5 * time.Second):
@@ -523,9 +523,9 @@ func TestSlowReaderGetsLargeReply(t *testing.T) {
 func TestLimitsFollowReload(t *testing.T) {
 	f := newFixture(t, nil)
 	a := f.connect(t, false)
-	st := *f.srv.settings.Load()
+	st := *f.srv.opts.Load()
 	st.MaxConnections = 1
-	f.srv.Reload(&st)
+	f.srv.Reload(st)
 	start := time.Now()
 	c := dial(t, f.addr)
 	c.Write(optneg())
@@ -537,6 +537,6 @@ func TestLimitsFollowReload(t *testing.T) {
 		t.Fatalf("the connection from before the reload: %+v", r.final)
 	}
 	st.MaxConnections = 2
-	f.srv.Reload(&st)
+	f.srv.Reload(st)
 	f.connect(t, false) // fails the test if refused
 }

@@ -26,7 +26,7 @@ func (r slowResolver) Lookup(context.Context, string) (*keys.Lookup, error) {
 // gives up.
 func TestLookupTimeoutBoundsASlowStore(t *testing.T) {
 	f := newFixture(t, nil)
-	f.srv.Reload(&Settings{Resolver: slowResolver{3 * time.Second}, LookupTimeout: 200 * time.Millisecond, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: slowResolver{3 * time.Second}, LookupTimeout: 200 * time.Millisecond, MaxMessageSize: 1 << 20})
 	m := f.connect(t, false)
 	start := time.Now()
 	r := m.send("Q40", []string{"alice@example.org"}, []byte(plainMsg))
@@ -59,7 +59,7 @@ func (r cachedOnlyResolver) Cached(string) (*keys.Lookup, bool) { return r.l, tr
 func TestCachedAnswerNeedsNoLookup(t *testing.T) {
 	f := newFixture(t, nil)
 	clear := &keys.Lookup{Address: "nobody@example.org", Source: keys.SourceNone}
-	f.srv.Reload(&Settings{Resolver: cachedOnlyResolver{clear}, LookupTimeout: 5 * time.Second, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: cachedOnlyResolver{clear}, LookupTimeout: 5 * time.Second, MaxMessageSize: 1 << 20})
 	m := f.connect(t, false)
 	start := time.Now()
 	r := m.send("Q41", []string{"nobody@example.org"}, []byte(plainMsg))

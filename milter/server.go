@@ -17,65 +17,18 @@ import (
 	"time"
 
 	gomilter "github.com/emersion/go-milter"
-
-	"lacre.io/milter/config"
-	"lacre.io/milter/keys"
 )
 
-// Resolver answers "how must mail to this address be encrypted?"; in
-// production it is *keys.Resolver.
-type Resolver interface {
-	Lookup(ctx context.Context, address string) (*keys.Lookup, error)
-}
-
-// cacheResolver is a Resolver that can also answer from memory without
-// blocking (*keys.Resolver does).
-type cacheResolver interface {
-	Cached(address string) (*keys.Lookup, bool)
-}
-
-// Settings are the options a session reads, and the limits of the MTA
-// port (limits.go); they can be swapped on reload. The limits apply to
-// connections accepted after the swap; zero means the default.
-type Settings struct {
-	Resolver       Resolver
-	HideRecipients bool
-	MinRSABits     int
-	UnusableKey    string // config.Unusable*
-	MaxMessageSize int64
-	TraceHeader    string
-	MixedLocal     string // config.MixedLocal*
-	LookupTimeout  time.Duration
-
-	MaxConnections int           // connections served at once
-	IdleTimeout    time.Duration // longest wait for a packet to begin
-	PacketTimeout  time.Duration // longest time for a begun packet, or for a write
-}
-
-// SettingsFrom builds Settings from a configuration and a resolver.
-func SettingsFrom(c *config.Config, r Resolver) *Settings {
-	return &Settings{
-		Resolver:       r,
-		HideRecipients: c.Encryption.HideRecipients,
-		MinRSABits:     c.Keys.MinRSABits,
-		UnusableKey:    c.Encryption.UnusableKey,
-		MaxMessageSize: c.Milter.MaxMessageSize,
-		TraceHeader:    c.Milter.TraceHeader,
-		MixedLocal:     c.Milter.MixedLocal,
-		LookupTimeout:  c.Milter.LookupTimeout.D(),
-		MaxConnections: c.Milter.MaxConnections,
-		IdleTimeout:    c.Milter.IdleTimeout.D(),
-		PacketTimeout:  c.Milter.PacketTimeout.D(),
-	}
-}
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("milter: server closed")
 
 // Server runs milter sessions. Create it with New, feed it listeners with
 // Serve, stop it with Shutdown.
 type Server struct {
-	log      *slog.Logger
-	metrics  Metrics
-	settings atomic.Pointer[Settings]
-	now      func() time.Time
+	log     *slog.Logger
+	metrics Metrics
+	opts    atomic.Pointer[Options]
+	now     func() time.Time
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -89,23 +42,27 @@ type Server struct {
 	stalledLog logEvery // connections ended by PacketTimeout
 }
 
-// New returns a server with the given settings. log receives one line per
-// message and the errors.
-func New(s *Settings, log *slog.Logger) *Server {
+// New returns a server with the given options. log receives one line per
+// message and the errors; nil discards them.
+func New(o Options, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{},
 		done: make(chan struct{}), idle: make(chan struct{}, 1),
 		refusedLog: logEvery{interval: 10 * time.Second}, acceptLog: logEvery{interval: 10 * time.Second},
 		stalledLog: logEvery{interval: 10 * time.Second}}
-	srv.settings.Store(s)
+	srv.opts.Store(o.withDefaults())
 	return srv
 }
 
 // SetMetrics makes the server report to m; call it before Serve.
 func (s *Server) SetMetrics(m Metrics) { s.metrics = m }
 
-// Reload swaps the settings. Messages in flight finish with the settings
-// they started with; the next MAIL FROM uses the new ones.
-func (s *Server) Reload(st *Settings) { s.settings.Store(st) }
+// Reload swaps the options. Messages in flight finish with the options
+// they started with; the next MAIL FROM uses the new ones, the next
+// connection the new limits.
+func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 
 // The milter protocol options: we change headers and the body, and may ask
 // for quarantine (Postfix's hold queue).
@@ -149,7 +106,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.closing {
 		s.mu.Unlock()
 		ln.Close()
-		return gomilter.ErrServerClosed
+		return ErrServerClosed
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
@@ -161,7 +118,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			closing := s.closing
 			s.mu.Unlock()
 			if closing {
-				return gomilter.ErrServerClosed
+				return ErrServerClosed
 			}
 			if errors.Is(err, net.ErrClosed) {
 				return err
@@ -175,7 +132,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		maxConns, idle, packet := s.settings.Load().limits()
+		o := s.opts.Load()
+		maxConns := o.MaxConnections
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -189,7 +147,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				"max_connections", maxConns, "remote", c.RemoteAddr().String())
 			continue
 		}
-		cs := &connState{limits: newLimitConn(c, idle, packet)}
+		cs := &connState{limits: newLimitConn(c, o.IdleTimeout, o.PacketTimeout)}
 		cs.conn = &trackedConn{Conn: cs.limits, r: bufio.NewReaderSize(cs.limits, 16<<10)}
 		s.conns[cs] = struct{}{}
 		s.mu.Unlock()
@@ -338,13 +296,10 @@ func (c *trackedConn) releaseWithReply() {
 // dropHeld forgets held writes after an error; the session ends anyway.
 func (c *trackedConn) dropHeld() { c.holding, c.final, c.pending = false, false, nil }
 
-// Listen opens the listener for a "inet:HOST:PORT" or "unix:PATH" address.
-// A stale unix socket file is removed first.
-func Listen(address string) (net.Listener, error) {
-	network, addr, err := config.ParseListen(address)
-	if err != nil {
-		return nil, err
-	}
+// Listen opens the listener for network "tcp" or "unix" (config.ParseListen
+// splits milter.listen into those). A stale unix socket file is removed
+// first.
+func Listen(network, addr string) (net.Listener, error) {
 	if network == "unix" {
 		removeStaleSocket(addr)
 	}

@@ -14,7 +14,6 @@ import (
 
 	gomilter "github.com/emersion/go-milter"
 
-	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/keys"
 )
@@ -37,11 +36,11 @@ func (c class) String() string {
 	}
 }
 
-// recipient is one accepted envelope recipient and its lookup.
+// recipient is one accepted envelope recipient and its keys.
 type recipient struct {
-	addr   string
-	lookup *keys.Lookup
-	class  class
+	addr  string
+	found *keys.Lookup
+	class class
 }
 
 // session is the go-milter backend for one message at a time on one MTA
@@ -51,7 +50,7 @@ type recipient struct {
 type session struct {
 	srv  *Server
 	conn *connState
-	st   *Settings
+	st   *Options
 
 	// Per message; reset by MAIL FROM and Abort.
 	queueID  string
@@ -71,13 +70,13 @@ type session struct {
 }
 
 func newSession(srv *Server, cs *connState) *session {
-	return &session{srv: srv, conn: cs, st: srv.settings.Load()}
+	return &session{srv: srv, conn: cs, st: srv.opts.Load()}
 }
 
 var _ gomilter.Milter = (*session)(nil)
 
 func (s *session) reset() {
-	*s = session{srv: s.srv, conn: s.conn, st: s.srv.settings.Load()}
+	*s = session{srv: s.srv, conn: s.conn, st: s.srv.opts.Load()}
 }
 
 // macros keeps the queue id, which Postfix sends with RCPT (SMTP) or MAIL
@@ -152,7 +151,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	}
 	if aerr != nil {
 		s.srv.log.Warn("recipient address not understood", "queue_id", s.queueID, "rcpt", rcpt, "error", aerr)
-		s.srv.metrics.Lookup(aerr)
+		s.srv.metrics.KeysFound(aerr)
 		if s.conn.nonSMTP {
 			s.localMix = append(s.localMix, "recipient address not understood: "+rcpt)
 			s.localFailed = true
@@ -161,8 +160,8 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 		return ReplyAddressUnknown.response(s.queueID), nil
 	}
 	rcpt = addr
-	l, lerr := s.lookup(rcpt)
-	s.srv.metrics.Lookup(lerr)
+	l, lerr := s.findKeys(rcpt)
+	s.srv.metrics.KeysFound(lerr)
 	var c class
 	switch {
 	case lerr != nil:
@@ -184,9 +183,9 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 		return ReplyLookupFailed.response(s.queueID), nil
 	case l.AllUnusable():
 		s.srv.log.Warn("recipient's keys are unusable", "queue_id", s.queueID, "rcpt", rcpt,
-			"policy", s.st.UnusableKey, "reason", l.Unusable[0].Error())
+			"policy", s.st.UnusableKey.String(), "reason", l.Unusable[0].Error())
 		switch s.st.UnusableKey {
-		case config.UnusableClear:
+		case UnusableKeyClear:
 			c = class{}
 		default:
 			if s.conn.nonSMTP {
@@ -194,7 +193,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 				s.localFailed = true
 				return gomilter.RespContinue, nil
 			}
-			if s.st.UnusableKey == config.UnusableReject {
+			if s.st.UnusableKey == UnusableKeyReject {
 				return ReplyKeyUnusableReject.response(s.queueID), nil
 			}
 			return ReplyKeyUnusableTemp.response(s.queueID), nil
@@ -213,7 +212,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	if s.txClass == nil {
 		s.txClass = &c
 	}
-	s.rcpts = append(s.rcpts, recipient{addr: rcpt, lookup: l, class: c})
+	s.rcpts = append(s.rcpts, recipient{addr: rcpt, found: l, class: c})
 	return gomilter.RespContinue, nil
 }
 
@@ -288,17 +287,17 @@ func plainDomain(d string) bool {
 	return true
 }
 
-// lookup asks the resolver about rcpt, bounded by milter.lookup_timeout
+// findKeys asks the key source about rcpt, bounded by milter.lookup_timeout
 // even when the store does not heed the context: SQLite waiting for a
 // lock that another process holds retries for seconds (about 10 s for a
 // WAL read lock) whatever the context says, and the MTA must have its
 // reply in time (Sendmail waits 10 s by default). An abandoned lookup
 // finishes in the background.
-func (s *session) lookup(rcpt string) (*keys.Lookup, error) {
+func (s *session) findKeys(rcpt string) (*keys.Lookup, error) {
 	// A cached answer needs no goroutine: most recipients are answered
 	// from the cache, and starting and waiting for a goroutine costs the
 	// runtime thread wake-ups on every RCPT.
-	if c, ok := s.st.Resolver.(cacheResolver); ok {
+	if c, ok := s.st.Keys.(cachedKeySource); ok {
 		if l, ok := c.Cached(rcpt); ok {
 			return l, nil
 		}
@@ -311,7 +310,7 @@ func (s *session) lookup(rcpt string) (*keys.Lookup, error) {
 		panic any
 	}
 	done := make(chan answer, 1)
-	res := s.st.Resolver
+	res := s.st.Keys
 	go func() {
 		defer func() {
 			if v := recover(); v != nil {
@@ -452,7 +451,7 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 // recipients could not all be served with one body.
 func (s *session) decideLocalMix(m *gomilter.Modifier) (gomilter.Response, error) {
 	reason := strings.Join(s.localMix, "; ")
-	if !s.localFailed && s.st.MixedLocal == config.MixedLocalEncrypt {
+	if !s.localFailed && s.st.MixedLocal == MixedLocalEncrypt {
 		return s.encrypt(m, false)
 	}
 	// SMFIR_QUARANTINE: Postfix puts the message in its hold queue.
@@ -469,7 +468,7 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 	var to []*keys.Key
 	for _, r := range s.rcpts {
 		if r.class.encrypt {
-			to = append(to, r.lookup.Keys...)
+			to = append(to, r.found.Keys...)
 		}
 	}
 	if len(to) == 0 {

@@ -86,7 +86,7 @@ func (f *fixture) start(t testing.TB) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	f.srv = New(SettingsFrom(f.cfg, res), log)
+	f.srv = New(optionsFrom(f.cfg, res), log)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -101,6 +101,25 @@ func (f *fixture) start(t testing.TB) {
 			t.Logf("milter log:\n%s", f.logs.String())
 		}
 	})
+}
+
+// optionsFrom does in the tests what lacre-milter serve does
+// (cmd/lacre-milter, milterOptions): build the options from a
+// configuration.
+func optionsFrom(c *config.Config, k KeySource) Options {
+	return Options{
+		Keys:           k,
+		HideRecipients: c.Encryption.HideRecipients,
+		MinRSABits:     c.Keys.MinRSABits,
+		UnusableKey:    map[string]UnusableKeyPolicy{config.UnusableTempfail: UnusableKeyTempfail, config.UnusableReject: UnusableKeyReject, config.UnusableClear: UnusableKeyClear}[c.Encryption.UnusableKey],
+		MaxMessageSize: c.Milter.MaxMessageSize,
+		TraceHeader:    c.Milter.TraceHeader,
+		MixedLocal:     map[string]MixedLocalPolicy{config.MixedLocalHold: MixedLocalHold, config.MixedLocalEncrypt: MixedLocalEncrypt}[c.Milter.MixedLocal],
+		LookupTimeout:  c.Milter.LookupTimeout.D(),
+		MaxConnections: c.Milter.MaxConnections,
+		IdleTimeout:    c.Milter.IdleTimeout.D(),
+		PacketTimeout:  c.Milter.PacketTimeout.D(),
+	}
 }
 
 // mta is one MTA-side milter connection (go-milter's client), speaking
@@ -528,7 +547,7 @@ func (panicResolver) Lookup(context.Context, string) (*keys.Lookup, error) { pan
 
 func TestPanicBecomesTempfail(t *testing.T) {
 	f := newFixture(t, nil)
-	f.srv.Reload(&Settings{Resolver: panicResolver{}, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: panicResolver{}, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
 	m := f.connect(t, false)
 	r := m.send("Q18", []string{"alice@example.org"}, []byte(plainMsg))
 	if a := r.rcptReplies["alice@example.org"]; a == nil || a.SMTPCode != 451 {
@@ -620,7 +639,7 @@ func TestEncryptionFailureIsTempfail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv.Reload(&Settings{Resolver: fixedResolver{weak}, MinRSABits: 2048, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: fixedResolver{weak}, MinRSABits: 2048, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
 	r := f.connect(t, false).send("Q19", []string{"weak@example.org"}, []byte(plainMsg))
 	if r.endedAt != "eom" || r.final.Code != gomilter.ActReplyCode || r.final.SMTPCode != 451 || !strings.HasPrefix(r.final.SMTPText, "4.3.0 ") {
 		t.Fatalf("ended at %s with %+v, want 451 4.3.0 at end of message", r.endedAt, r.final)
@@ -648,13 +667,13 @@ func TestUnixSocket(t *testing.T) {
 	}
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close() // the file stays, nobody listens: as after SIGKILL
-	ln, err := Listen("unix:" + path)
+	ln, err := Listen("unix", path)
 	if err != nil {
 		t.Fatalf("listen over a stale socket: %v", err)
 	}
 	f := newFixture(t, nil)
 	go f.srv.Serve(ln)
-	if _, err := Listen("unix:" + path); err == nil {
+	if _, err := Listen("unix", path); err == nil {
 		t.Fatal("a second instance took over a live socket")
 	}
 	s, err := gomilter.NewClientWithOptions("unix", path, clientOptions).Session()
