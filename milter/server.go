@@ -26,6 +26,7 @@ var ErrServerClosed = errors.New("milter: server closed")
 // Serve, stop it with Shutdown.
 type Server struct {
 	log     *slog.Logger
+	libLog  *slog.Logger // for go-milter's own reports
 	metrics Metrics
 	opts    atomic.Pointer[Options]
 	now     func() time.Time
@@ -48,7 +49,7 @@ func New(o Options, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{},
+	srv := &Server{log: log, libLog: log.With("component", "go-milter"), metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{},
 		done: make(chan struct{}), idle: make(chan struct{}, 1),
 		refusedLog: logEvery{interval: 10 * time.Second}, acceptLog: logEvery{interval: 10 * time.Second},
 		stalledLog: logEvery{interval: 10 * time.Second}}
@@ -156,6 +157,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			Actions:         actions,
 			Protocol:        protocol,
 			ProtocolVersion: protocolVersion,
+			Logger:          s.libLog,
 		}
 		go func() {
 			ms.ServeConn(cs.conn) // closes the connection when done

@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -33,29 +31,6 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// routeLibraryLog sends the milter library's lines (it reports broken
-// connections with the standard log package) into the structured log.
-func routeLibraryLog(log *slog.Logger) {
-	stdlog.SetFlags(0)
-	stdlog.SetOutput(&stdlogWriter{log: log})
-}
-
-// stdlogWriter turns lines of the standard log package into slog records.
-type stdlogWriter struct{ log *slog.Logger }
-
-func (w *stdlogWriter) Write(p []byte) (int, error) {
-	msg := strings.TrimSpace(string(p))
-	// A closed connection, and a read that hit the idle or packet
-	// deadline (milter/limits.go logs those itself, rate-limited), are
-	// not go-milter's news.
-	if strings.Contains(msg, "use of closed network connection") || strings.Contains(msg, "i/o timeout") {
-		w.log.Debug("milter connection closed", "component", "go-milter", "detail", msg)
-	} else {
-		w.log.Warn("milter protocol", "component", "go-milter", "detail", msg)
-	}
-	return len(p), nil
-}
-
 // serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
 // configuration and drops cached key lookups without dropping sessions.
 func serve(e *env, args []string) error {
@@ -68,7 +43,6 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	log := newLogger(c, e.stderr)
-	routeLibraryLog(log)
 	if *initStoreFlag {
 		if err := initStoreAtStart(c, log); err != nil {
 			return err

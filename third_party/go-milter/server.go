@@ -2,6 +2,7 @@ package milter
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"net/textproto"
 )
@@ -129,6 +130,12 @@ type Server struct {
 	// the MTA for the selected protocol stages.
 	// [Server.Actions] must have the flag [OptSetSymList] set.
 	SymList map[Stage][]string
+
+	// Logger receives what the library reports: a broken connection or a
+	// malformed command (Warn; a connection closed or timed out: Debug),
+	// a recovered panic (Error). Nil means the standard log package, as
+	// upstream.
+	Logger *slog.Logger
 
 	listeners []net.Listener
 	closed    bool

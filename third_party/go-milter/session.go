@@ -2,11 +2,13 @@ package milter
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/textproto"
 	"runtime/debug"
@@ -338,7 +340,7 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 
 	default:
 		// print error and close session
-		log.Printf("Unrecognized command code: %c", msg.Code)
+		m.logf(slog.LevelWarn, "Unrecognized command code: %c", msg.Code)
 		return nil, errCloseSession
 	}
 
@@ -350,7 +352,7 @@ func (m *milterSession) Process(msg *Message) (Response, error) {
 func (m *milterSession) HandleMilterCommands() {
 	defer func() {
 		if v := recover(); v != nil {
-			log.Printf("panic handling command: %v\n%s", v, debug.Stack())
+			m.logf(slog.LevelError, "panic handling command: %v\n%s", v, debug.Stack())
 		}
 
 		m.conn.Close()
@@ -360,7 +362,7 @@ func (m *milterSession) HandleMilterCommands() {
 		msg, err := m.ReadPacket()
 		if err != nil {
 			if err != io.EOF {
-				log.Printf("Error reading milter command: %v", err)
+				m.logf(connErrorLevel(err), "Error reading milter command: %v", err)
 			}
 			return
 		}
@@ -369,7 +371,7 @@ func (m *milterSession) HandleMilterCommands() {
 		if err != nil {
 			if err != errCloseSession {
 				// log error condition
-				log.Printf("Error performing milter command: %v", err)
+				m.logf(slog.LevelWarn, "Error performing milter command: %v", err)
 			}
 			return
 		}
@@ -378,7 +380,7 @@ func (m *milterSession) HandleMilterCommands() {
 		if resp != nil {
 			// send back response message
 			if err = m.WritePacket(resp.Response()); err != nil {
-				log.Printf("Error writing packet: %v", err)
+				m.logf(connErrorLevel(err), "Error writing packet: %v", err)
 				return
 			}
 
@@ -388,4 +390,25 @@ func (m *milterSession) HandleMilterCommands() {
 			}
 		}
 	}
+}
+
+// logf reports to the server's Logger, or to the standard log package if
+// it has none.
+func (m *milterSession) logf(level slog.Level, format string, v ...interface{}) {
+	if m.server == nil || m.server.Logger == nil {
+		log.Printf(format, v...)
+		return
+	}
+	m.server.Logger.Log(context.Background(), level, fmt.Sprintf(format, v...))
+}
+
+// connErrorLevel is Debug for a connection that was closed or timed out
+// (the program serving it knows why, and a peer can cause any number of
+// them), Warn otherwise.
+func connErrorLevel(err error) slog.Level {
+	var ne net.Error
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) || (errors.As(err, &ne) && ne.Timeout()) {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
 }

@@ -9,7 +9,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -272,5 +276,56 @@ func TestClientDataAgainstServer(t *testing.T) {
 		}
 		s.Close()
 		srv.Close()
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for the session's goroutine and the test.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestLoggerReceivesReports: with Server.Logger set, what the library
+// reports goes there, at Warn for a malformed command and at Debug for a
+// connection the peer closed; nothing reaches the standard log package.
+func TestLoggerReceivesReports(t *testing.T) {
+	var std, out syncBuf
+	prev := log.Writer()
+	log.SetOutput(&std)
+	defer log.SetOutput(prev)
+	srv := &Server{NewMilter: func() Milter { return NoOpMilter{} }, Logger: slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	c1, c2 := net.Pipe()
+	s := &milterSession{server: srv, conn: c2, backend: srv.NewMilter()}
+	done := make(chan struct{})
+	go func() { s.HandleMilterCommands(); close(done) }()
+	mta := rawMTA{t, c1}
+	mta.send('Z', "")
+	<-done
+	if !strings.Contains(out.String(), `level=WARN msg="Unrecognized command code: Z"`) {
+		t.Errorf("log: %q", out.String())
+	}
+	c1, c2 = net.Pipe()
+	s = &milterSession{server: srv, conn: c2, backend: srv.NewMilter()}
+	done = make(chan struct{})
+	go func() { s.HandleMilterCommands(); close(done) }()
+	c2.Close()
+	<-done
+	if !strings.Contains(out.String(), `level=DEBUG msg="Error reading milter command: io: read/write on closed pipe"`) {
+		t.Errorf("log: %q", out.String())
+	}
+	if std.String() != "" {
+		t.Errorf("standard log got %q", std.String())
 	}
 }
