@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
-
 	"lacre.io/milter/config"
 )
 
@@ -180,7 +178,7 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 	m := f.connect(t, false)
 	for range 12 { // 12 × 150 ms = 2.25 × idle
 		time.Sleep(150 * time.Millisecond)
-		if a, err := m.s.Mail("sender@example.net", nil); err != nil || a.Code != gomilter.ActContinue {
+		if a, err := m.s.Mail("sender@example.net", nil); err != nil || a.Code != actContinue {
 			t.Fatalf("MAIL after a short gap: %v %v", a, err)
 		}
 		if err := m.s.Abort(); err != nil {
@@ -188,7 +186,7 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 		}
 	}
 	r := m.send("Q31", []string{"alice@example.org"}, []byte(plainMsg))
-	if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+	if r.final == nil || r.final.Code != actAccept || len(r.mods) == 0 {
 		t.Fatalf("message after short gaps: %+v", r.final)
 	}
 
@@ -237,7 +235,7 @@ func TestMaxConnections(t *testing.T) {
 
 	for _, m := range []*mta{a, b} {
 		r := m.send("Q32", []string{"alice@example.org"}, []byte(plainMsg))
-		if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+		if r.final == nil || r.final.Code != actAccept || len(r.mods) == 0 {
 			t.Fatalf("a connection under the cap: %+v", r.final)
 		}
 	}
@@ -251,7 +249,7 @@ func TestMaxConnections(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r := f.connect(t, false).send("Q33", []string{"alice@example.org"}, []byte(plainMsg))
-	if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+	if r.final == nil || r.final.Code != actAccept || len(r.mods) == 0 {
 		t.Fatalf("a connection after one ended: %+v", r.final)
 	}
 }
@@ -292,7 +290,7 @@ func TestAcceptErrorsAreRetried(t *testing.T) {
 	g := *f
 	g.addr = inner.Addr().String()
 	r := g.connect(t, false).send("Q34", []string{"alice@example.org"}, []byte(plainMsg))
-	if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+	if r.final == nil || r.final.Code != actAccept || len(r.mods) == 0 {
 		t.Fatalf("after failed accepts: %+v", r.final)
 	}
 	select {
@@ -404,7 +402,7 @@ func TestAcceptOutOfFiles(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r := g.connect(t, false).send("Q35", []string{"alice@example.org"}, []byte(plainMsg))
-	if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+	if r.final == nil || r.final.Code != actAccept || len(r.mods) == 0 {
 		t.Fatalf("after running out of descriptors: %+v", r.final)
 	}
 	select {
@@ -533,7 +531,7 @@ func TestLimitsFollowReload(t *testing.T) {
 		t.Errorf("over the reloaded cap, closed after %v, want at once", took)
 	}
 	r := a.send("Q36", []string{"alice@example.org"}, []byte(plainMsg))
-	if r.final == nil || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+	if r.final == nil || r.final.Code != actAccept || len(r.mods) == 0 {
 		t.Fatalf("the connection from before the reload: %+v", r.final)
 	}
 	st.MaxConnections = 2

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -31,6 +32,15 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// routeLibraryLog sends go-milter's warnings (a malformed command, a broken
+// connection; the library has one package-level hook for them) into the
+// structured log.
+func routeLibraryLog(log *slog.Logger) {
+	gomilter.LogWarning = func(format string, v ...any) {
+		log.Warn("milter protocol", "component", "go-milter", "detail", fmt.Sprintf(format, v...))
+	}
+}
+
 // serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
 // configuration and drops cached key lookups without dropping sessions.
 func serve(e *env, args []string) error {
@@ -43,6 +53,7 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	log := newLogger(c, e.stderr)
+	routeLibraryLog(log)
 	if *initStoreFlag {
 		if err := initStoreAtStart(c, log); err != nil {
 			return err
