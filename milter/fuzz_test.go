@@ -326,7 +326,6 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 		switch p.code {
 		case 'M':
 			tx = fuzzTx{}
-			continue // no reply (SMFIP_NR_MAIL)
 		case 'A':
 			tx = fuzzTx{}
 			continue // no reply

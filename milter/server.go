@@ -76,15 +76,20 @@ func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 //
 // Version 6 also lets the milter say which events it never answers
 // (SMFIP_NR_*): the MTA then does not wait for a reply. lacre always
-// continues after CONNECT and MAIL; after DATA (so only where the MTA sends
-// DATA, version 4 and later) a header field, the end of the header and a
-// body chunk are only collected: a message too big to encrypt is refused
-// at end of message instead (the SMTP client gets the same 552 at the end
-// of DATA either way).
+// continues after CONNECT; after DATA (so only where the MTA sends DATA,
+// version 4 and later) a header field, the end of the header and a body
+// chunk are only collected: a message too big to encrypt is refused at end
+// of message instead (the SMTP client gets the same 552 at the end of DATA
+// either way). MAIL is answered although lacre always continues there: a
+// Postfix smtpd whose milter connection broke finds out when it waits for
+// that reply and answers MAIL with 451 4.7.1 (milter_default_action); with
+// no reply to wait for, the first MAIL would pass and RCPT get the 451
+// instead (integration/restart_test.go, docs/operations.md "After the
+// milter restarts").
 const (
 	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
 	protocol         = gomilter.OptNoHelo | gomilter.OptNoUnknown
-	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoMailReply | gomilter.OptNoUnknownReply
+	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoUnknownReply
 	noReplyAfterData = gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
 	protocolVersion  = 6
 )

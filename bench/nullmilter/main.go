@@ -35,7 +35,7 @@
 //
 // All modes negotiate what lacre-milter negotiates (milter/server.go:
 // protocol version 6, every stage but HELO and unknown commands, the same
-// actions, no reply to CONNECT and MAIL nor, after DATA, to header
+// actions, no reply to CONNECT nor, after DATA, to header
 // fields, the end of the header and body chunks), except that
 // accept-header does answer header fields. The connection does what lacre's does to save system calls,
 // only more: reads are buffered, and everything written is held until the
@@ -108,7 +108,7 @@ func main() {
 const (
 	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
 	protocol         = gomilter.OptNoHelo | gomilter.OptNoUnknown
-	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoMailReply | gomilter.OptNoUnknownReply
+	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoUnknownReply
 	noReplyAfterData = gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
 )
 
