@@ -5,8 +5,10 @@ package milter
 // and what the accept loop does when accept fails. They live here, in
 // lacre's accept loop and in a net.Conn wrapper, not in the milter
 // library, so they hold whichever library serves the connection. The
-// library's part is only to allocate a packet as it arrives (patch 9 in
-// third_party/go-milter/PATCHES.md).
+// wrapper also keeps memory to what has arrived: github.com/d--j/go-milter
+// v0.10.1 has no read limits by default, allocates a packet's announced
+// length as soon as it has read the length field, and returns from its
+// Serve on the first accept error.
 
 import (
 	"bytes"

@@ -1,6 +1,9 @@
 package milter
 
 import (
+	"bufio"
+	"encoding/binary"
+	"net"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
@@ -78,6 +81,7 @@ var clientMacros = []gomilter.Option{
 // asks for.
 func dialMTA(network, addr string, version uint32) (*mtaClient, error) {
 	opts := append([]gomilter.Option{
+		gomilter.WithDialer(packetDialer{}),
 		gomilter.WithActions(actions), gomilter.WithMaximumVersion(version),
 		gomilter.WithReadTimeout(10 * time.Second), gomilter.WithWriteTimeout(10 * time.Second),
 	}, clientMacros...)
@@ -229,4 +233,45 @@ func (c *mtaClient) ProtocolOpts() gomilter.OptProtocol {
 		}
 	}
 	return p
+}
+
+// packetDialer makes the client's connection write each packet in one
+// write and read through a buffer, as Postfix's milter client does
+// (go-milter's client writes a packet's length and code, then its data,
+// and reads a packet in two reads).
+type packetDialer struct{}
+
+func (packetDialer) Dial(network, addr string) (net.Conn, error) {
+	c, err := net.DialTimeout(network, addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &packetConn{Conn: c, r: bufio.NewReaderSize(c, 16<<10)}, nil
+}
+
+type packetConn struct {
+	net.Conn
+	r    *bufio.Reader
+	out  []byte
+	need int // bytes of the packet being written still to come
+}
+
+func (c *packetConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *packetConn) Write(p []byte) (int, error) {
+	if c.need == 0 && len(p) >= 4 {
+		c.need = 4 + int(binary.BigEndian.Uint32(p))
+	}
+	c.out = append(c.out, p...)
+	c.need -= len(p)
+	if c.need > 0 {
+		return len(p), nil
+	}
+	c.need = 0
+	_, err := c.Conn.Write(c.out)
+	c.out = c.out[:0]
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
