@@ -298,6 +298,9 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 			if err := fuzzWritePacket(c, 'D', []byte(auto)); err != nil {
 				return
 			}
+			if lastOrder > fuzzOrder['R'] && lastCode != 'A' {
+				tx = fuzzTx{} // go-milter's abort, as below
+			}
 			lastOrder, lastCode = fuzzOrder['R'], 'R'
 			rcptMacros = fuzzMacros([]byte(auto))
 		}
