@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	gomilter "github.com/d--j/go-milter"
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/keys"
@@ -69,5 +74,18 @@ func TestMilterSocketMode(t *testing.T) {
 	}
 	if fi.Mode().Perm() != 0o660 {
 		t.Errorf("socket mode %v, want 0660", fi.Mode().Perm())
+	}
+}
+
+// TestLibraryLogIsStructured: go-milter's warnings reach the structured
+// log, not the standard log package.
+func TestLibraryLogIsStructured(t *testing.T) {
+	prev := gomilter.LogWarning
+	defer func() { gomilter.LogWarning = prev }()
+	var b bytes.Buffer
+	routeLibraryLog(slog.New(slog.NewTextHandler(&b, nil)))
+	gomilter.LogWarning("Error reading milter command: %v", "boom")
+	if got := b.String(); !strings.Contains(got, `level=WARN msg="milter protocol" component=go-milter detail="Error reading milter command: boom"`) {
+		t.Errorf("log: %q", got)
 	}
 }
