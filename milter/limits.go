@@ -35,6 +35,11 @@ const maxPacketSize = 1 << 20
 // are far smaller, and it grows as a larger packet arrives.
 const readBufferSize = 16 << 10
 
+// maxRetained is the largest read buffer kept between packets: room for
+// the largest packet Postfix and Sendmail send (64 KiB of data, its code
+// and length field).
+const maxRetained = 4 + 1 + 65535
+
 // errPacketTooLarge ends a connection that announced a packet over
 // maxPacketSize.
 var errPacketTooLarge = errors.New("milter packet larger than 1 MiB announced")
@@ -188,6 +193,9 @@ func parseMacros(b []byte) map[string]string {
 func (c *limitConn) fill() error {
 	if c.r == c.w {
 		c.r, c.w = 0, 0
+		if len(c.buf) > maxRetained {
+			c.buf = nil // a packet larger than an MTA sends: not kept
+		}
 	}
 	if c.w == len(c.buf) {
 		c.makeRoom()

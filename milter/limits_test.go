@@ -539,3 +539,59 @@ func TestLimitsFollowReload(t *testing.T) {
 	f.srv.Reload(st)
 	f.connect(t, false) // fails the test if refused
 }
+
+// TestLimitConnHandsOutWholePackets: the library gets a packet's length
+// field only once all of the packet has arrived; a RCPT sees the macros
+// of the packet right before it and no earlier one's; a read buffer
+// grown for an oversized packet is not kept; a RCPT go-milter could not
+// parse ends the connection.
+func TestLimitConnHandsOutWholePackets(t *testing.T) {
+	client, server := tcpPair(t)
+	lc := newLimitConn(server, time.Hour, 5*time.Second)
+	macros := rawPacket('D', []byte("R{rcpt_addr}\x00a@example.org\x00"))
+	lastWrite := make(chan time.Time, 1)
+	go func() {
+		client.Write(macros[:3])
+		time.Sleep(50 * time.Millisecond)
+		client.Write(macros[3:10])
+		time.Sleep(50 * time.Millisecond)
+		lastWrite <- time.Now()
+		client.Write(macros[10:])
+		client.Write(rawPacket('R', []byte("<a@example.org>\x00")))
+		client.Write(rawPacket('B', make([]byte, 100<<10)))
+		client.Write(rawPacket('R', []byte("<b@example.org>\x00")))
+		client.Write(rawPacket('R', []byte("<c@example.org>")))
+	}()
+	read := func() (byte, []byte, error) {
+		var hdr [4]byte
+		if _, err := io.ReadFull(lc, hdr[:]); err != nil {
+			return 0, nil, err
+		}
+		b := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(lc, b); err != nil {
+			t.Fatalf("the rest of a packet whose length was handed out: %v", err)
+		}
+		return b[0], b[1:], nil
+	}
+	if code, _, err := read(); err != nil || code != 'D' {
+		t.Fatalf("first packet: %c %v", code, err)
+	}
+	if got, last := time.Now(), <-lastWrite; got.Before(last) {
+		t.Errorf("the length field was handed out %v before the packet's last bytes were sent", last.Sub(got))
+	}
+	if code, _, _ := read(); code != 'R' || lc.rcptMacros["{rcpt_addr}"] != "a@example.org" {
+		t.Errorf("RCPT %c with macros %v", code, lc.rcptMacros)
+	}
+	if code, data, _ := read(); code != 'B' || len(data) != 100<<10 {
+		t.Fatalf("body packet %c of %d bytes", code, len(data))
+	}
+	if code, _, _ := read(); code != 'R' || lc.rcptMacros != nil {
+		t.Errorf("a RCPT without macros of its own got %v", lc.rcptMacros)
+	}
+	if len(lc.buf) > maxRetained {
+		t.Errorf("read buffer of %d bytes kept after a 100 KiB packet", len(lc.buf))
+	}
+	if _, _, err := read(); !errors.Is(err, errMalformed) {
+		t.Errorf("a RCPT without its NUL: %v, want errMalformed", err)
+	}
+}
