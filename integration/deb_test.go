@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 )
 
 // TestDebianPackage builds the .deb (contrib/deb/build.sh, nfpm), installs
@@ -105,10 +105,14 @@ func TestDebianPackage(t *testing.T) {
 	if err := waitPort("127.0.0.1:8891", 10*time.Second, exited); err != nil {
 		t.Fatalf("the installed service does not listen: %v\n%s", err, svcOut.String())
 	}
-	s, err := gomilter.NewClientWithOptions("tcp", "127.0.0.1:8891", gomilter.ClientOptions{
-		ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
-		ActionMask: gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine,
-	}).Session()
+	// An MTA speaking milter protocol 2 (no DATA event): clear mail is
+	// accepted at the first header field.
+	macros := gomilter.NewMacroBag()
+	s, err := gomilter.NewClient("tcp", "127.0.0.1:8891",
+		gomilter.WithReadTimeout(5*time.Second), gomilter.WithWriteTimeout(5*time.Second),
+		gomilter.WithActions(gomilter.OptAddHeader|gomilter.OptChangeHeader|gomilter.OptChangeBody|gomilter.OptQuarantine),
+		gomilter.WithMaximumVersion(2), gomilter.WithProtocols(0x7f),
+	).Session(macros)
 	if err != nil {
 		t.Fatalf("milter handshake with the installed service: %v", err)
 	}
@@ -116,12 +120,14 @@ func TestDebianPackage(t *testing.T) {
 	if _, err := s.Conn("client.test", gomilter.FamilyInet, 4000, "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	s.Mail("a@example.org", nil)
-	s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "b@example.org")
-	if a, err := s.Rcpt("b@example.org", nil); err != nil || a.Code != gomilter.ActContinue {
+	s.Helo("client.test")
+	s.Mail("a@example.org", "")
+	macros.Set(gomilter.MacroRcptAddr, "b@example.org") // as Postfix sends it before each RCPT
+	if a, err := s.Rcpt("b@example.org", ""); err != nil || a.Type != gomilter.ActionContinue {
 		t.Fatalf("rcpt: %+v %v", a, err)
 	}
-	if a, err := s.HeaderField("Subject", "hi"); err != nil || a.Code != gomilter.ActAccept {
+	s.DataStart() // sends nothing with protocol 2
+	if a, err := s.HeaderField("Subject", "hi", nil); err != nil || a.Type != gomilter.ActionAccept {
 		t.Fatalf("clear mail not accepted at the first header: %+v %v", a, err)
 	}
 	if _, err := os.Stat("/var/lib/lacre/lacre.db"); err != nil {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
@@ -110,12 +110,12 @@ func vmHWM(t testing.TB, m *milterProc) int64 {
 // returns the replaced body; it fails unless the milter replaced it.
 func milterEncrypt(t testing.TB, m *milterProc, rcpt string, msg []byte) []byte {
 	t.Helper()
-	opts := gomilter.ClientOptions{
-		ReadTimeout: 2 * time.Minute, WriteTimeout: 2 * time.Minute,
-		ActionMask:   gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine,
-		ProtocolMask: 0x1fffff, // every flag Postfix 3.7 offers
-	}
-	s, err := gomilter.NewClientWithOptions("tcp", fmt.Sprintf("127.0.0.1:%d", m.port), opts).Session()
+	// Every protocol flag of version 6, as Postfix 3.7 offers.
+	macros := gomilter.NewMacroBag()
+	s, err := gomilter.NewClient("tcp", fmt.Sprintf("127.0.0.1:%d", m.port),
+		gomilter.WithReadTimeout(2*time.Minute), gomilter.WithWriteTimeout(2*time.Minute),
+		gomilter.WithActions(gomilter.OptAddHeader|gomilter.OptChangeHeader|gomilter.OptChangeBody|gomilter.OptQuarantine),
+	).Session(macros)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func milterEncrypt(t testing.TB, m *milterProc, rcpt string, msg []byte) []byte 
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
-		if a.Code != gomilter.ActContinue {
+		if a.Type != gomilter.ActionContinue {
 			t.Fatalf("%s: the milter answered %+v, want continue", what, a)
 		}
 	}
@@ -133,17 +133,18 @@ func milterEncrypt(t testing.TB, m *milterProc, rcpt string, msg []byte) []byte 
 	step("connect", a, err)
 	a, err = s.Helo("client.example")
 	step("HELO", a, err)
-	a, err = s.Mail("sender@example.com", nil)
+	a, err = s.Mail("sender@example.com", "")
 	step("MAIL", a, err)
-	s.Macros(gomilter.CodeRcpt, "i", "MEMTEST", "{rcpt_addr}", rcpt)
-	a, err = s.Rcpt(rcpt, nil)
+	macros.Set(gomilter.MacroQueueId, "MEMTEST")
+	macros.Set(gomilter.MacroRcptAddr, rcpt) // as Postfix sends it before each RCPT
+	a, err = s.Rcpt(rcpt, "")
 	step("RCPT", a, err)
-	a, err = s.Data()
+	a, err = s.DataStart()
 	step("DATA", a, err)
 	header, body := splitMessage(msg)
 	for _, l := range strings.Split(strings.TrimSuffix(string(header), "\r\n"), "\r\n") {
 		name, value, _ := strings.Cut(l, ":")
-		a, err = s.HeaderField(name, strings.TrimPrefix(value, " "))
+		a, err = s.HeaderField(name, strings.TrimPrefix(value, " "), nil)
 		step("header "+name, a, err)
 	}
 	a, err = s.HeaderEnd()
@@ -158,12 +159,12 @@ func milterEncrypt(t testing.TB, m *milterProc, rcpt string, msg []byte) []byte 
 	if err != nil {
 		t.Fatalf("end of message: %v", err)
 	}
-	if a.Code != gomilter.ActAccept && a.Code != gomilter.ActContinue {
+	if a.Type != gomilter.ActionAccept && a.Type != gomilter.ActionContinue {
 		t.Fatalf("end of message: the milter answered %+v", a)
 	}
 	var out []byte
 	for _, md := range mods {
-		if md.Code == gomilter.ActReplBody {
+		if md.Type == gomilter.ActionReplaceBody {
 			out = append(out, md.Body...)
 		}
 	}

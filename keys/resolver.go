@@ -58,11 +58,6 @@ func (r *Recipient) Encrypt() bool { return len(r.Keys) > 0 }
 // AllUnusable reports whether the address has keys but none can be used now.
 func (r *Recipient) AllUnusable() bool { return len(r.Keys) == 0 && len(r.Unusable) > 0 }
 
-// Lookup is the former name of Recipient.
-//
-// Deprecated: use Recipient; kept until package milter is ported.
-type Lookup = Recipient
-
 // ErrStaticKeyMissing is returned when the config maps an address or domain
 // to a fingerprint that is not in the key store. Mail for it must wait
 // (fail closed) until the operator adds the key or fixes the mapping.
@@ -237,13 +232,6 @@ func (r *Resolver) Resolve(ctx context.Context, address string) (*Recipient, err
 		r.mu.Unlock()
 	}
 	return l, nil
-}
-
-// Lookup is the former name of Resolve.
-//
-// Deprecated: use Resolve; kept until package milter is ported.
-func (r *Resolver) Lookup(ctx context.Context, address string) (*Recipient, error) {
-	return r.Resolve(ctx, address)
 }
 
 // Cached is Resolve without the store: the answer when it is in the cache,

@@ -8,18 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"mime"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/internal/pgptest"
@@ -50,18 +48,12 @@ func FuzzSession(f *testing.F) {
 	}
 	// One server for the whole fuzzing process; one connection per input.
 	fx := newFixture(f, nil)
-	panics := &fuzzPanicWatch{}
-	prev := log.Writer()
-	log.SetOutput(panics) // go-milter reports a recovered panic with the log package
-	f.Cleanup(func() { log.SetOutput(prev) })
 	var iterations atomic.Int64
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fuzzRunSession(t, fx, fuzzDecodePackets(data))
-		if n := panics.take(); n != "" {
-			t.Fatalf("go-milter recovered a panic: %s", n)
-		}
-		if fuzzTakeLogs(fx, "panic in milter session") {
-			t.Fatalf("a session callback panicked (see the log)")
+		// go-milter reports a panic it recovered to the server's log.
+		if lib, session := fuzzTakeLogs(fx, "panic handling command", "panic in milter session"); lib || session {
+			t.Fatalf("a panic: in go-milter %v, in a session callback %v (see the log)", lib, session)
 		}
 		// The server is alive: a new connection negotiates...
 		c, err := net.DialTimeout("tcp", fx.addr, 2*time.Second)
@@ -80,7 +72,7 @@ func FuzzSession(f *testing.F) {
 		if iterations.Add(1)%64 == 1 {
 			m := fx.connect(t, false)
 			res := m.send("QFUZZ", []string{"alice@example.org"}, []byte(plainMsg))
-			if res.endedAt != "eom" || res.final.Code != gomilter.ActAccept {
+			if res.endedAt != "eom" || res.final.Code != actAccept {
 				t.Fatalf("round trip after the fuzz input ended at %s with %+v", res.endedAt, res.final)
 			}
 			_, want := crypto.Split([]byte(plainMsg))
@@ -290,7 +282,13 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 		t.Fatalf("option negotiation: %v", err)
 	}
 	var tx fuzzTx
-	var macros map[string]string // go-milter's: replaced by each SMFIC_MACRO, cleared by abort
+	// rcptMacros are those of an SMFIC_MACRO for stage 'R' right before:
+	// the milter classifies a RCPT by those alone (limitConn.rcptMacros).
+	var rcptMacros map[string]string
+	// go-milter calls Abort itself when a command (or the macros for one)
+	// belongs to an earlier stage than the last one (lastOrder), unless an
+	// abort was the last command.
+	lastOrder, lastCode := 0, byte('O')
 	for i, p := range pkts {
 		// Postfix sends {rcpt_addr} (its own parse of the recipient)
 		// before every RCPT; so does this harness, unless the input just
@@ -300,28 +298,63 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 			if err := fuzzWritePacket(c, 'D', []byte(auto)); err != nil {
 				return
 			}
-			macros = fuzzMacros([]byte(auto))
+			if lastOrder > fuzzOrder['R'] && lastCode != 'A' {
+				tx = fuzzTx{} // go-milter's abort, as below
+			}
+			lastOrder, lastCode = fuzzOrder['R'], 'R'
+			rcptMacros = fuzzMacros([]byte(auto))
 		}
 		if err := fuzzWritePacket(c, p.code, p.data); err != nil {
 			return // the server closed the connection (after a malformed command)
 		}
-		tx.macros = macros
+		order := p.code
+		if p.code == 'D' && len(p.data) > 0 {
+			order = p.data[0]
+		}
+		if o, ok := fuzzOrder[order]; ok {
+			if lastOrder > o && lastCode != 'A' {
+				tx = fuzzTx{}
+			}
+			lastOrder = o
+		}
+		lastCode = order // for a macro packet, its stage, as go-milter keeps it
+		if p.code == 'D' {
+			rcptMacros = nil
+			if len(p.data) > 0 && p.data[0] == 'R' {
+				rcptMacros = fuzzMacros(p.data)
+			}
+			continue // no reply; an empty one closes the connection
+		}
+		tx.macros, rcptMacros = rcptMacros, nil
 		switch p.code {
 		case 'M':
 			tx = fuzzTx{}
 		case 'A':
-			tx, macros = fuzzTx{}, nil
+			tx = fuzzTx{}
 			continue // no reply
-		case 'D':
-			if len(p.data) > 0 {
-				macros = fuzzMacros(p.data)
-			}
-			continue // no reply; an empty one closes the connection
 		case 'K':
-			tx, macros = fuzzTx{}, nil
+			tx = fuzzTx{}
 			continue // no reply: a new SMTP connection follows
 		case 'Q':
 			return
+		case 'L':
+			// No reply (SMFIP_NR_HDR). go-milter's decoding of
+			// SMFIC_HEADER: a name and a value, or the connection ends.
+			d := p.data
+			if len(d) > 0 && d[len(d)-1] == 0 {
+				d = d[:len(d)-1]
+			}
+			parts := strings.Split(string(d), "\x00")
+			if len(p.data) < 2 || len(parts) != 2 {
+				return
+			}
+			tx.fields = append(tx.fields, crypto.Field{Name: parts[0], Value: parts[1]})
+			continue
+		case 'B':
+			tx.body = append(tx.body, p.data...)
+			continue // no reply (SMFIP_NR_BODY)
+		case 'C', 'H', 'U', 'N':
+			continue // no reply (SMFIP_NR_*; the harness offers every flag)
 		}
 		// Read the modifications and the reply.
 		var mods []fuzzPacket
@@ -357,13 +390,21 @@ func fuzzRunSession(t *testing.T, fx *fixture, pkts []fuzzPacket) {
 	}
 }
 
-// fuzzMacros decodes an SMFIC_MACRO payload as go-milter does.
+// fuzzOrder is the order of the commands (and of the macros for them)
+// that go-milter checks to synthesise an abort.
+var fuzzOrder = map[byte]int{'C': 1, 'H': 2, 'M': 3, 'R': 4, 'T': 5, 'L': 6, 'N': 7, 'B': 8, 'E': 9}
+
+// fuzzMacros decodes an SMFIC_MACRO payload: the stage, then names and
+// values, each ended by a NUL (the last one's may be missing).
 func fuzzMacros(data []byte) map[string]string {
 	m := map[string]string{}
 	if len(data) < 2 {
 		return m
 	}
-	parts := strings.Split(strings.Trim(string(data[1:]), "\x00"), "\x00")
+	parts := strings.Split(string(data[1:]), "\x00")
+	if parts[len(parts)-1] == "" {
+		parts = parts[:len(parts)-1]
+	}
 	if len(parts)%2 == 1 {
 		parts = append(parts, "")
 	}
@@ -410,13 +451,19 @@ func fuzzCheckReply(t *testing.T, fx *fixture, i int, p fuzzPacket, tx *fuzzTx, 
 		// the message one that must not go out in clear: the model counts
 		// it as keyed, so only encryption or the hold queue pass.
 		addr, ok := tx.macros["{rcpt_addr}"]
-		delete(tx.macros, "{rcpt_addr}")
-		if !ok && reply.code == 'c' && tx.macros["{rcpt_mailer}"] != "error" {
+		if !ok {
+			addr, ok = tx.macros["rcpt_addr"]
+		}
+		mailer, mok := tx.macros["{rcpt_mailer}"]
+		if !mok {
+			mailer = tx.macros["rcpt_mailer"]
+		}
+		if !ok && reply.code == 'c' && mailer != "error" {
 			tx.keyed = true
 		}
 		if reply.code == 'c' && ok {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			l, err := fx.srv.settings.Load().Resolver.Lookup(ctx, addr)
+			l, err := fx.srv.opts.Load().Keys.Resolve(ctx, addr)
 			cancel()
 			if err == nil && l.Encrypt() {
 				tx.keyed = true
@@ -592,7 +639,7 @@ func fuzzNegotiate(c net.Conn, r *bufio.Reader) error {
 		return fmt.Errorf("reply %q %q", code, data)
 	}
 	v, a, p := binary.BigEndian.Uint32(data), binary.BigEndian.Uint32(data[4:]), binary.BigEndian.Uint32(data[8:])
-	if v != protocolVersion || gomilter.OptAction(a) != actions || gomilter.OptProtocol(p) != protocol {
+	if v != protocolVersion || gomilter.OptAction(a) != actions || gomilter.OptProtocol(p) != protocol|noReply|noReplyAfterData {
 		return fmt.Errorf("version %d, actions %#x, protocol %#x", v, a, p)
 	}
 	return nil
@@ -636,38 +683,13 @@ func fuzzShortBytes(b []byte) []byte {
 	return b
 }
 
-// fuzzTakeLogs reports whether the server's log holds s, and empties it,
-// so that it does not grow over a long fuzzing run.
-func fuzzTakeLogs(fx *fixture, s string) bool {
+// fuzzTakeLogs reports whether the server's log holds a and b, and
+// empties it, so that it does not grow over a long fuzzing run.
+func fuzzTakeLogs(fx *fixture, a, b string) (bool, bool) {
 	fx.logs.mu.Lock()
 	defer fx.logs.mu.Unlock()
-	found := bytes.Contains(fx.logs.b.Bytes(), []byte(s))
+	foundA := bytes.Contains(fx.logs.b.Bytes(), []byte(a))
+	foundB := bytes.Contains(fx.logs.b.Bytes(), []byte(b))
 	fx.logs.b.Reset()
-	return found
-}
-
-// fuzzPanicWatch receives the log package's output and remembers the
-// first report of a recovered panic since the last take.
-type fuzzPanicWatch struct {
-	mu    sync.Mutex
-	panic string
-}
-
-func (w *fuzzPanicWatch) Write(p []byte) (int, error) {
-	if bytes.Contains(p, []byte("panic handling command")) {
-		w.mu.Lock()
-		if w.panic == "" {
-			w.panic = string(fuzzShortBytes(p))
-		}
-		w.mu.Unlock()
-	}
-	return len(p), nil
-}
-
-func (w *fuzzPanicWatch) take() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	p := w.panic
-	w.panic = ""
-	return p
+	return foundA, foundB
 }

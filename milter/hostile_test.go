@@ -25,9 +25,8 @@ import (
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
-	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/internal/hostiletest"
 	"lacre.io/milter/internal/pgptest"
@@ -76,8 +75,8 @@ type hostileOutcome struct {
 	// "eom", or "dropped" when the milter connection failed, after which
 	// the MTA applies milter_default_action (tempfail, as the docs require).
 	stage  string
-	action *gomilter.Action
-	mods   []gomilter.ModifyAction
+	action *action
+	mods   []modAction
 	err    error
 	raw    []crypto.Field // the header fields as the MTA holds them
 	fields []crypto.Field // ... and as it passes them to the milter
@@ -103,7 +102,7 @@ func hostileSend(addr, queueID, rcpt string, msg []byte) (out hostileOutcome) {
 		out.stage, out.err = "dropped", err
 		return out
 	}
-	s, err := gomilter.NewClientWithOptions("tcp", addr, clientOptions).Session()
+	s, err := dialMTA("tcp", addr, 6)
 	if err != nil {
 		return drop(err)
 	}
@@ -114,15 +113,22 @@ func hostileSend(addr, queueID, rcpt string, msg []byte) (out hostileOutcome) {
 	if _, err := s.Mail("sender@example.net", nil); err != nil {
 		return drop(err)
 	}
-	if err := s.Macros(gomilter.CodeRcpt, "i", queueID, "{rcpt_addr}", strings.Trim(rcpt, "<>")); err != nil {
+	if err := s.Macros(codeRcpt, "i", queueID, "{rcpt_addr}", strings.Trim(rcpt, "<>")); err != nil {
 		return drop(err)
 	}
 	a, err := s.Rcpt(rcpt, nil)
 	if err != nil {
 		return drop(err)
 	}
-	if a.Code != gomilter.ActContinue {
+	if a.Code != actContinue {
 		out.stage, out.action = "rcpt", a
+		return out
+	}
+	if a, err = s.Data(); err != nil {
+		return drop(err)
+	}
+	if a.Code != actContinue {
+		out.stage, out.action = "data", a
 		return out
 	}
 	out.raw, out.body = crypto.Split(msg)
@@ -134,7 +140,7 @@ func hostileSend(addr, queueID, rcpt string, msg []byte) (out hostileOutcome) {
 		if err != nil {
 			return drop(err)
 		}
-		if a.Code != gomilter.ActContinue {
+		if a.Code != actContinue {
 			out.stage, out.action = "header", a
 			return out
 		}
@@ -142,22 +148,22 @@ func hostileSend(addr, queueID, rcpt string, msg []byte) (out hostileOutcome) {
 	if a, err = s.HeaderEnd(); err != nil {
 		return drop(err)
 	}
-	if a.Code != gomilter.ActContinue {
+	if a.Code != actContinue {
 		out.stage, out.action = "eoh", a
 		return out
 	}
 	for b := out.body; len(b) > 0; {
-		n := min(len(b), gomilter.MaxBodyChunk)
+		n := min(len(b), maxBodyChunk)
 		if a, err = s.BodyChunk(b[:n]); err != nil {
 			return drop(err)
 		}
-		if a.Code != gomilter.ActContinue {
+		if a.Code != actContinue {
 			out.stage, out.action = "body", a
 			return out
 		}
 		b = b[n:]
 	}
-	if err := s.Macros(gomilter.CodeEOB, "i", queueID); err != nil {
+	if err := s.Macros(codeEOB, "i", queueID); err != nil {
 		return drop(err)
 	}
 	out.mods, a, err = s.End()
@@ -184,7 +190,7 @@ func hostileTooBigForProtocol(msg []byte) bool {
 // the test if it is a reply that is neither 4xx nor expected.
 func hostileTempfail(t *testing.T, name string, out hostileOutcome, logs string) bool {
 	t.Helper()
-	if out.action == nil || out.action.Code != gomilter.ActReplyCode {
+	if out.action == nil || out.action.Code != actReplyCode {
 		return false
 	}
 	a := out.action
@@ -209,7 +215,7 @@ func hostileCheckKeyed(t *testing.T, name string, msg []byte, out hostileOutcome
 		return "dropped (MTA tempfails)"
 	case hostileTempfail(t, name, out, logs):
 		return fmt.Sprintf("%d %s", out.action.SMTPCode, out.action.SMTPText)
-	case out.action.Code != gomilter.ActAccept:
+	case out.action.Code != actAccept:
 		t.Errorf("%s: ended at %s with %c (%+v), want accept with an encrypted body or 4xx", name, out.stage, out.action.Code, out.action)
 		return "?"
 	case out.stage != "eom":
@@ -221,15 +227,15 @@ func hostileCheckKeyed(t *testing.T, name string, msg []byte, out hostileOutcome
 	replaced := false
 	for _, m := range out.mods {
 		switch m.Code {
-		case gomilter.ActChangeHeader:
+		case actChangeHeader:
 			op := crypto.Set
 			if m.HeaderValue == "" {
 				op = crypto.Delete
 			}
 			changes = append(changes, crypto.Change{Op: op, Name: m.HeaderName, Index: int(m.HeaderIndex), Value: m.HeaderValue})
-		case gomilter.ActAddHeader:
+		case actAddHeader:
 			changes = append(changes, crypto.Change{Op: crypto.Add, Name: m.HeaderName, Value: m.HeaderValue})
-		case gomilter.ActReplBody:
+		case actReplBody:
 			if len(m.Body) > 65535 {
 				t.Errorf("%s: body replacement packet of %d bytes", name, len(m.Body))
 			}
@@ -365,7 +371,7 @@ func TestHostileMIMESessions(t *testing.T) {
 							t.Errorf("%s: the milter connection failed: %v", name, out.err)
 						}
 					case hostileTempfail(t, name, out, f.logs.String()):
-					case out.action.Code != gomilter.ActAccept || len(out.mods) != 0:
+					case out.action.Code != actAccept || len(out.mods) != 0:
 						t.Errorf("%s: unkeyed recipient: ended at %s with %c and %d modifications, want an unchanged accept",
 							name, out.stage, out.action.Code, len(out.mods))
 					default:
@@ -396,8 +402,8 @@ func TestHostileMIMESessions(t *testing.T) {
 func TestHostileKeyExpiresDuringRun(t *testing.T) {
 	const addr = "soon@example.org"
 	f := newFixture(t, nil)
-	if f.cfg.Store.CacheTTL.D() < 10*time.Second {
-		t.Fatalf("cache TTL %v: the test wants the answer cached past the key's expiry", f.cfg.Store.CacheTTL.D())
+	if f.keyOpts.CacheTTL < 10*time.Second {
+		t.Fatalf("cache TTL %v: the test wants the answer cached past the key's expiry", f.keyOpts.CacheTTL)
 	}
 	created := time.Now().Truncate(time.Second)
 	const life = 2 * time.Second
@@ -417,7 +423,7 @@ func TestHostileKeyExpiresDuringRun(t *testing.T) {
 	if !expires.Equal(created.Add(life)) {
 		t.Fatalf("the key expires at %v, want %v", expires, created.Add(life))
 	}
-	res := f.srv.settings.Load().Resolver.(*keys.Resolver)
+	res := f.srv.opts.Load().Keys.(*keys.Resolver)
 	if err := res.Policy().Validate(ks[0], addr, time.Now()); err != nil {
 		t.Fatalf("refused while valid: %v", err)
 	}
@@ -438,7 +444,7 @@ func TestHostileKeyExpiresDuringRun(t *testing.T) {
 	time.Sleep(time.Until(expires.Add(time.Second)) + 100*time.Millisecond)
 	// The default policy, tempfail.
 	out = hostileSend(f.addr, "QEXP2", addr, []byte(plainMsg))
-	if out.stage != "rcpt" || out.action.Code != gomilter.ActReplyCode || out.action.SMTPCode != ReplyKeyUnusableTemp.Code ||
+	if out.stage != "rcpt" || out.action.Code != actReplyCode || out.action.SMTPCode != ReplyKeyUnusableTemp.Code ||
 		!strings.HasPrefix(out.action.SMTPText, ReplyKeyUnusableTemp.Enhanced+" ") {
 		t.Fatalf("after expiry: ended at %s with %+v, want %s at RCPT", out.stage, out.action, ReplyKeyUnusableTemp)
 	}
@@ -447,23 +453,23 @@ func TestHostileKeyExpiresDuringRun(t *testing.T) {
 	}
 	// The other policies, with the same resolver (and its cache).
 	for _, tc := range []struct {
-		policy string
+		policy UnusableKeyPolicy
 		check  func(hostileOutcome) bool
 	}{
-		{config.UnusableReject, func(o hostileOutcome) bool {
+		{UnusableKeyReject, func(o hostileOutcome) bool {
 			return o.stage == "rcpt" && o.action.SMTPCode == ReplyKeyUnusableReject.Code
 		}},
-		{config.UnusableClear, func(o hostileOutcome) bool {
+		{UnusableKeyClear, func(o hostileOutcome) bool {
 			// The operator chose clear delivery for unusable keys.
-			return o.stage == "header" && o.action.Code == gomilter.ActAccept && len(o.mods) == 0
+			return o.stage == "data" && o.action.Code == actAccept && len(o.mods) == 0
 		}},
 	} {
-		st := *f.srv.settings.Load()
+		st := *f.srv.opts.Load()
 		st.UnusableKey = tc.policy
-		f.srv.Reload(&st)
-		out = hostileSend(f.addr, "QEXP-"+tc.policy, addr, []byte(plainMsg))
+		f.srv.Reload(st)
+		out = hostileSend(f.addr, "QEXP-"+tc.policy.String(), addr, []byte(plainMsg))
 		if !tc.check(out) {
-			t.Errorf("unusable_key = %q after expiry: ended at %s with %+v", tc.policy, out.stage, out.action)
+			t.Errorf("unusable_key = %v after expiry: ended at %s with %+v", tc.policy, out.stage, out.action)
 		}
 	}
 }

@@ -15,7 +15,7 @@ import (
 // (about 10 s of retries for a WAL read lock, with a 1 s context).
 type slowResolver struct{ d time.Duration }
 
-func (r slowResolver) Lookup(context.Context, string) (*keys.Lookup, error) {
+func (r slowResolver) Resolve(context.Context, string) (*keys.Recipient, error) {
 	time.Sleep(r.d)
 	return nil, errors.New("too late")
 }
@@ -26,7 +26,7 @@ func (r slowResolver) Lookup(context.Context, string) (*keys.Lookup, error) {
 // gives up.
 func TestLookupTimeoutBoundsASlowStore(t *testing.T) {
 	f := newFixture(t, nil)
-	f.srv.Reload(&Settings{Resolver: slowResolver{3 * time.Second}, LookupTimeout: 200 * time.Millisecond, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: slowResolver{3 * time.Second}, LookupTimeout: 200 * time.Millisecond, MaxMessageSize: 1 << 20})
 	m := f.connect(t, false)
 	start := time.Now()
 	r := m.send("Q40", []string{"alice@example.org"}, []byte(plainMsg))
@@ -44,22 +44,22 @@ func TestLookupTimeoutBoundsASlowStore(t *testing.T) {
 
 // cachedOnlyResolver answers from its "cache" at once and would block on
 // the store for ever.
-type cachedOnlyResolver struct{ l *keys.Lookup }
+type cachedOnlyResolver struct{ l *keys.Recipient }
 
-func (r cachedOnlyResolver) Lookup(ctx context.Context, _ string) (*keys.Lookup, error) {
+func (r cachedOnlyResolver) Resolve(ctx context.Context, _ string) (*keys.Recipient, error) {
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
 
-func (r cachedOnlyResolver) Cached(string) (*keys.Lookup, bool) { return r.l, true }
+func (r cachedOnlyResolver) Cached(string) (*keys.Recipient, bool) { return r.l, true }
 
 // TestCachedAnswerNeedsNoLookup: a recipient whose answer is cached is
 // answered from the cache (*keys.Resolver.Cached) without a Lookup, so
 // the RCPT path starts no goroutine for it.
 func TestCachedAnswerNeedsNoLookup(t *testing.T) {
 	f := newFixture(t, nil)
-	clear := &keys.Lookup{Address: "nobody@example.org", Source: keys.SourceNone}
-	f.srv.Reload(&Settings{Resolver: cachedOnlyResolver{clear}, LookupTimeout: 5 * time.Second, MaxMessageSize: 1 << 20})
+	clear := &keys.Recipient{Address: "nobody@example.org", Source: keys.SourceNone}
+	f.srv.Reload(Options{Keys: cachedOnlyResolver{clear}, LookupTimeout: 5 * time.Second, MaxMessageSize: 1 << 20})
 	m := f.connect(t, false)
 	start := time.Now()
 	r := m.send("Q41", []string{"nobody@example.org"}, []byte(plainMsg))

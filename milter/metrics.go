@@ -12,12 +12,13 @@ type Metrics interface {
 	Message(action, class string, sizeIn, sizeOut int)
 	// Encrypted is called with the time one encryption took.
 	Encrypted(d time.Duration)
-	// Lookup is called after each key lookup; err is its error, if any.
-	Lookup(err error)
+	// KeysFound is called after each recipient's keys were looked up;
+	// err is the lookup's error, if any.
+	KeysFound(err error)
 }
 
 type noMetrics struct{}
 
 func (noMetrics) Message(string, string, int, int) {}
 func (noMetrics) Encrypted(time.Duration)          {}
-func (noMetrics) Lookup(error)                     {}
+func (noMetrics) KeysFound(error)                  {}

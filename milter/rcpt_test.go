@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-
-	gomilter "github.com/emersion/go-milter"
 )
 
 // rcptStep is one RCPT with the macros the MTA sends before it (nil: no
@@ -19,12 +17,12 @@ type rcptStep struct {
 func runRcpts(t *testing.T, f *fixture, nonSMTP bool, steps []rcptStep) {
 	t.Helper()
 	m := f.connect(t, nonSMTP)
-	if a, err := m.s.Mail("sender@example.net", nil); err != nil || a.Code != gomilter.ActContinue {
+	if a, err := m.s.Mail("sender@example.net", nil); err != nil || a.Code != actContinue {
 		t.Fatalf("mail: %+v %v", a, err)
 	}
 	for _, st := range steps {
 		if st.macros != nil {
-			if err := m.s.Macros(gomilter.CodeRcpt, st.macros...); err != nil {
+			if err := m.s.Macros(codeRcpt, st.macros...); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -33,9 +31,9 @@ func runRcpts(t *testing.T, f *fixture, nonSMTP bool, steps []rcptStep) {
 			t.Fatal(err)
 		}
 		got := "continue"
-		if a.Code == gomilter.ActReplyCode {
+		if a.Code == actReplyCode {
 			got = fmt.Sprintf("%d %s", a.SMTPCode, strings.Fields(a.SMTPText)[0])
-		} else if a.Code != gomilter.ActContinue {
+		} else if a.Code != actContinue {
 			got = string(rune(a.Code))
 		}
 		if got != st.want {

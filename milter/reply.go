@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 )
 
 // Reply is an SMTP reply the milter asks the MTA to give. Every reply the
@@ -50,18 +50,26 @@ func (r Reply) Temporary() bool { return r.Code >= 400 && r.Code < 500 }
 func (r Reply) String() string { return r.line("") }
 
 func (r Reply) line(queueID string) string {
-	s := fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)
-	if queueID != "" {
-		s += " (queue id " + queueID + ")"
-	}
-	return s
+	return fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.text(queueID))
 }
 
-// response makes the milter packet for r. SMFIR_REPLYCODE ('y') is used for
-// every reply, never SMFIR_TEMPFAIL/REJECT: go-milter replaces the session's
-// backend after those, losing the transaction's sender and recipients.
-func (r Reply) response(queueID string) gomilter.Response {
-	return gomilter.NewResponseStr('y', r.line(queueID)) // SMFIR_REPLYCODE
+// text is the reply's text with the queue id.
+func (r Reply) text(queueID string) string {
+	if queueID != "" {
+		return r.Text + " (queue id " + queueID + ")"
+	}
+	return r.Text
+}
+
+// response makes the milter packet for r: SMFIR_REPLYCODE ('y'), which
+// carries our reply text (SMFIR_TEMPFAIL/REJECT would make the MTA use its
+// own).
+func (r Reply) response(queueID string) *gomilter.Response {
+	resp, err := gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Enhanced+" "+r.text(queueID))
+	if err != nil { // not for our fixed texts; fail closed all the same
+		return gomilter.RespTempFail
+	}
+	return resp
 }
 
 // replyError is an error that knows the SMTP reply it maps to.

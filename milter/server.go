@@ -6,8 +6,8 @@
 package milter
 
 import (
-	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,66 +16,19 @@ import (
 	"sync/atomic"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
-
-	"lacre.io/milter/config"
-	"lacre.io/milter/keys"
+	gomilter "github.com/d--j/go-milter"
 )
 
-// Resolver answers "how must mail to this address be encrypted?"; in
-// production it is *keys.Resolver.
-type Resolver interface {
-	Lookup(ctx context.Context, address string) (*keys.Lookup, error)
-}
-
-// cacheResolver is a Resolver that can also answer from memory without
-// blocking (*keys.Resolver does).
-type cacheResolver interface {
-	Cached(address string) (*keys.Lookup, bool)
-}
-
-// Settings are the options a session reads, and the limits of the MTA
-// port (limits.go); they can be swapped on reload. The limits apply to
-// connections accepted after the swap; zero means the default.
-type Settings struct {
-	Resolver       Resolver
-	HideRecipients bool
-	MinRSABits     int
-	UnusableKey    string // config.Unusable*
-	MaxMessageSize int64
-	TraceHeader    string
-	MixedLocal     string // config.MixedLocal*
-	LookupTimeout  time.Duration
-
-	MaxConnections int           // connections served at once
-	IdleTimeout    time.Duration // longest wait for a packet to begin
-	PacketTimeout  time.Duration // longest time for a begun packet, or for a write
-}
-
-// SettingsFrom builds Settings from a configuration and a resolver.
-func SettingsFrom(c *config.Config, r Resolver) *Settings {
-	return &Settings{
-		Resolver:       r,
-		HideRecipients: c.Encryption.HideRecipients,
-		MinRSABits:     c.Keys.MinRSABits,
-		UnusableKey:    c.Encryption.UnusableKey,
-		MaxMessageSize: c.Milter.MaxMessageSize,
-		TraceHeader:    c.Milter.TraceHeader,
-		MixedLocal:     c.Milter.MixedLocal,
-		LookupTimeout:  c.Milter.LookupTimeout.D(),
-		MaxConnections: c.Milter.MaxConnections,
-		IdleTimeout:    c.Milter.IdleTimeout.D(),
-		PacketTimeout:  c.Milter.PacketTimeout.D(),
-	}
-}
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("milter: server closed")
 
 // Server runs milter sessions. Create it with New, feed it listeners with
 // Serve, stop it with Shutdown.
 type Server struct {
-	log      *slog.Logger
-	metrics  Metrics
-	settings atomic.Pointer[Settings]
-	now      func() time.Time
+	log     *slog.Logger
+	metrics Metrics
+	opts    atomic.Pointer[Options]
+	now     func() time.Time
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -89,23 +42,27 @@ type Server struct {
 	stalledLog logEvery // connections ended by PacketTimeout
 }
 
-// New returns a server with the given settings. log receives one line per
-// message and the errors.
-func New(s *Settings, log *slog.Logger) *Server {
+// New returns a server with the given options. log receives one line per
+// message and the errors; nil discards them.
+func New(o Options, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	srv := &Server{log: log, metrics: noMetrics{}, now: time.Now, conns: map[*connState]struct{}{},
 		done: make(chan struct{}), idle: make(chan struct{}, 1),
 		refusedLog: logEvery{interval: 10 * time.Second}, acceptLog: logEvery{interval: 10 * time.Second},
 		stalledLog: logEvery{interval: 10 * time.Second}}
-	srv.settings.Store(s)
+	srv.opts.Store(o.withDefaults())
 	return srv
 }
 
 // SetMetrics makes the server report to m; call it before Serve.
 func (s *Server) SetMetrics(m Metrics) { s.metrics = m }
 
-// Reload swaps the settings. Messages in flight finish with the settings
-// they started with; the next MAIL FROM uses the new ones.
-func (s *Server) Reload(st *Settings) { s.settings.Store(st) }
+// Reload swaps the options. Messages in flight finish with the options
+// they started with; the next MAIL FROM uses the new ones, the next
+// connection the new limits.
+func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 
 // The milter protocol options: we change headers and the body, and may ask
 // for quarantine (Postfix's hold queue).
@@ -116,19 +73,51 @@ func (s *Server) Reload(st *Settings) { s.settings.Store(st) }
 // the first header field, which Postfix's cleanup sends, was the earliest
 // point). We need every stage but HELO, which tells us nothing we use, and
 // unknown SMTP commands: skipping them saves the MTA a round trip.
+//
+// Version 6 also lets the milter say which events it never answers
+// (SMFIP_NR_*): the MTA then does not wait for a reply. lacre always
+// continues after CONNECT; after DATA (so only where the MTA sends DATA,
+// version 4 and later) a header field, the end of the header and a body
+// chunk are only collected: a message too big to encrypt is refused at end
+// of message instead (the SMTP client gets the same 552 at the end of DATA
+// either way). MAIL is answered although lacre always continues there: a
+// Postfix smtpd whose milter connection broke finds out when it waits for
+// that reply and answers MAIL with 451 4.7.1 (milter_default_action); with
+// no reply to wait for, the first MAIL would pass and RCPT get the 451
+// instead (integration/restart_test.go, docs/operations.md "After the
+// milter restarts").
 const (
-	actions         = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
-	protocol        = gomilter.OptNoHelo | gomilter.OptNoUnknown
-	protocolVersion = 6
+	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
+	protocol         = gomilter.OptNoHelo | gomilter.OptNoUnknown
+	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoUnknownReply
+	noReplyAfterData = gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
+	protocolVersion  = 6
 )
 
+// negotiate answers the MTA's SMFIC_OPTNEG: the lower of its version and
+// ours, the actions we need (an MTA that does not allow them all ends the
+// connection, with a log line that says so), and of the protocol flags we
+// want those the MTA offers.
+func negotiate(mtaVersion, _ uint32, mtaActions, _ gomilter.OptAction, mtaProtocol, _ gomilter.OptProtocol, _ gomilter.DataSize) (uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize, error) {
+	if mtaVersion < 2 {
+		return 0, 0, 0, 0, fmt.Errorf("milter: the MTA speaks milter protocol version %d; lacre needs 2 or later", mtaVersion)
+	}
+	version := min(mtaVersion, protocolVersion)
+	if mtaActions&actions != actions {
+		return 0, 0, 0, 0, fmt.Errorf("milter: the MTA does not allow the actions lacre needs: offered %v, needed %v", mtaActions, actions)
+	}
+	want := protocol | noReply
+	if version >= 4 {
+		want |= noReplyAfterData
+	}
+	return version, actions, want & mtaProtocol, gomilter.DataSize64K, nil
+}
+
 // connState is what the server knows about one MTA connection, for its
-// whole life. go-milter replaces the session's backend after every
-// accept/reject/tempfail reply (so after each message); keeping these
-// facts here, outside the backend, means they survive that reset.
+// whole life; its session (the go-milter backend) lives as long.
 type connState struct {
 	conn    *trackedConn
-	limits  *limitConn  // under conn: the time limits
+	limits  *limitConn  // under conn: the time and memory limits
 	busy    atomic.Bool // between MAIL FROM and the end of that message
 	client  string      // "host [addr]:port", from Connect
 	nonSMTP bool        // Postfix non_smtpd_milters: sendmail(1)/pickup
@@ -136,8 +125,9 @@ type connState struct {
 }
 
 // Serve accepts MTA connections on ln until Shutdown. Each connection is
-// served in a goroutine of its own by a go-milter server whose backend
-// factory is bound to that connection's connState.
+// served by a go-milter server of its own (it has no way to serve one
+// connection, so it gets a listener that hands it this one connection)
+// whose backend is bound to that connection's connState.
 //
 // No client can make Serve return: a connection over MaxConnections is
 // closed at once (the MTA then applies its milter_default_action), and a
@@ -149,7 +139,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.closing {
 		s.mu.Unlock()
 		ln.Close()
-		return gomilter.ErrServerClosed
+		return ErrServerClosed
 	}
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
@@ -161,7 +151,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			closing := s.closing
 			s.mu.Unlock()
 			if closing {
-				return gomilter.ErrServerClosed
+				return ErrServerClosed
 			}
 			if errors.Is(err, net.ErrClosed) {
 				return err
@@ -175,7 +165,8 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		maxConns, idle, packet := s.settings.Load().limits()
+		o := s.opts.Load()
+		maxConns := o.MaxConnections
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
@@ -189,18 +180,19 @@ func (s *Server) Serve(ln net.Listener) error {
 				"max_connections", maxConns, "remote", c.RemoteAddr().String())
 			continue
 		}
-		cs := &connState{limits: newLimitConn(c, idle, packet)}
-		cs.conn = &trackedConn{Conn: cs.limits, r: bufio.NewReaderSize(cs.limits, 16<<10)}
+		cs := &connState{limits: newLimitConn(c, o.IdleTimeout, o.PacketTimeout)}
+		cs.conn = &trackedConn{limitConn: cs.limits, closed: make(chan struct{})}
 		s.conns[cs] = struct{}{}
 		s.mu.Unlock()
-		ms := &gomilter.Server{
-			NewMilter:       func() gomilter.Milter { return newSession(s, cs) },
-			Actions:         actions,
-			Protocol:        protocol,
-			ProtocolVersion: protocolVersion,
-		}
+		ms := gomilter.NewServer(
+			gomilter.WithMilter(func() gomilter.Milter { return newSession(s, cs) }),
+			gomilter.WithActions(actions),
+			gomilter.WithProtocols(protocol|noReply|noReplyAfterData),
+			gomilter.WithNegotiationCallback(negotiate),
+			gomilter.WithReadTimeout(0), gomilter.WithWriteTimeout(0), // limitConn's
+		)
 		go func() {
-			ms.ServeConn(cs.conn) // closes the connection when done
+			ms.Serve(&oneConnListener{conn: cs.conn}) // returns once the connection is closed
 			s.mu.Lock()
 			delete(s.conns, cs)
 			s.mu.Unlock()
@@ -291,43 +283,91 @@ func (s *Server) InFlight() int {
 	return n
 }
 
-// trackedConn is the MTA connection as go-milter sees it. It saves system
-// calls that go-milter would make: reads go through a
-// buffer (go-milter reads a packet's length and its data separately), and
-// the end-of-message modifications can be held and sent together with the
-// final reply in one write (see holdUntilReply). Only the session's
-// goroutine reads and writes it.
-type trackedConn struct {
-	net.Conn
-	r       *bufio.Reader
-	holding bool
-	final   bool
-	pending []byte
+// oneConnListener hands its connection to the first Accept; the next
+// Accept waits until the connection is closed.
+type oneConnListener struct {
+	conn *trackedConn
+	used bool
 }
 
-func (c *trackedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.used {
+		l.used = true
+		return l.conn, nil
+	}
+	<-l.conn.closed
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// trackedConn is the MTA connection as go-milter sees it. It saves system
+// calls that go-milter would make: it writes each packet in one write
+// (go-milter writes the length and code, then the data), except large
+// ones (header, then the data uncopied); and it can hold the
+// end-of-message modifications and send them together with the final
+// reply in one write (see holdUntilReply). Only the session's goroutine
+// reads and writes it; Close may come from any goroutine.
+type trackedConn struct {
+	*limitConn
+	out     []byte // the packet being written, or the packets held
+	need    int    // bytes of the packet being written still to come
+	holding bool
+	final   bool
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// bigPacket is the size from which a packet's data is written on its own
+// rather than copied behind its header.
+const bigPacket = 4 << 10
 
 func (c *trackedConn) Write(p []byte) (int, error) {
-	if !c.holding {
-		return c.Conn.Write(p)
+	if c.need == 0 {
+		if len(p) < 4 {
+			return 0, errors.New("milter: a write that does not begin a packet")
+		}
+		c.need = 4 + int(binary.BigEndian.Uint32(p))
+		if len(p) == c.need && !c.holding {
+			c.need = 0
+			return c.limitConn.Write(p)
+		}
 	}
-	c.pending = append(c.pending, p...)
-	if !c.final {
+	if len(p) > c.need {
+		return 0, errors.New("milter: a write past the end of a packet")
+	}
+	if !c.holding && len(p) == c.need && len(p) > bigPacket {
+		c.need = 0
+		hdr := c.out
+		c.out = c.out[:0]
+		if _, err := c.limitConn.Write(hdr); err != nil {
+			return 0, err
+		}
+		return c.limitConn.Write(p)
+	}
+	c.out = append(c.out, p...)
+	c.need -= len(p)
+	if c.need > 0 || (c.holding && !c.final) {
 		return len(p), nil
 	}
-	// The final reply: send everything at once.
-	out := c.pending
-	c.holding, c.final, c.pending = false, false, nil
-	if _, err := c.Conn.Write(out); err != nil {
+	// A whole packet, or the final reply after the held ones.
+	out := c.out
+	c.out, c.holding, c.final = c.out[:0], false, false
+	if cap(c.out) > 64<<10 {
+		c.out = nil
+	}
+	if _, err := c.limitConn.Write(out); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
 // holdUntilReply starts holding writes: the modification packets that
-// follow are buffered until releaseWithReply marks the next write (the
-// session's final reply, which go-milter writes in one call) as the last.
-func (c *trackedConn) holdUntilReply() { c.holding, c.final, c.pending = true, false, c.pending[:0] }
+// follow are buffered until releaseWithReply marks the next packet (the
+// session's final reply) as the last.
+func (c *trackedConn) holdUntilReply() { c.holding, c.final = true, false }
 
 func (c *trackedConn) releaseWithReply() {
 	if c.holding {
@@ -336,15 +376,21 @@ func (c *trackedConn) releaseWithReply() {
 }
 
 // dropHeld forgets held writes after an error; the session ends anyway.
-func (c *trackedConn) dropHeld() { c.holding, c.final, c.pending = false, false, nil }
+func (c *trackedConn) dropHeld() { c.holding, c.final, c.out, c.need = false, false, nil, 0 }
 
-// Listen opens the listener for a "inet:HOST:PORT" or "unix:PATH" address.
-// A stale unix socket file is removed first.
-func Listen(address string) (net.Listener, error) {
-	network, addr, err := config.ParseListen(address)
-	if err != nil {
-		return nil, err
-	}
+func (c *trackedConn) Close() error {
+	err := net.ErrClosed
+	c.closeOnce.Do(func() {
+		close(c.closed)
+		err = c.limitConn.Close()
+	})
+	return err
+}
+
+// Listen opens the listener for network "tcp" or "unix" (config.ParseListen
+// splits milter.listen into those). A stale unix socket file is removed
+// first.
+func Listen(network, addr string) (net.Listener, error) {
 	if network == "unix" {
 		removeStaleSocket(addr)
 	}

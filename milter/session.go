@@ -1,20 +1,19 @@
 package milter
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/textproto"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
-	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/keys"
 )
@@ -37,21 +36,19 @@ func (c class) String() string {
 	}
 }
 
-// recipient is one accepted envelope recipient and its lookup.
+// recipient is one accepted envelope recipient and its keys.
 type recipient struct {
-	addr   string
-	lookup *keys.Lookup
-	class  class
+	addr  string
+	found *keys.Recipient
+	class class
 }
 
-// session is the go-milter backend for one message at a time on one MTA
-// connection. go-milter calls it from one goroutine, one callback at a
-// time, and replaces it after any reply that ends the message; state that
-// must outlive that lives in conn.
+// session is the go-milter backend for one MTA connection, one message at a
+// time. go-milter calls it from one goroutine, one callback at a time.
 type session struct {
 	srv  *Server
 	conn *connState
-	st   *Settings
+	st   *Options
 
 	// Per message; reset by MAIL FROM and Abort.
 	queueID  string
@@ -71,29 +68,26 @@ type session struct {
 }
 
 func newSession(srv *Server, cs *connState) *session {
-	return &session{srv: srv, conn: cs, st: srv.settings.Load()}
+	return &session{srv: srv, conn: cs, st: srv.opts.Load()}
 }
 
 var _ gomilter.Milter = (*session)(nil)
 
 func (s *session) reset() {
-	*s = session{srv: s.srv, conn: s.conn, st: s.srv.settings.Load()}
+	*s = session{srv: s.srv, conn: s.conn, st: s.srv.opts.Load()}
 }
 
 // macros keeps the queue id, which Postfix sends with RCPT (SMTP) or MAIL
-// (non-SMTP) and again at end of message; go-milter replaces the macro
-// map with every packet, so it is read where it arrives.
-func (s *session) macros(m *gomilter.Modifier) {
-	if m != nil && m.Macros != nil {
-		if id := m.Macros["i"]; id != "" {
-			s.queueID = id
-		}
+// (non-SMTP) and again at end of message.
+func (s *session) macros(m gomilter.Modifier) {
+	if id := m.Get("i"); id != "" {
+		s.queueID = id
 	}
 }
 
 // guard recovers a panic in a callback: log the stack with the queue id
 // and answer a temporary failure, so the mail stays in the queue.
-func (s *session) guard(resp *gomilter.Response, err *error) {
+func (s *session) guard(resp **gomilter.Response, err *error) {
 	if v := recover(); v != nil {
 		s.srv.log.Error("panic in milter session", "queue_id", s.queueID, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 		*resp = ReplyInternal.response(s.queueID)
@@ -105,21 +99,39 @@ func (s *session) guard(resp *gomilter.Response, err *error) {
 // Connect records the client. Postfix hands mail from sendmail(1) and
 // pickup (non_smtpd_milters) over as a connection from 127.0.0.1 with
 // port 0; such mail cannot have single recipients refused.
-func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) Connect(host, family string, port uint16, addr string, m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
+	ip, _ := netip.ParseAddr(addr)
 	s.conn.seen = true
 	s.conn.client = fmt.Sprintf("%s [%s]:%d", host, addr, port)
-	s.conn.nonSMTP = port == 0 && addr != nil && addr.IsLoopback() && (family == "tcp4" || family == "tcp6")
+	s.conn.nonSMTP = port == 0 && ip.IsLoopback() && (family == "tcp4" || family == "tcp6")
 	return gomilter.RespContinue, nil
 }
 
+// NewConnection is called once the connection is negotiated, and again
+// when the MTA reuses it for another SMTP connection (SMFIC_QUIT_NC).
+func (s *session) NewConnection(m gomilter.Modifier) error {
+	s.reset()
+	s.conn.busy.Store(false)
+	s.conn.seen, s.conn.client, s.conn.nonSMTP = false, "", false
+	return nil
+}
+
+// Cleanup is called when the connection ends.
+func (s *session) Cleanup(m gomilter.Modifier) { s.conn.busy.Store(false) }
+
 // Helo is not needed.
-func (s *session) Helo(name string, m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) Helo(name string, m gomilter.Modifier) (*gomilter.Response, error) {
+	return gomilter.RespContinue, nil
+}
+
+// Unknown SMTP commands are not needed.
+func (s *session) Unknown(cmd string, m gomilter.Modifier) (*gomilter.Response, error) {
 	return gomilter.RespContinue, nil
 }
 
 // MailFrom starts a message: fresh state and the current settings.
-func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) MailFrom(from, esmtpArgs string, m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.reset()
 	s.started = s.srv.now()
@@ -134,25 +146,22 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 // answered per recipient with SMFIR_REPLYCODE (which keeps the session's
 // state); mail from non_smtpd_milters must not see recipient rejections,
 // so its problems are decided at end of message.
-func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) RcptTo(rcpt, esmtpArgs string, m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
-	if mailer, _ := macro(m, "rcpt_mailer"); mailer == "error" {
+	// This recipient's own macros: those of the SMFIC_MACRO right before
+	// it, never an earlier recipient's (limitConn.rcptMacros).
+	rm := s.conn.limits.rcptMacros
+	if mailer, _ := macro(rm, "rcpt_mailer"); mailer == "error" {
 		// Postfix rejected this recipient itself and tells the milter only
 		// for its information: it is no recipient of the message, and
 		// must not fix the transaction's class.
 		return gomilter.RespContinue, nil
 	}
-	addr, aerr := rcptAddr(rcpt, m)
-	if m != nil && m.Macros != nil {
-		// go-milter keeps macros until the next SMFIC_MACRO: a later RCPT
-		// without its own must not be classified as this one.
-		delete(m.Macros, "{rcpt_addr}")
-		delete(m.Macros, "rcpt_addr")
-	}
+	addr, aerr := rcptAddr(rcpt, rm)
 	if aerr != nil {
 		s.srv.log.Warn("recipient address not understood", "queue_id", s.queueID, "rcpt", rcpt, "error", aerr)
-		s.srv.metrics.Lookup(aerr)
+		s.srv.metrics.KeysFound(aerr)
 		if s.conn.nonSMTP {
 			s.localMix = append(s.localMix, "recipient address not understood: "+rcpt)
 			s.localFailed = true
@@ -161,8 +170,8 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 		return ReplyAddressUnknown.response(s.queueID), nil
 	}
 	rcpt = addr
-	l, lerr := s.lookup(rcpt)
-	s.srv.metrics.Lookup(lerr)
+	l, lerr := s.findKeys(rcpt)
+	s.srv.metrics.KeysFound(lerr)
 	var c class
 	switch {
 	case lerr != nil:
@@ -184,9 +193,9 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 		return ReplyLookupFailed.response(s.queueID), nil
 	case l.AllUnusable():
 		s.srv.log.Warn("recipient's keys are unusable", "queue_id", s.queueID, "rcpt", rcpt,
-			"policy", s.st.UnusableKey, "reason", l.Unusable[0].Error())
+			"policy", s.st.UnusableKey.String(), "reason", l.Unusable[0].Error())
 		switch s.st.UnusableKey {
-		case config.UnusableClear:
+		case UnusableKeyClear:
 			c = class{}
 		default:
 			if s.conn.nonSMTP {
@@ -194,7 +203,7 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 				s.localFailed = true
 				return gomilter.RespContinue, nil
 			}
-			if s.st.UnusableKey == config.UnusableReject {
+			if s.st.UnusableKey == UnusableKeyReject {
 				return ReplyKeyUnusableReject.response(s.queueID), nil
 			}
 			return ReplyKeyUnusableTemp.response(s.queueID), nil
@@ -213,20 +222,17 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	if s.txClass == nil {
 		s.txClass = &c
 	}
-	s.rcpts = append(s.rcpts, recipient{addr: rcpt, lookup: l, class: c})
+	s.rcpts = append(s.rcpts, recipient{addr: rcpt, found: l, class: c})
 	return gomilter.RespContinue, nil
 }
 
-// macro returns a macro of the current packet: MTAs send long names in
-// braces ("{rcpt_addr}") and one-letter ones without ("i").
-func macro(m *gomilter.Modifier, name string) (string, bool) {
-	if m == nil || m.Macros == nil {
-		return "", false
-	}
-	if v, ok := m.Macros["{"+name+"}"]; ok {
+// macro returns a macro of the recipient: MTAs send long names in
+// braces ("{rcpt_addr}"), but a bare name is understood too.
+func macro(m map[string]string, name string) (string, bool) {
+	if v, ok := m["{"+name+"}"]; ok {
 		return v, true
 	}
-	v, ok := m.Macros[name]
+	v, ok := m[name]
 	return v, ok
 }
 
@@ -248,7 +254,7 @@ func macro(m *gomilter.Modifier, name string) (string, bool) {
 //
 // A missing macro is an error, not a reason to fall back to the raw
 // argument: an MTA configured not to send it must be noticed.
-func rcptAddr(raw string, m *gomilter.Modifier) (string, error) {
+func rcptAddr(raw string, m map[string]string) (string, error) {
 	v, ok := macro(m, "rcpt_addr")
 	if !ok {
 		return "", errors.New("the MTA sent no {rcpt_addr} macro: list it in Postfix's milter_rcpt_macros (it is there by default) or Sendmail's confMILTER_MACROS_ENVRCPT")
@@ -288,17 +294,17 @@ func plainDomain(d string) bool {
 	return true
 }
 
-// lookup asks the resolver about rcpt, bounded by milter.lookup_timeout
+// findKeys asks the key source about rcpt, bounded by milter.lookup_timeout
 // even when the store does not heed the context: SQLite waiting for a
 // lock that another process holds retries for seconds (about 10 s for a
 // WAL read lock) whatever the context says, and the MTA must have its
 // reply in time (Sendmail waits 10 s by default). An abandoned lookup
 // finishes in the background.
-func (s *session) lookup(rcpt string) (*keys.Lookup, error) {
+func (s *session) findKeys(rcpt string) (*keys.Recipient, error) {
 	// A cached answer needs no goroutine: most recipients are answered
 	// from the cache, and starting and waiting for a goroutine costs the
 	// runtime thread wake-ups on every RCPT.
-	if c, ok := s.st.Resolver.(cacheResolver); ok {
+	if c, ok := s.st.Keys.(cachedKeySource); ok {
 		if l, ok := c.Cached(rcpt); ok {
 			return l, nil
 		}
@@ -306,19 +312,19 @@ func (s *session) lookup(rcpt string) (*keys.Lookup, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
 	defer cancel()
 	type answer struct {
-		l     *keys.Lookup
+		l     *keys.Recipient
 		err   error
 		panic any
 	}
 	done := make(chan answer, 1)
-	res := s.st.Resolver
+	res := s.st.Keys
 	go func() {
 		defer func() {
 			if v := recover(); v != nil {
 				done <- answer{panic: fmt.Sprintf("%v\n%s", v, debug.Stack())}
 			}
 		}()
-		l, err := res.Lookup(ctx, rcpt)
+		l, err := res.Resolve(ctx, rcpt)
 		done <- answer{l: l, err: err}
 	}()
 	select {
@@ -349,7 +355,7 @@ func (s *session) needsWork() bool {
 // Data comes after the last RCPT (milter protocol 4 and later): every
 // recipient is known, so a message that no recipient needs encrypted is
 // accepted here, and the MTA sends us none of its content.
-func (s *session) Data(m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) Data(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	if !s.needsWork() {
@@ -358,12 +364,10 @@ func (s *session) Data(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	return gomilter.RespContinue, nil
 }
 
-var _ gomilter.DataMilter = (*session)(nil)
-
 // Header collects the header section. An MTA that sent no DATA event
 // (Postfix with milter_protocol = 2) has clear mail accepted at its first
 // header field instead.
-func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) Header(name, value string, m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	if !s.needsWork() {
@@ -384,7 +388,7 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 // that mail is already encrypted (a multipart/encrypted Content-Type
 // over clear text is still clear text): that is decided from the body,
 // at end of message.
-func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) Headers(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	if !s.needsWork() {
@@ -397,7 +401,7 @@ func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp go
 // The first chunk is copied at its exact size (most mail is one chunk);
 // after that, growth is by a quarter, not doubling, so a large body does
 // not hold twice its size in spare capacity.
-func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
+func (s *session) BodyChunk(chunk []byte, m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	if s.tooBig {
 		return gomilter.RespContinue, nil
@@ -418,16 +422,16 @@ func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.R
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) tooBigReply() gomilter.Response {
+func (s *session) tooBigReply() *gomilter.Response {
 	s.tooBig = true
 	s.body, s.fields = nil, nil
 	s.logResult("rejected", ReplyTooBig, nil)
 	return ReplyTooBig.response(s.queueID)
 }
 
-// Body is the end of the message: encrypt once for the transaction's
-// class and hand the MTA the changes.
-func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
+// EndOfMessage is the end of the message: encrypt once for the
+// transaction's class and hand the MTA the changes.
+func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, err error) {
 	defer s.guard(&resp, &err)
 	s.macros(m)
 	defer s.conn.busy.Store(false)
@@ -450,9 +454,9 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 
 // decideLocalMix applies milter.mixed_local to non-SMTP mail whose
 // recipients could not all be served with one body.
-func (s *session) decideLocalMix(m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) decideLocalMix(m gomilter.Modifier) (*gomilter.Response, error) {
 	reason := strings.Join(s.localMix, "; ")
-	if !s.localFailed && s.st.MixedLocal == config.MixedLocalEncrypt {
+	if !s.localFailed && s.st.MixedLocal == MixedLocalEncrypt {
 		return s.encrypt(m, false)
 	}
 	// SMFIR_QUARANTINE: Postfix puts the message in its hold queue.
@@ -465,11 +469,11 @@ func (s *session) decideLocalMix(m *gomilter.Modifier) (gomilter.Response, error
 // encrypt encrypts the message to every keyed recipient and applies the
 // result: header changes first, then the body in packets of at most 64 KiB
 // (consecutive SMFIR_REPLBODY packets append; nothing may come between).
-func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response, error) {
+func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response, error) {
 	var to []*keys.Key
 	for _, r := range s.rcpts {
 		if r.class.encrypt {
-			to = append(to, r.lookup.Keys...)
+			to = append(to, r.found.Keys...)
 		}
 	}
 	if len(to) == 0 {
@@ -507,6 +511,7 @@ func (s *session) encrypt(m *gomilter.Modifier, protect bool) (gomilter.Response
 	if batch {
 		s.conn.conn.releaseWithReply()
 	}
+	s.endMessage()
 	return gomilter.RespAccept, nil
 }
 
@@ -517,7 +522,7 @@ const maxBatched = 256 << 10
 // and Sendmail accept 64 KiB.
 const maxBodyPacket = 65535
 
-func apply(m *gomilter.Modifier, res *crypto.Result, trace string) error {
+func apply(m gomilter.Modifier, res *crypto.Result, trace string) error {
 	for _, c := range res.Changes {
 		var err error
 		switch c.Op {
@@ -537,14 +542,11 @@ func apply(m *gomilter.Modifier, res *crypto.Result, trace string) error {
 			return err
 		}
 	}
-	for b := res.Body; len(b) > 0; {
+	// Lines end in LF in the replacement body, as MTAs store them (and as
+	// they send header values).
+	for b := bytes.ReplaceAll(res.Body, []byte("\r\n"), []byte("\n")); len(b) > 0; {
 		n := min(len(b), maxBodyPacket)
-		// go-milter turns CRLF into LF for Postfix; never split a CRLF pair
-		// across packets, or a lone CR would survive.
-		if n < len(b) && b[n-1] == '\r' {
-			n--
-		}
-		if err := m.ReplaceBody(b[:n]); err != nil { // SMFIR_REPLBODY
+		if err := m.ReplaceBodyRawChunk(b[:n]); err != nil { // SMFIR_REPLBODY
 			return err
 		}
 		b = b[n:]
@@ -558,14 +560,19 @@ func apply(m *gomilter.Modifier, res *crypto.Result, trace string) error {
 // see whether clear mail is accepted at DATA (Postfix with
 // milter_protocol = 6, Sendmail 8.14 and later) or only at the first
 // header field (an MTA speaking milter protocol 2).
-func (s *session) accept(action, at string, reason error) gomilter.Response {
+func (s *session) accept(action, at string, reason error) *gomilter.Response {
 	s.conn.busy.Store(false)
 	s.logResult(action, Reply{}, reason, "at", at)
+	s.endMessage()
 	return gomilter.RespAccept
 }
 
+// endMessage forgets the message once it is accepted: the MTA sends no
+// more of it, and whatever it sent would start no message of its own.
+func (s *session) endMessage() { s.reset() }
+
 // Abort ends the message without a decision (the client quit or RSET).
-func (s *session) Abort(m *gomilter.Modifier) error {
+func (s *session) Abort(m gomilter.Modifier) error {
 	if !s.decided && s.started != (time.Time{}) && s.srv.log.Enabled(context.Background(), slog.LevelDebug) {
 		s.srv.log.Debug("message aborted", "queue_id", s.queueID)
 	}

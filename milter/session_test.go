@@ -16,9 +16,8 @@ import (
 	"time"
 
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 
-	"lacre.io/milter/config"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
@@ -32,7 +31,8 @@ type fixture struct {
 	srv     *Server
 	addr    string
 	store   *keystest.Store
-	cfg     *config.Config
+	opts    Options              // as cmd/lacre-milter builds them from the default configuration
+	keyOpts keys.ResolverOptions // likewise
 	secrets map[string]*openpgp.Entity
 	logs    *syncBuffer
 }
@@ -54,9 +54,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newFixture(t testing.TB, tweak func(*config.Config)) *fixture {
+func newFixture(t testing.TB, tweak func(*Options)) *fixture {
 	t.Helper()
-	f := &fixture{store: keystest.NewStore(), cfg: config.Default(), secrets: map[string]*openpgp.Entity{}, logs: &syncBuffer{}}
+	f := &fixture{store: keystest.NewStore(), secrets: map[string]*openpgp.Entity{}, logs: &syncBuffer{},
+		// The defaults of lacre.toml.example (cmd/lacre-milter's
+		// TestMilterOptions checks that the zero Options mean the same).
+		opts: Options{TraceHeader: "X-Lacre"},
+		keyOpts: keys.ResolverOptions{
+			Policy:   keys.Policy{MinRSABits: 2048, Normalizer: keys.Normalizer{FoldLocalPartCase: true, SubaddressSeparator: "+"}},
+			CacheTTL: 30 * time.Second,
+		},
+	}
 	ctx := context.Background()
 	for _, a := range []string{"alice@example.org", "bob@example.org", "carol@example.org"} {
 		e := testkeys.Generate(t, testkeys.Curve25519, a)
@@ -74,7 +82,7 @@ func newFixture(t testing.TB, tweak func(*config.Config)) *fixture {
 	exp, _ := keys.Parse(testkeys.Public(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org")))
 	f.store.Add(ctx, "old@example.org", exp, false)
 	if tweak != nil {
-		tweak(f.cfg)
+		tweak(&f.opts)
 	}
 	f.start(t)
 	return f
@@ -82,12 +90,14 @@ func newFixture(t testing.TB, tweak func(*config.Config)) *fixture {
 
 func (f *fixture) start(t testing.TB) {
 	t.Helper()
-	res, err := keys.NewResolver(f.store, keys.ResolverOptions{Policy: keys.Policy{MinRSABits: f.cfg.Keys.MinRSABits, Normalizer: keys.Normalizer{FoldLocalPartCase: f.cfg.Keys.FoldLocalPartCase, SubaddressSeparator: f.cfg.Keys.SubaddressSeparator}}, NeverEncrypt: f.cfg.Static.NeverEncrypt, Addresses: f.cfg.Static.Addresses, Domains: f.cfg.Static.Domains, CacheTTL: f.cfg.Store.CacheTTL.D(), ProtectHeaders: f.cfg.Encryption.ProtectHeaders})
+	res, err := keys.NewResolver(f.store, f.keyOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	f.srv = New(SettingsFrom(f.cfg, res), log)
+	opts := f.opts
+	opts.Keys = res
+	f.srv = New(opts, log)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -104,30 +114,25 @@ func (f *fixture) start(t testing.TB) {
 	})
 }
 
-// mta is one MTA-side milter connection (go-milter's client), speaking
-// milter protocol 6 as Postfix does.
+// mta is one MTA-side milter connection (go-milter's client, mta_test.go),
+// speaking milter protocol 6 as Postfix does, or 2.
 type mta struct {
 	t *testing.T
-	s *gomilter.ClientSession
-	// noData: behave like an MTA speaking protocol 2 (Postfix with
-	// milter_protocol = 2), which sends no DATA event.
-	noData bool
+	s *mtaClient
 	// noRcptAddr: send no {rcpt_addr} before RCPT (an MTA configured not to).
 	noRcptAddr bool
 }
 
-// The client's default action mask asks for actions lacre-milter does not
-// take; ask for exactly what it negotiates. Offer every protocol flag
-// Postfix 3.7 offers (it offers all of version 6's); the milter picks.
-var clientOptions = gomilter.ClientOptions{
-	ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
-	ActionMask:   actions,
-	ProtocolMask: 0x1fffff,
-}
-
 func (f *fixture) connect(t *testing.T, nonSMTP bool) *mta {
 	t.Helper()
-	s, err := gomilter.NewClientWithOptions("tcp", f.addr, clientOptions).Session()
+	return f.connectVersion(t, nonSMTP, 6)
+}
+
+// connectVersion connects as an MTA speaking milter protocol version; one
+// speaking 2 (Postfix with milter_protocol = 2) sends no DATA event.
+func (f *fixture) connectVersion(t *testing.T, nonSMTP bool, version uint32) *mta {
+	t.Helper()
+	s, err := dialMTA("tcp", f.addr, version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +143,7 @@ func (f *fixture) connect(t *testing.T, nonSMTP bool) *mta {
 		port, host = 0, "localhost"
 	}
 	act, err := s.Conn(host, gomilter.FamilyInet, port, "127.0.0.1")
-	if err != nil || act.Code != gomilter.ActContinue {
+	if err != nil || act.Code != actContinue {
 		t.Fatalf("connect: %v %v", act, err)
 	}
 	return &mta{t: t, s: s}
@@ -146,10 +151,10 @@ func (f *fixture) connect(t *testing.T, nonSMTP bool) *mta {
 
 // result is what the MTA did with one message.
 type result struct {
-	rcptReplies map[string]*gomilter.Action // non-continue replies to RCPT
-	final       *gomilter.Action            // the reply that ended the message
-	endedAt     string                      // "data", "header", "eoh", "body", "eom"
-	mods        []gomilter.ModifyAction
+	rcptReplies map[string]*action // non-continue replies to RCPT
+	final       *action            // the reply that ended the message
+	endedAt     string             // "data", "header", "eoh", "body", "eom"
+	mods        []modAction
 	delivered   []byte // the message after the modifications
 	quarantine  string
 }
@@ -160,9 +165,9 @@ type result struct {
 func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 	t := m.t
 	t.Helper()
-	r := &result{rcptReplies: map[string]*gomilter.Action{}}
+	r := &result{rcptReplies: map[string]*action{}}
 	s := m.s
-	must := func(a *gomilter.Action, err error) *gomilter.Action {
+	must := func(a *action, err error) *action {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
@@ -173,12 +178,12 @@ func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 	accepted := 0
 	for _, rc := range rcpts {
 		if m.noRcptAddr {
-			s.Macros(gomilter.CodeRcpt, "i", queueID)
+			s.Macros(codeRcpt, "i", queueID)
 		} else {
-			s.Macros(gomilter.CodeRcpt, "i", queueID, "{rcpt_addr}", strings.Trim(rc, "<>"))
+			s.Macros(codeRcpt, "i", queueID, "{rcpt_addr}", strings.Trim(rc, "<>"))
 		}
 		a := must(s.Rcpt(rc, nil))
-		if a.Code != gomilter.ActContinue {
+		if a.Code != actContinue {
 			r.rcptReplies[rc] = a
 			continue
 		}
@@ -188,38 +193,40 @@ func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 		s.Abort()
 		return r
 	}
-	if !m.noData {
-		s.Macros(gomilter.CodeData, "i", queueID)
-		if a := must(s.Data()); a.Code != gomilter.ActContinue {
-			r.final, r.endedAt = a, "data"
-			r.delivered = msg
-			return r
-		}
+	s.Macros(codeData, "i", queueID)
+	if a := must(s.Data()); a.Code != actContinue { // sends nothing with protocol 2
+		r.final, r.endedAt = a, "data"
+		r.delivered = msg
+		s.Abort() // as Postfix does before the next message
+		return r
 	}
 	fields, body := crypto.Split(msg)
 	for _, fl := range fields {
 		a := must(s.HeaderField(fl.Name, fl.Value))
-		if a.Code != gomilter.ActContinue {
+		if a.Code != actContinue {
 			r.final, r.endedAt = a, "header"
 			r.delivered = msg
+			s.Abort()
 			return r
 		}
 	}
-	if a := must(s.HeaderEnd()); a.Code != gomilter.ActContinue {
+	if a := must(s.HeaderEnd()); a.Code != actContinue {
 		r.final, r.endedAt = a, "eoh"
 		r.delivered = msg
+		s.Abort()
 		return r
 	}
 	for b := body; len(b) > 0; {
-		n := min(len(b), gomilter.MaxBodyChunk)
+		n := min(len(b), maxBodyChunk)
 		a := must(s.BodyChunk(b[:n]))
-		if a.Code != gomilter.ActContinue {
+		if a.Code != actContinue {
 			r.final, r.endedAt = a, "body"
+			s.Abort()
 			return r
 		}
 		b = b[n:]
 	}
-	s.Macros(gomilter.CodeEOB, "i", queueID)
+	s.Macros(codeEOB, "i", queueID)
 	mods, a, err := s.End()
 	if err != nil {
 		t.Fatal(err)
@@ -230,27 +237,27 @@ func (m *mta) send(queueID string, rcpts []string, msg []byte) *result {
 }
 
 // applyMods does what the MTA does with the modification actions.
-func applyMods(t *testing.T, fields []crypto.Field, body []byte, mods []gomilter.ModifyAction, quarantine *string) []byte {
+func applyMods(t *testing.T, fields []crypto.Field, body []byte, mods []modAction, quarantine *string) []byte {
 	var changes []crypto.Change
 	var newBody []byte
 	replaced := false
 	for _, m := range mods {
 		switch m.Code {
-		case gomilter.ActChangeHeader:
+		case actChangeHeader:
 			op := crypto.Set
 			if m.HeaderValue == "" {
 				op = crypto.Delete
 			}
 			changes = append(changes, crypto.Change{Op: op, Name: m.HeaderName, Index: int(m.HeaderIndex), Value: m.HeaderValue})
-		case gomilter.ActAddHeader:
+		case actAddHeader:
 			changes = append(changes, crypto.Change{Op: crypto.Add, Name: m.HeaderName, Value: m.HeaderValue})
-		case gomilter.ActReplBody:
+		case actReplBody:
 			if len(m.Body) > 65535 {
 				t.Errorf("body replacement packet of %d bytes", len(m.Body))
 			}
 			replaced = true
 			newBody = append(newBody, m.Body...)
-		case gomilter.ActQuarantine:
+		case actQuarantine:
 			*quarantine = m.Reason
 		default:
 			t.Errorf("unexpected modification %c", m.Code)
@@ -279,7 +286,7 @@ func TestKeyedRecipientIsEncrypted(t *testing.T) {
 	f := newFixture(t, nil)
 	m := f.connect(t, false)
 	r := m.send("Q1", []string{"<alice@example.org>"}, []byte(plainMsg))
-	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept {
+	if r.endedAt != "eom" || r.final.Code != actAccept {
 		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
 	}
 	_, inner := pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
@@ -298,11 +305,11 @@ func TestKeyedRecipientIsEncrypted(t *testing.T) {
 func TestClearMailIsAcceptedAtData(t *testing.T) {
 	f := newFixture(t, nil)
 	m := f.connect(t, false)
-	if v := m.s.ProtocolOpts; v&(gomilter.OptNoData|gomilter.OptNoHelo|gomilter.OptNoUnknown) != gomilter.OptNoHelo|gomilter.OptNoUnknown {
-		t.Fatalf("negotiated protocol flags %#x", v)
+	if v := m.s.ProtocolOpts(); v != protocol|noReply|noReplyAfterData {
+		t.Fatalf("negotiated protocol flags %v", v)
 	}
 	r := m.send("Q2", []string{"nobody@example.org", "other@example.net"}, []byte(plainMsg))
-	if r.endedAt != "data" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+	if r.endedAt != "data" || r.final.Code != actAccept || len(r.mods) != 0 {
 		t.Fatalf("ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
 	}
 	if !regexp.MustCompile(`queue_id=Q2 action=clear rcpts=2 classes=clear:2 .* at=data\n`).MatchString(f.logs.String()) {
@@ -310,17 +317,19 @@ func TestClearMailIsAcceptedAtData(t *testing.T) {
 	}
 	// An MTA that sends no DATA (protocol 2) has it accepted at the first
 	// header field; one with a keyed recipient goes on past DATA.
-	m.noData = true
-	r = m.send("Q2b", []string{"nobody@example.org"}, []byte(plainMsg))
-	if r.endedAt != "header" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+	m2 := f.connectVersion(t, false, 2)
+	if v := m2.s.ProtocolOpts(); v&(noReply|noReplyAfterData) != 0 {
+		t.Fatalf("protocol 2: negotiated protocol flags %v", v)
+	}
+	r = m2.send("Q2b", []string{"nobody@example.org"}, []byte(plainMsg))
+	if r.endedAt != "header" || r.final.Code != actAccept || len(r.mods) != 0 {
 		t.Fatalf("without DATA: ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
 	}
 	if !regexp.MustCompile(`queue_id=Q2b action=clear .* at=header\n`).MatchString(f.logs.String()) {
 		t.Errorf("log line missing:\n%s", f.logs.String())
 	}
-	m.noData = false
 	r = m.send("Q2c", []string{"alice@example.org"}, []byte(plainMsg))
-	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) == 0 {
+	if r.endedAt != "eom" || r.final.Code != actAccept || len(r.mods) == 0 {
 		t.Fatalf("keyed: ended at %s with %+v, %d modifications", r.endedAt, r.final, len(r.mods))
 	}
 }
@@ -332,7 +341,7 @@ func TestMixedRecipientsSplit(t *testing.T) {
 	r := m.send("Q3", []string{"alice@example.org", "nobody@example.org", "bob@example.org", "carol@example.org"}, []byte(plainMsg))
 	for rc, want := range map[string]int{"nobody@example.org": 452, "carol@example.org": 452} {
 		a := r.rcptReplies[rc]
-		if a == nil || a.Code != gomilter.ActReplyCode || a.SMTPCode != want || !strings.HasPrefix(a.SMTPText, "4.5.3 ") {
+		if a == nil || a.Code != actReplyCode || a.SMTPCode != want || !strings.HasPrefix(a.SMTPText, "4.5.3 ") {
 			t.Errorf("%s: reply %+v, want %d 4.5.3", rc, a, want)
 		}
 	}
@@ -350,7 +359,7 @@ func TestMixedRecipientsSplit(t *testing.T) {
 	// The deferred ones come back in a new transaction on the same
 	// connection; the state of the first did not leak into it.
 	r = m.send("Q4", []string{"nobody@example.org"}, []byte(plainMsg))
-	if r.endedAt != "data" || r.final.Code != gomilter.ActAccept {
+	if r.endedAt != "data" || r.final.Code != actAccept {
 		t.Fatalf("second transaction ended at %s with %+v", r.endedAt, r.final)
 	}
 	r = m.send("Q5", []string{"carol@example.org"}, []byte(plainMsg))
@@ -379,12 +388,12 @@ func TestAlreadyEncryptedPassesUnchanged(t *testing.T) {
 	pgpMIME := "From: a@example.net\r\nTo: alice@example.org\r\nMIME-Version: 1.0\r\n" +
 		"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\n\r\n" + fuzzCanned['B'][4]
 	r := m.send("Q7", []string{"alice@example.org"}, []byte(pgpMIME))
-	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+	if r.endedAt != "eom" || r.final.Code != actAccept || len(r.mods) != 0 {
 		t.Fatalf("PGP/MIME: ended at %s with %+v, %d mods", r.endedAt, r.final, len(r.mods))
 	}
 	inline := "From: a@example.net\r\nTo: alice@example.org\r\n\r\n" + fuzzFakeArmour
 	r = m.send("Q8", []string{"alice@example.org"}, []byte(inline))
-	if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept || len(r.mods) != 0 {
+	if r.endedAt != "eom" || r.final.Code != actAccept || len(r.mods) != 0 {
 		t.Fatalf("inline: ended at %s with %+v, %d mods", r.endedAt, r.final, len(r.mods))
 	}
 }
@@ -405,7 +414,7 @@ func TestLookalikeIsEncrypted(t *testing.T) {
 			"Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=b\r\nContent-Type: text/plain\r\n\r\n" + fuzzCanned['B'][4],
 	} {
 		r := m.send(fmt.Sprintf("L%d", i), []string{"alice@example.org"}, []byte(msg))
-		if r.endedAt != "eom" || r.final.Code != gomilter.ActAccept {
+		if r.endedAt != "eom" || r.final.Code != actAccept {
 			t.Fatalf("look-alike %d: ended at %s with %+v", i, r.endedAt, r.final)
 		}
 		_, inner := pgptest.OpenAndDecrypt(t, r.delivered, f.secrets["alice@example.org"])
@@ -435,15 +444,16 @@ func TestStoreDownFailsClosed(t *testing.T) {
 
 func TestUnusableKeyPolicy(t *testing.T) {
 	for _, tc := range []struct {
-		policy string
+		name   string
+		policy UnusableKeyPolicy
 		code   int
 		clear  bool
-	}{{config.UnusableTempfail, 450, false}, {config.UnusableReject, 550, false}, {config.UnusableClear, 0, true}} {
-		t.Run(tc.policy, func(t *testing.T) {
-			f := newFixture(t, func(c *config.Config) { c.Encryption.UnusableKey = tc.policy })
+	}{{"tempfail", UnusableKeyTempfail, 450, false}, {"reject", UnusableKeyReject, 550, false}, {"clear", UnusableKeyClear, 0, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(o *Options) { o.UnusableKey = tc.policy })
 			r := f.connect(t, false).send("Q11", []string{"old@example.org"}, []byte(plainMsg))
 			if tc.clear {
-				if r.endedAt != "data" || r.final.Code != gomilter.ActAccept {
+				if r.endedAt != "data" || r.final.Code != actAccept {
 					t.Fatalf("clear policy: ended at %s %+v", r.endedAt, r.final)
 				}
 				return
@@ -456,17 +466,18 @@ func TestUnusableKeyPolicy(t *testing.T) {
 }
 
 func TestTooBigWithKeyedRecipient(t *testing.T) {
-	f := newFixture(t, func(c *config.Config) { c.Milter.MaxMessageSize = 1 << 20 })
+	f := newFixture(t, func(o *Options) { o.MaxMessageSize = 1 << 20 })
 	m := f.connect(t, false)
 	big := []byte(plainMsg + strings.Repeat("x", 2<<20))
+	// Refused at end of message: body chunks get no reply (SMFIP_NR_BODY);
+	// the SMTP client gets the same 552 at the end of DATA.
 	r := m.send("Q12", []string{"alice@example.org"}, big)
-	if r.endedAt != "body" || r.final.SMTPCode != 552 || !strings.HasPrefix(r.final.SMTPText, "5.3.4 ") {
+	if r.endedAt != "eom" || r.final.SMTPCode != 552 || !strings.HasPrefix(r.final.SMTPText, "5.3.4 ") {
 		t.Fatalf("ended at %s with %+v", r.endedAt, r.final)
 	}
-	m.s.Abort()
 	// The same size to an unkeyed recipient passes: it is never buffered.
 	r = m.send("Q13", []string{"nobody@example.org"}, big)
-	if r.final.Code != gomilter.ActAccept {
+	if r.final.Code != actAccept {
 		t.Fatalf("clear big message: %+v", r.final)
 	}
 }
@@ -478,7 +489,7 @@ func TestNonSMTPMixedIsHeld(t *testing.T) {
 	if len(r.rcptReplies) != 0 {
 		t.Fatalf("non-SMTP mail got recipient replies: %v", r.rcptReplies)
 	}
-	if r.final.Code != gomilter.ActAccept || !strings.Contains(r.quarantine, "nobody@example.org is clear") {
+	if r.final.Code != actAccept || !strings.Contains(r.quarantine, "nobody@example.org is clear") {
 		t.Fatalf("final %+v, quarantine %q", r.final, r.quarantine)
 	}
 	if !bytes.Equal(r.delivered, []byte(plainMsg)) {
@@ -493,7 +504,7 @@ func TestNonSMTPMixedIsHeld(t *testing.T) {
 }
 
 func TestNonSMTPMixedEncryptPolicy(t *testing.T) {
-	f := newFixture(t, func(c *config.Config) { c.Milter.MixedLocal = config.MixedLocalEncrypt })
+	f := newFixture(t, func(o *Options) { o.MixedLocal = MixedLocalEncrypt })
 	r := f.connect(t, true).send("Q16", []string{"nobody@example.org", "alice@example.org"}, []byte(plainMsg))
 	if r.quarantine != "" || len(r.rcptReplies) != 0 {
 		t.Fatalf("quarantine %q replies %v", r.quarantine, r.rcptReplies)
@@ -504,13 +515,13 @@ func TestNonSMTPMixedEncryptPolicy(t *testing.T) {
 func TestAbortResetsState(t *testing.T) {
 	f := newFixture(t, nil)
 	m := f.connect(t, false)
-	must := func(a *gomilter.Action, err error) {
-		if err != nil || a.Code != gomilter.ActContinue {
+	must := func(a *action, err error) {
+		if err != nil || a.Code != actContinue {
 			t.Fatalf("%+v %v", a, err)
 		}
 	}
 	must(m.s.Mail("a@example.net", nil))
-	m.s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "alice@example.org")
+	m.s.Macros(codeRcpt, "{rcpt_addr}", "alice@example.org")
 	must(m.s.Rcpt("alice@example.org", nil))
 	if err := m.s.Abort(); err != nil {
 		t.Fatal(err)
@@ -525,11 +536,11 @@ func TestAbortResetsState(t *testing.T) {
 // panicResolver stands in for a bug anywhere below the session.
 type panicResolver struct{}
 
-func (panicResolver) Lookup(context.Context, string) (*keys.Lookup, error) { panic("boom") }
+func (panicResolver) Resolve(context.Context, string) (*keys.Recipient, error) { panic("boom") }
 
 func TestPanicBecomesTempfail(t *testing.T) {
 	f := newFixture(t, nil)
-	f.srv.Reload(&Settings{Resolver: panicResolver{}, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: panicResolver{}, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
 	m := f.connect(t, false)
 	r := m.send("Q18", []string{"alice@example.org"}, []byte(plainMsg))
 	if a := r.rcptReplies["alice@example.org"]; a == nil || a.SMTPCode != 451 {
@@ -544,11 +555,12 @@ func TestShutdownDrainsMessagesInFlight(t *testing.T) {
 	f := newFixture(t, nil)
 	busy := f.connect(t, false)
 	f.connect(t, false) // an idle connection: closed at once
-	if a, err := busy.s.Mail("a@example.net", nil); err != nil || a.Code != gomilter.ActContinue {
+	if a, err := busy.s.Mail("a@example.net", nil); err != nil || a.Code != actContinue {
 		t.Fatal(err)
 	}
-	busy.s.Macros(gomilter.CodeRcpt, "{rcpt_addr}", "alice@example.org")
+	busy.s.Macros(codeRcpt, "{rcpt_addr}", "alice@example.org")
 	busy.s.Rcpt("alice@example.org", nil)
+	busy.s.Data()
 	done := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -572,7 +584,7 @@ func TestShutdownDrainsMessagesInFlight(t *testing.T) {
 	busy.s.HeaderEnd()
 	busy.s.BodyChunk(body)
 	mods, a, err := busy.s.End()
-	if err != nil || a.Code != gomilter.ActAccept || len(mods) == 0 {
+	if err != nil || a.Code != actAccept || len(mods) == 0 {
 		t.Fatalf("end: %+v %d mods %v", a, len(mods), err)
 	}
 	select {
@@ -608,8 +620,8 @@ func TestReplies(t *testing.T) {
 // fixedResolver answers every lookup with the same keys.
 type fixedResolver struct{ keys []*keys.Key }
 
-func (r fixedResolver) Lookup(_ context.Context, a string) (*keys.Lookup, error) {
-	return &keys.Lookup{Address: a, Source: keys.SourceStore, Keys: r.keys}, nil
+func (r fixedResolver) Resolve(_ context.Context, a string) (*keys.Recipient, error) {
+	return &keys.Recipient{Address: a, Source: keys.SourceStore, Keys: r.keys}, nil
 }
 
 // TestEncryptionFailureIsTempfail: if encryption fails at end of message
@@ -621,9 +633,9 @@ func TestEncryptionFailureIsTempfail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv.Reload(&Settings{Resolver: fixedResolver{weak}, MinRSABits: 2048, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
+	f.srv.Reload(Options{Keys: fixedResolver{weak}, MinRSABits: 2048, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
 	r := f.connect(t, false).send("Q19", []string{"weak@example.org"}, []byte(plainMsg))
-	if r.endedAt != "eom" || r.final.Code != gomilter.ActReplyCode || r.final.SMTPCode != 451 || !strings.HasPrefix(r.final.SMTPText, "4.3.0 ") {
+	if r.endedAt != "eom" || r.final.Code != actReplyCode || r.final.SMTPCode != 451 || !strings.HasPrefix(r.final.SMTPText, "4.3.0 ") {
 		t.Fatalf("ended at %s with %+v, want 451 4.3.0 at end of message", r.endedAt, r.final)
 	}
 	if len(r.mods) != 0 {
@@ -649,16 +661,16 @@ func TestUnixSocket(t *testing.T) {
 	}
 	stale.(*net.UnixListener).SetUnlinkOnClose(false)
 	stale.Close() // the file stays, nobody listens: as after SIGKILL
-	ln, err := Listen("unix:" + path)
+	ln, err := Listen("unix", path)
 	if err != nil {
 		t.Fatalf("listen over a stale socket: %v", err)
 	}
 	f := newFixture(t, nil)
 	go f.srv.Serve(ln)
-	if _, err := Listen("unix:" + path); err == nil {
+	if _, err := Listen("unix", path); err == nil {
 		t.Fatal("a second instance took over a live socket")
 	}
-	s, err := gomilter.NewClientWithOptions("unix", path, clientOptions).Session()
+	s, err := dialMTA("unix", path, 6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -675,7 +687,7 @@ func TestUnixSocket(t *testing.T) {
 // recipients of different classes, not a recipient whose keys cannot be
 // used: that message is held, never encrypted without that key.
 func TestNonSMTPEncryptPolicyNeedsUsableKeys(t *testing.T) {
-	f := newFixture(t, func(c *config.Config) { c.Milter.MixedLocal = config.MixedLocalEncrypt })
+	f := newFixture(t, func(o *Options) { o.MixedLocal = MixedLocalEncrypt })
 	r := f.connect(t, true).send("Q21", []string{"alice@example.org", "old@example.org"}, []byte(plainMsg))
 	if r.quarantine == "" || !strings.Contains(r.quarantine, "every key of old@example.org is unusable") {
 		t.Fatalf("quarantine %q, want held for the unusable key", r.quarantine)

@@ -14,8 +14,8 @@
 // (SMFIR_CHGHEADER) or added, the other Content-* fields deleted
 // (SMFIR_CHGHEADER with an empty value, highest index first), MIME-Version
 // added when absent, the trace header added (SMFIR_ADDHEADER), then the
-// body replaced (SMFIR_REPLBODY) in packets of at most 65535 bytes that
-// never split a CRLF. The new body is the received one, byte for byte: the
+// body replaced (SMFIR_REPLBODY, lines ending in LF) in packets of at most
+// 65535 bytes. The new body is the received one, byte for byte: the
 // same size, where lacre's armoured ciphertext is about 1.4 times larger.
 // It collects the header fields and the body as lacre does.
 //
@@ -35,7 +35,9 @@
 //
 // All modes negotiate what lacre-milter negotiates (milter/server.go:
 // protocol version 6, every stage but HELO and unknown commands, the same
-// actions). The connection does what lacre's does to save system calls,
+// actions, no reply to CONNECT nor, after DATA, to header
+// fields, the end of the header and body chunks), except that
+// accept-header does answer header fields. The connection does what lacre's does to save system calls,
 // only more: reads are buffered, and everything written is held until the
 // milter next reads, so each reply, with the changes before it, goes out
 // in one write. Nothing is logged.
@@ -52,7 +54,7 @@ import (
 	"runtime/debug"
 	"strings"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 )
 
 // maxBodyPacket is the largest SMFIR_REPLBODY payload, as in lacre.
@@ -77,40 +79,74 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv := &gomilter.Server{
-		NewMilter: func() gomilter.Milter { return &session{mode: *mode, trace: *trace} },
-		// lacre's negotiation (milter/server.go).
-		Actions:         gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine,
-		Protocol:        gomilter.OptNoHelo | gomilter.OptNoUnknown,
-		ProtocolVersion: 6,
+	afterData := noReplyAfterData
+	if *mode == "accept-header" {
+		afterData = 0
 	}
+	gomilter.LogWarning = func(string, ...any) {}
+	srv := gomilter.NewServer(
+		gomilter.WithMilter(func() gomilter.Milter { return &session{mode: *mode, trace: *trace} }),
+		gomilter.WithActions(actions),
+		gomilter.WithProtocols(protocol|noReply|afterData),
+		gomilter.WithNegotiationCallback(func(mtaVersion, _ uint32, mtaActions, _ gomilter.OptAction, mtaProtocol, _ gomilter.OptProtocol, _ gomilter.DataSize) (uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize, error) {
+			if mtaVersion < 2 || mtaActions&actions != actions {
+				return 0, 0, 0, 0, fmt.Errorf("nullmilter: MTA version %d, actions %v", mtaVersion, mtaActions)
+			}
+			version := min(mtaVersion, 6)
+			want := protocol | noReply
+			if version >= 4 {
+				want |= afterData
+			}
+			return version, actions, want & mtaProtocol, gomilter.DataSize64K, nil
+		}),
+		gomilter.WithReadTimeout(0), gomilter.WithWriteTimeout(0),
+	)
 	log.Fatal(srv.Serve(&listener{ln}))
 }
 
-// session is one message on one MTA connection; go-milter makes a new one
-// after every reply that ends a message.
+// lacre's negotiation (milter/server.go).
+const (
+	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
+	protocol         = gomilter.OptNoHelo | gomilter.OptNoUnknown
+	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoUnknownReply
+	noReplyAfterData = gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
+)
+
+// session is one MTA connection, one message at a time.
 type session struct {
-	gomilter.NoOpMilter // Connect, Helo, MailFrom, Headers, Abort: continue
+	gomilter.NoOpMilter // Connect, Helo, Headers, Unknown: continue
 	mode, trace         string
 	names               []string // header field names, in order
 	body                []byte
 }
 
-func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) reset() { s.names, s.body = s.names[:0], s.body[:0] }
+
+func (s *session) MailFrom(from, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
+	s.reset()
+	return gomilter.RespContinue, nil
+}
+
+func (s *session) Abort(m gomilter.Modifier) error {
+	s.reset()
+	return nil
+}
+
+func (s *session) RcptTo(rcpt, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
 	if s.mode == "accept-rcpt" {
 		return gomilter.RespAccept, nil
 	}
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) Data(m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) Data(m gomilter.Modifier) (*gomilter.Response, error) {
 	if s.mode == "accept-data" {
 		return gomilter.RespAccept, nil
 	}
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) Header(name, value string, m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) Header(name, value string, m gomilter.Modifier) (*gomilter.Response, error) {
 	if s.mode == "accept-header" {
 		return gomilter.RespAccept, nil
 	}
@@ -118,14 +154,14 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (gomilter.Res
 	return gomilter.RespContinue, nil
 }
 
-func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (gomilter.Response, error) {
+func (s *session) BodyChunk(chunk []byte, m gomilter.Modifier) (*gomilter.Response, error) {
 	s.body = append(s.body, chunk...)
 	return gomilter.RespContinue, nil
 }
 
-// Body (end of message) makes lacre's kinds of changes; see the package
-// comment.
-func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
+// EndOfMessage makes lacre's kinds of changes; see the package comment.
+func (s *session) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) {
+	defer s.reset()
 	// A Content-Type of about the length of lacre's (~110 bytes).
 	const newType = `text/plain; charset=us-ascii; x-nullmilter="0123456789abcdef0123456789abcdef0123456789abcdef0123456789"`
 	seen := map[string]int{}
@@ -165,12 +201,10 @@ func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
 	if err := m.AddHeader(s.trace, "null-milter"); err != nil {
 		return nil, err
 	}
-	for b := s.body; len(b) > 0; {
+	// As lacre: lines end in LF in the replacement body.
+	for b := bytes.ReplaceAll(s.body, []byte("\r\n"), []byte("\n")); len(b) > 0; {
 		n := min(len(b), maxBodyPacket)
-		if n < len(b) && b[n-1] == '\r' {
-			n--
-		}
-		if err := m.ReplaceBody(b[:n]); err != nil {
+		if err := m.ReplaceBodyRawChunk(b[:n]); err != nil {
 			return nil, err
 		}
 		b = b[n:]
@@ -178,10 +212,7 @@ func (s *session) Body(m *gomilter.Modifier) (gomilter.Response, error) {
 	return gomilter.RespAccept, nil
 }
 
-var (
-	_ gomilter.Milter     = (*session)(nil)
-	_ gomilter.DataMilter = (*session)(nil)
-)
+var _ gomilter.Milter = (*session)(nil)
 
 // listener wraps each accepted connection in a batchConn.
 type listener struct{ net.Listener }

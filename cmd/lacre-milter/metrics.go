@@ -52,7 +52,7 @@ func (m *promMetrics) Message(action, class string, sizeIn, sizeOut int) {
 
 func (m *promMetrics) Encrypted(d time.Duration) { m.encrypt.Observe(d.Seconds()) }
 
-func (m *promMetrics) Lookup(err error) {
+func (m *promMetrics) KeysFound(err error) {
 	if err != nil {
 		m.lookups.WithLabelValues("error").Inc()
 		return

@@ -5,17 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	gomilter "github.com/emersion/go-milter"
+	gomilter "github.com/d--j/go-milter"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -34,50 +32,31 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// stdlogWriter turns lines of the standard log package into slog records.
-type stdlogWriter struct{ log *slog.Logger }
-
-func (w *stdlogWriter) Write(p []byte) (int, error) {
-	msg := strings.TrimSpace(string(p))
-	// A closed connection, and a read that hit the idle or packet
-	// deadline (milter/limits.go logs those itself, rate-limited), are
-	// not go-milter's news.
-	if strings.Contains(msg, "use of closed network connection") || strings.Contains(msg, "i/o timeout") {
-		w.log.Debug("milter connection closed", "component", "go-milter", "detail", msg)
-	} else {
-		w.log.Warn("milter protocol", "component", "go-milter", "detail", msg)
+// routeLibraryLog sends go-milter's warnings (a malformed command, a broken
+// connection; the library has one package-level hook for them) into the
+// structured log.
+func routeLibraryLog(log *slog.Logger) {
+	gomilter.LogWarning = func(format string, v ...any) {
+		log.Warn("milter protocol", "component", "go-milter", "detail", fmt.Sprintf(format, v...))
 	}
-	return len(p), nil
 }
 
 // serve runs the milter until SIGTERM or SIGINT. SIGHUP reloads the
 // configuration and drops cached key lookups without dropping sessions.
 func serve(e *env, args []string) error {
-	fs := e.flags("serve")
-	initStoreFlag := fs.Bool("init", false, "create the key store first if there is none (as \"store init\")")
-	pos, err := parseFlags(fs, args)
+	initStoreFlag, err := parseServeFlags(e, args)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
 	}
 	c, err := e.loadConfig()
 	if err != nil {
 		return err
 	}
 	log := newLogger(c, e.stderr)
-	// go-milter reports broken connections with the standard log package;
-	// route those lines into the structured log.
-	stdlog.SetFlags(0)
-	stdlog.SetOutput(&stdlogWriter{log: log})
+	routeLibraryLog(log)
 	if *initStoreFlag {
-		created, err := initStore(c.DatabasePath())
-		if err != nil {
+		if err := initStoreAtStart(c, log); err != nil {
 			return err
-		}
-		if created {
-			log.Info("key store created", "store", c.DatabasePath())
 		}
 	}
 	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
@@ -85,52 +64,153 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	defer store.Close()
-	res, err := keys.NewResolver(store, resolverOptions(c))
+	opts, err := milterOptions(c, store)
 	if err != nil {
 		return err
 	}
-	srv := milter.New(milter.SettingsFrom(c, res), log)
-	if c.Milter.MetricsListen != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		srv.SetMetrics(newPromMetrics(reg, srv))
-		mln, err := net.Listen("tcp", c.Milter.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("listen on %s (milter.metrics_listen): %w", c.Milter.MetricsListen, err)
-		}
-		ms := &http.Server{Handler: metricsHandler(reg, store), ReadHeaderTimeout: 10 * time.Second}
-		go ms.Serve(mln)
-		defer ms.Close()
-		log.Info("metrics listening", "listen", c.Milter.MetricsListen)
-	}
-
-	ln, err := milter.Listen(c.Milter.Listen)
+	srv := milter.New(opts, log)
+	stopMetrics, err := startMetrics(c, srv, store, log)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", c.Milter.Listen, err)
+		return err
 	}
-	if ul, ok := ln.(*net.UnixListener); ok {
-		// The MTA (user postfix, or smmsp) must reach the socket; other
-		// local users must not, since the milter protocol has no login.
-		os.Chmod(ul.Addr().String(), 0o660)
+	defer stopMetrics()
+	ln, err := listenMilter(c.Milter.Listen)
+	if err != nil {
+		return err
 	}
+	logStarted(c, log)
+	return serveUntilSignal(e, c, store, srv, ln, log)
+}
+
+func parseServeFlags(e *env, args []string) (initStore *bool, err error) {
+	fs := e.flags("serve")
+	initStore = fs.Bool("init", false, "create the key store first if there is none (as \"store init\")")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: %w", pos[0], errUsage)
+	}
+	return initStore, nil
+}
+
+// initStoreAtStart is serve -init: create the key store if there is none.
+func initStoreAtStart(c *config.Config, log *slog.Logger) error {
+	created, err := initStore(c.DatabasePath())
+	if err != nil {
+		return err
+	}
+	if created {
+		log.Info("key store created", "store", c.DatabasePath())
+	}
+	return nil
+}
+
+// milterOptions builds the milter's options from the configuration, with
+// a key resolver over store.
+func milterOptions(c *config.Config, store keys.Store) (milter.Options, error) {
+	res, err := keys.NewResolver(store, resolverOptions(c))
+	if err != nil {
+		return milter.Options{}, err
+	}
+	o := milter.Options{
+		Keys:           res,
+		HideRecipients: c.Encryption.HideRecipients,
+		MinRSABits:     c.Keys.MinRSABits,
+		MaxMessageSize: c.Milter.MaxMessageSize,
+		TraceHeader:    c.Milter.TraceHeader,
+		LookupTimeout:  c.Milter.LookupTimeout.D(),
+		MaxConnections: c.Milter.MaxConnections,
+		IdleTimeout:    c.Milter.IdleTimeout.D(),
+		PacketTimeout:  c.Milter.PacketTimeout.D(),
+	}
+	switch c.Encryption.UnusableKey {
+	case config.UnusableTempfail:
+		o.UnusableKey = milter.UnusableKeyTempfail
+	case config.UnusableReject:
+		o.UnusableKey = milter.UnusableKeyReject
+	case config.UnusableClear:
+		o.UnusableKey = milter.UnusableKeyClear
+	default:
+		return milter.Options{}, fmt.Errorf("encryption.unusable_key: %q is not one of \"tempfail\", \"reject\", \"clear\"", c.Encryption.UnusableKey)
+	}
+	switch c.Milter.MixedLocal {
+	case config.MixedLocalHold:
+		o.MixedLocal = milter.MixedLocalHold
+	case config.MixedLocalEncrypt:
+		o.MixedLocal = milter.MixedLocalEncrypt
+	default:
+		return milter.Options{}, fmt.Errorf("milter.mixed_local: %q is not one of \"hold\", \"encrypt\"", c.Milter.MixedLocal)
+	}
+	return o, nil
+}
+
+// startMetrics serves /metrics and /healthz on milter.metrics_listen, if
+// set; the function returned stops it.
+func startMetrics(c *config.Config, srv *milter.Server, store keys.Store, log *slog.Logger) (stop func(), err error) {
+	if c.Milter.MetricsListen == "" {
+		return func() {}, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv.SetMetrics(newPromMetrics(reg, srv))
+	mln, err := net.Listen("tcp", c.Milter.MetricsListen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (milter.metrics_listen): %w", c.Milter.MetricsListen, err)
+	}
+	ms := &http.Server{Handler: metricsHandler(reg, store), ReadHeaderTimeout: 10 * time.Second}
+	go ms.Serve(mln)
+	log.Info("metrics listening", "listen", c.Milter.MetricsListen)
+	return func() { ms.Close() }, nil
+}
+
+// listenMilter opens milter.listen. A unix socket is made group-writable
+// only: the MTA (user postfix, or smmsp) must reach it; other local users
+// must not, since the milter protocol has no login. If its mode cannot be
+// set, the milter does not start.
+func listenMilter(listen string) (net.Listener, error) {
+	network, addr, err := config.ParseListen(listen)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := milter.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	if network == "unix" {
+		if err := os.Chmod(addr, 0o660); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen on %s: restricting the socket to its group: %w", listen, err)
+		}
+	}
+	return ln, nil
+}
+
+// logStarted applies the runtime settings and logs the start-up line.
+func logStarted(c *config.Config, log *slog.Logger) {
 	src := c.Path
 	if src == "" {
 		src = "defaults"
 	}
-	gcPercent, memLimit := milter.TuneRuntime()
+	gcPercent, memLimit := tuneRuntime()
 	log.Info("lacre-milter started", "listen", c.Milter.Listen, "store", c.DatabasePath(), "config", src,
 		"gogc", gcPercent, "gomemlimit_mib", memLimit>>20)
+}
 
+// serveUntilSignal serves ln until a signal ends it: SIGHUP reloads, SIGTERM and
+// SIGINT shut down, waiting up to milter.shutdown_timeout for the
+// messages in flight.
+func serveUntilSignal(e *env, c *config.Config, store keys.Store, srv *milter.Server, ln net.Listener, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-
 	for {
 		select {
 		case err := <-served:
-			if errors.Is(err, gomilter.ErrServerClosed) {
+			if errors.Is(err, milter.ErrServerClosed) {
 				return nil
 			}
 			return fmt.Errorf("serve: %w", err)
@@ -144,17 +224,20 @@ func serve(e *env, args []string) error {
 				}
 				continue
 			}
-			log.Info("shutting down", "signal", sig.String(), "in_flight", srv.InFlight(), "timeout", c.Milter.ShutdownTimeout.D().String())
-			ctx, cancel := context.WithTimeout(context.Background(), c.Milter.ShutdownTimeout.D())
-			err := srv.Shutdown(ctx)
-			cancel()
-			if err != nil {
-				log.Warn("shutdown timed out", "error", err)
-			}
-			log.Info("stopped")
+			shutdown(c, srv, log, sig)
 			return nil
 		}
 	}
+}
+
+func shutdown(c *config.Config, srv *milter.Server, log *slog.Logger, sig os.Signal) {
+	log.Info("shutting down", "signal", sig.String(), "in_flight", srv.InFlight(), "timeout", c.Milter.ShutdownTimeout.D().String())
+	ctx, cancel := context.WithTimeout(context.Background(), c.Milter.ShutdownTimeout.D())
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("shutdown timed out", "error", err)
+	}
+	log.Info("stopped")
 }
 
 // reload re-reads the configuration and swaps the milter's settings.
@@ -171,10 +254,10 @@ func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server) (*
 	if c.DatabasePath() != old.DatabasePath() {
 		return nil, fmt.Errorf("store.database changed from %q to %q: restart lacre-milter to apply it", old.DatabasePath(), c.DatabasePath())
 	}
-	res, err := keys.NewResolver(store, resolverOptions(c))
+	opts, err := milterOptions(c, store)
 	if err != nil {
 		return nil, err
 	}
-	srv.Reload(milter.SettingsFrom(c, res))
+	srv.Reload(opts)
 	return c, nil
 }

@@ -1,4 +1,4 @@
-package milter
+package main
 
 import (
 	"runtime/debug"
@@ -20,15 +20,15 @@ func TestTuneRuntimeDefaults(t *testing.T) {
 	restoreRuntime(t)
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "")
-	gc, limit := TuneRuntime()
-	if gc != DefaultGCPercent || limit != DefaultMemoryLimit {
-		t.Errorf("TuneRuntime() = %d, %d; want %d, %d", gc, limit, DefaultGCPercent, DefaultMemoryLimit)
+	gc, limit := tuneRuntime()
+	if gc != defaultGCPercent || limit != defaultMemoryLimit {
+		t.Errorf("tuneRuntime() = %d, %d; want %d, %d", gc, limit, defaultGCPercent, defaultMemoryLimit)
 	}
-	if got := debug.SetGCPercent(-1); got != DefaultGCPercent {
-		t.Errorf("GC percent in force = %d, want %d", got, DefaultGCPercent)
+	if got := debug.SetGCPercent(-1); got != defaultGCPercent {
+		t.Errorf("GC percent in force = %d, want %d", got, defaultGCPercent)
 	}
-	if got := debug.SetMemoryLimit(-1); got != DefaultMemoryLimit {
-		t.Errorf("memory limit in force = %d, want %d", got, DefaultMemoryLimit)
+	if got := debug.SetMemoryLimit(-1); got != defaultMemoryLimit {
+		t.Errorf("memory limit in force = %d, want %d", got, defaultMemoryLimit)
 	}
 }
 
@@ -39,15 +39,15 @@ func TestTuneRuntimeOperatorWins(t *testing.T) {
 	t.Setenv("GOGC", "150")
 	t.Setenv("GOMEMLIMIT", "")
 	debug.SetGCPercent(150)
-	if gc, limit := TuneRuntime(); gc != 150 || limit != DefaultMemoryLimit {
-		t.Errorf("with GOGC=150: TuneRuntime() = %d, %d; want 150, %d", gc, limit, DefaultMemoryLimit)
+	if gc, limit := tuneRuntime(); gc != 150 || limit != defaultMemoryLimit {
+		t.Errorf("with GOGC=150: tuneRuntime() = %d, %d; want 150, %d", gc, limit, defaultMemoryLimit)
 	}
 
 	t.Setenv("GOGC", "")
 	t.Setenv("GOMEMLIMIT", "2GiB")
 	debug.SetMemoryLimit(2 << 30)
-	if gc, limit := TuneRuntime(); gc != DefaultGCPercent || limit != 2<<30 {
-		t.Errorf("with GOMEMLIMIT=2GiB: TuneRuntime() = %d, %d; want %d, %d", gc, limit, DefaultGCPercent, int64(2<<30))
+	if gc, limit := tuneRuntime(); gc != defaultGCPercent || limit != 2<<30 {
+		t.Errorf("with GOMEMLIMIT=2GiB: tuneRuntime() = %d, %d; want %d, %d", gc, limit, defaultGCPercent, int64(2<<30))
 	}
 }
 
@@ -55,7 +55,7 @@ func TestTuneRuntimeOperatorWins(t *testing.T) {
 // a live heap of a few MB, which GOGC=400 lets grow fivefold.
 func TestDefaultMemoryLimitAboveSmallMail(t *testing.T) {
 	const smallLive = 16 << 20 // generous
-	if DefaultMemoryLimit < smallLive*(100+DefaultGCPercent)/100*2 {
-		t.Errorf("DefaultMemoryLimit %d MiB would make the GC run more often for small mail", DefaultMemoryLimit>>20)
+	if defaultMemoryLimit < smallLive*(100+defaultGCPercent)/100*2 {
+		t.Errorf("defaultMemoryLimit %d MiB would make the GC run more often for small mail", defaultMemoryLimit>>20)
 	}
 }

@@ -1,18 +1,18 @@
-package milter
+package main
 
 import (
 	"os"
 	"runtime/debug"
 )
 
-// Runtime defaults applied by TuneRuntime.
+// Runtime defaults applied by tuneRuntime.
 const (
-	// DefaultGCPercent: the milter's live heap is small (a few MB between
+	// defaultGCPercent: the milter's live heap is small (a few MB between
 	// large messages) while every message allocates protocol buffers, so
 	// Go's default GOGC=100 collects every few MB; 400 halves the CPU spent
 	// in GC at 16 sessions (docs/performance.md).
-	DefaultGCPercent = 400
-	// DefaultMemoryLimit is the soft limit that keeps the higher GOGC from
+	defaultGCPercent = 400
+	// defaultMemoryLimit is the soft limit that keeps the higher GOGC from
 	// letting the heap grow to five times a large live set (many big
 	// messages in flight): near it, the GC runs as often as needed. The
 	// heap of small mail stays far below it (16 sessions of 4 KiB: a few
@@ -22,18 +22,18 @@ const (
 	// this one, for the same CPU time (docs/performance.md, "Against
 	// plain Postfix"). A live set above the limit is allowed (it is soft);
 	// the GC then uses at most about half the CPU.
-	DefaultMemoryLimit = 256 << 20
+	defaultMemoryLimit = 256 << 20
 )
 
-// TuneRuntime applies DefaultGCPercent and DefaultMemoryLimit unless the
+// tuneRuntime applies defaultGCPercent and defaultMemoryLimit unless the
 // operator set GOGC or GOMEMLIMIT, which always win. It returns the values
 // in force, for the start-up log line.
-func TuneRuntime() (gcPercent int, memoryLimit int64) {
+func tuneRuntime() (gcPercent int, memoryLimit int64) {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(DefaultGCPercent)
+		debug.SetGCPercent(defaultGCPercent)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(DefaultMemoryLimit)
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	gcPercent = debug.SetGCPercent(-1)
 	debug.SetGCPercent(gcPercent)
