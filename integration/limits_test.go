@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"net/smtp"
 	"testing"
 	"time"
 
@@ -19,7 +20,22 @@ func TestMaxConnectionsThroughPostfix(t *testing.T) {
 	m.keysAdd(t, "alice@example.org", testkeys.ArmoredPublic(t, alice))
 	p := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr()})
 
-	a := openTransaction(t, p, "alice@example.org") // holds the one milter connection
+	// Hold the one milter connection. The harness's own probe of the SMTP
+	// port made smtpd open (and close) a milter connection a moment ago:
+	// retry until its slot is free.
+	var a *smtp.Client
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		c, err := tryTransaction(p, "alice@example.org")
+		if err == nil {
+			a = c
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no SMTP session got the milter's one connection: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	defer a.Close()
 	err := p.sendSMTP(t, "sender@example.com", []string{"alice@example.org"}, message("over-cap", "alice@example.org", textFields, textBody))
 	var se *sendError
 	if !errors.As(err, &se) || se.Errs[0].Code/100 != 4 {
@@ -50,4 +66,22 @@ func TestMaxConnectionsThroughPostfix(t *testing.T) {
 	if len(s.messages()) != 2 {
 		t.Errorf("%d messages delivered, want 2", len(s.messages()))
 	}
+}
+
+// tryTransaction is openTransaction that returns its error.
+func tryTransaction(p *postfixInstance, rcpt string) (*smtp.Client, error) {
+	c, err := smtp.Dial(p.smtpAddr())
+	if err != nil {
+		return nil, err
+	}
+	if err = c.Hello("client.test"); err == nil {
+		if err = c.Mail("sender@example.com"); err == nil {
+			err = c.Rcpt(rcpt)
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
