@@ -177,7 +177,11 @@ func TestHarnessPlainPostfix(t *testing.T) {
 		}
 		q := p.waitQueue(t, deliveryTimeout, "deferred by the sink", func(q []queueEntry) bool {
 			for _, e := range q {
-				if e.QueueID == id && e.QueueName == "deferred" && len(e.Recipients) == 1 && strings.Contains(e.Recipients[0].DelayReason, "452 4.2.2 the sink says later") {
+				// The delay reason is what proves the deferral: with the
+				// harness's short retry times the queue manager may already
+				// have moved the message from deferred back to incoming for
+				// its next try when the queue is listed (seen in CI).
+				if e.QueueID == id && e.QueueName != "hold" && len(e.Recipients) == 1 && strings.Contains(e.Recipients[0].DelayReason, "452 4.2.2 the sink says later") {
 					return true
 				}
 			}
