@@ -55,6 +55,21 @@ func readmeErrorLimits(t testing.TB) map[string]string {
 	return got
 }
 
+// mxErrorLimits is readmeErrorLimits with the overrides of
+// LACRE_IT_MX_MAIN ("name=value ...", for measuring other limits).
+func mxErrorLimits(t testing.TB) map[string]string {
+	t.Helper()
+	limits := readmeErrorLimits(t)
+	for _, kv := range strings.Fields(os.Getenv("LACRE_IT_MX_MAIN")) {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			t.Fatalf("LACRE_IT_MX_MAIN: %q is not name=value", kv)
+		}
+		limits[k] = v
+	}
+	return limits
+}
+
 // TestMixedLargeTransaction: a Postfix sender with
 // smtp_destination_recipient_limit = 1000 relays one message to 1,000
 // recipients, alternately with and without a key, to the MX (Postfix with
@@ -111,14 +126,7 @@ func TestMixedLargeTransaction(t *testing.T) {
 	m := startMilter(t, "[store]\ncache_ttl = \"5m\"\n")
 	addKeys(t, m, secret)
 
-	mxMain := readmeErrorLimits(t)
-	for _, kv := range strings.Fields(os.Getenv("LACRE_IT_MX_MAIN")) {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			t.Fatalf("LACRE_IT_MX_MAIN: %q is not name=value", kv)
-		}
-		mxMain[k] = v
-	}
+	mxMain := mxErrorLimits(t)
 	t.Logf("MX settings: %v", mxMain)
 	mx := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr(), Main: mxMain})
 	sender := startPostfix(t, postfixOptions{RelayPort: mx.smtpPort, Main: map[string]string{

@@ -112,14 +112,7 @@ func TestMilterRestartStall(t *testing.T) {
 	s := startSink(t)
 	m := startMilter(t, "[store]\ncache_ttl = \"1s\"\n[milter]\nshutdown_timeout = \"2s\"\n")
 	m.keysAdd(t, "alice@example.org", testkeys.ArmoredPublic(t, alice))
-	mxMain := readmeErrorLimits(t)
-	for _, kv := range strings.Fields(os.Getenv("LACRE_IT_MX_MAIN")) {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			t.Fatalf("LACRE_IT_MX_MAIN: %q is not name=value", kv)
-		}
-		mxMain[k] = v
-	}
+	mxMain := mxErrorLimits(t)
 	p := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr(), Main: mxMain})
 	t.Logf("MX settings: %v", mxMain)
 
@@ -291,14 +284,7 @@ func TestMilterRestartRealSender(t *testing.T) {
 	}
 	s := startSink(t)
 	m := startMilter(t, "[milter]\nshutdown_timeout = \"2s\"\n")
-	mxMain := readmeErrorLimits(t)
-	for _, kv := range strings.Fields(os.Getenv("LACRE_IT_MX_MAIN")) {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			t.Fatalf("LACRE_IT_MX_MAIN: %q is not name=value", kv)
-		}
-		mxMain[k] = v
-	}
+	mxMain := mxErrorLimits(t)
 	mx := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr(), Main: mxMain})
 	// Postfix's own retry schedule: what is deferred stays deferred for
 	// the measurement.

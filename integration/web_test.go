@@ -184,23 +184,6 @@ func TestWebRegistration(t *testing.T) {
 	}
 }
 
-// tryDecrypt decrypts the armoured part of a mail with secret, or fails.
-func tryDecrypt(msg []byte, secret *openpgp.Entity) ([]byte, error) {
-	i := bytes.Index(msg, []byte("-----BEGIN PGP MESSAGE-----"))
-	if i < 0 {
-		return nil, fmt.Errorf("not encrypted")
-	}
-	blk, err := armor.Decode(bytes.NewReader(msg[i:]))
-	if err != nil {
-		return nil, err
-	}
-	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	return io.ReadAll(md.UnverifiedBody)
-}
-
 // TestWebMultiKeyAttack is issue 12's attack end to end: mallory fetches
 // alice's key from our own Web Key Directory, submits it together with
 // her own key carrying alice's address, and waits for alice to follow the
@@ -276,7 +259,7 @@ func TestWebMultiKeyAttack(t *testing.T) {
 		if linkRE.Match(c) {
 			t.Fatal("a confirmation link is readable without a key")
 		}
-		if inner, err := tryDecrypt(c, alice); err == nil {
+		if inner, err := pgptest.DecryptFirstBlock(c, alice); err == nil {
 			readable = append(readable, inner)
 		}
 	}
@@ -319,7 +302,7 @@ func TestWebMultiKeyAttack(t *testing.T) {
 	}
 	got := byMessageID(t, s, "web-multikey").Data
 	checkDecrypts(t, got, msg, alice)
-	if _, err := tryDecrypt(got, mallory); err == nil {
+	if _, err := pgptest.DecryptFirstBlock(got, mallory); err == nil {
 		t.Fatal("mallory can read alice's mail")
 	}
 }

@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
@@ -362,25 +361,9 @@ func TestAttackerCannotSwitchEncryptionOff(t *testing.T) {
 	}
 	// And the victim, who has the mailbox but not mallory's private key,
 	// cannot read the link either: only a key's holder can activate it.
-	if _, err := decryptAny(sent.msg, victim); err == nil {
+	if _, err := pgptest.DecryptFirstBlock(sent.msg, victim); err == nil {
 		t.Fatal("the confirmation for mallory's key is readable with the victim's key")
 	}
-}
-
-func decryptAny(msg []byte, secret *openpgp.Entity) ([]byte, error) {
-	i := bytes.Index(msg, []byte("-----BEGIN PGP MESSAGE-----"))
-	if i < 0 {
-		return nil, errors.New("no ciphertext")
-	}
-	blk, err := armor.Decode(bytes.NewReader(msg[i:]))
-	if err != nil {
-		return nil, err
-	}
-	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	return io.ReadAll(md.UnverifiedBody)
 }
 
 func TestRemovalAndExpiry(t *testing.T) {

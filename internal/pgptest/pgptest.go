@@ -5,6 +5,7 @@ package pgptest
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -93,3 +94,24 @@ func OpenAndDecrypt(t testing.TB, msg []byte, ring ...*openpgp.Entity) (mail.Hea
 	pt, _ := Decrypt(t, armored, ring...)
 	return hdr, pt
 }
+
+// DecryptFirstBlock decrypts the first armoured OpenPGP message found in
+// msg with secret, without failing the test: for checks that a message
+// cannot be read with a given key.
+func DecryptFirstBlock(msg []byte, secret *openpgp.Entity) ([]byte, error) {
+	i := bytes.Index(msg, []byte("-----BEGIN PGP MESSAGE-----"))
+	if i < 0 {
+		return nil, errNotEncrypted
+	}
+	blk, err := armor.Decode(bytes.NewReader(msg[i:]))
+	if err != nil {
+		return nil, err
+	}
+	md, err := openpgp.ReadMessage(blk.Body, openpgp.EntityList{secret}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(md.UnverifiedBody)
+}
+
+var errNotEncrypted = errors.New("no armoured OpenPGP message")
