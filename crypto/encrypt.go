@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
@@ -45,15 +46,83 @@ type Options struct {
 type Result struct {
 	Changes []Change
 	Body    []byte
+	// Unprotected, when header protection was asked for but not applied,
+	// says why (the caller logs it); "" otherwise.
+	Unprotected string
 }
 
 // protectedFields are copied into the encrypted payload when headers are
-// protected (RFC 9788 §2.2: the fields a reader uses to identify a message).
-var protectedFields = [...]string{"Subject", "From", "To", "Cc", "Date", "Message-ID", "References", "In-Reply-To"}
+// protected (RFC 9788 §2.2: the fields a reader uses to identify a message),
+// followed by the concealedFields.
+var protectedFields = [...]string{"Subject", "From", "To", "Cc", "Date", "Message-ID", "References", "In-Reply-To",
+	"Thread-Topic", "X-Original-Subject", "Original-Subject", "X-Spam-Prev-Subject", "Keywords", "Comments", "Summary"}
+
+// concealedFields are the protected fields, other than the Subject, that
+// carry what the author wrote (a copy of the Subject, or the author's own
+// text): when headers are protected they are removed from the outer header
+// and kept only inside the ciphertext, or they would give away what the
+// obscured Subject hides. docs/encryption.md says who writes each and why.
+//
+//   - Thread-Topic: Outlook and Exchange, the Subject without "Re:".
+//   - X-Original-Subject, Original-Subject: list managers, gateways and
+//     Exchange transport rules that rewrite a Subject keep the old one.
+//   - X-Spam-Prev-Subject: SpamAssassin's rewrite_header Subject.
+//   - Keywords, Comments (RFC 5322 §3.6.5), Summary (RFC 5536, written by
+//     news-capable mailers such as Gnus): free text of the author's.
+var concealedFields = [...]string{"Thread-Topic", "X-Original-Subject", "Original-Subject", "X-Spam-Prev-Subject",
+	"Keywords", "Comments", "Summary"}
 
 // ProtectedFields returns (a copy of) the names of the fields copied into
 // the encrypted payload when headers are protected.
 func ProtectedFields() []string { return slices.Clone(protectedFields[:]) }
+
+// ConcealedFields returns (a copy of) the names of the protected fields
+// that are removed from the outer header when headers are protected.
+func ConcealedFields() []string { return slices.Clone(concealedFields[:]) }
+
+// isConcealed reports whether name is one of the concealedFields.
+func isConcealed(name string) bool {
+	for _, c := range concealedFields {
+		if strings.EqualFold(name, c) {
+			return true
+		}
+	}
+	return false
+}
+
+// UnprotectedSigned is Result.Unprotected for a message whose body is
+// already signed (multipart/signed, or S/MIME application/pkcs7-mime with
+// smime-type=signed-data).
+// RFC 9788 puts the protected fields on the cryptographic payload, which
+// for signed mail is inside the signature, where nothing may change; on
+// the signed layer instead, readers (notmuch, NeoMutt) do not find them and
+// show the obscured "[...]" as the Subject. Wrapping the signed entity in a
+// new payload would keep it verifiable but make it a nested part, which
+// readers do not show as the message's signature (RFC 9787 §5.2, errant
+// cryptographic layers). So such mail keeps its header as it is, and the
+// Subject stays readable, as it already was on its way here.
+const UnprotectedSigned = "the body is signed: header protection would hide the Subject from readers or the signature"
+
+// signedBody reports whether the message body is a signed cryptographic
+// layer that header protection cannot enter: multipart/signed (RFC 1847,
+// 3156, 8551) or application/pkcs7-mime with smime-type=signed-data
+// (RFC 8551 §3.5.2, opaque-signed S/MIME).
+func signedBody(fields []Field) bool {
+	v, ok := get(fields, "Content-Type")
+	if !ok {
+		return false
+	}
+	switch asciiMediaType(v) {
+	case "multipart/signed":
+		return true
+	case "application/pkcs7-mime", "application/x-pkcs7-mime":
+		// Only what says it is signed: without smime-type, or with another
+		// one, the readers do not verify a signature either.
+		_, params := mediaType(v)
+		return strings.EqualFold(params["smime-type"], "signed-data")
+	}
+	return false
+}
 
 // ObscuredSubject replaces the outer Subject when headers are protected
 // (RFC 9788 §2.3 recommends exactly this string).
@@ -83,7 +152,11 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	if err != nil {
 		return nil, err
 	}
-	inner := innerHeader(fields, opt.ProtectHeaders)
+	protect, unprotected := opt.ProtectHeaders, ""
+	if protect && signedBody(fields) {
+		protect, unprotected = false, UnprotectedSigned
+	}
+	inner := innerHeader(fields, body, protect)
 	var out bytes.Buffer
 	// One allocation for the whole result: a session-key packet is at most
 	// ~600 bytes (RSA-4096), the packet framing well under 1 KiB.
@@ -99,8 +172,9 @@ func Encrypt(fields []Field, body []byte, to []*keys.Key, opt Options) (*Result,
 	armor.Close()
 	writeBodyTail(&out, boundary)
 	return &Result{
-		Changes: outerChanges(fields, boundary, opt.ProtectHeaders),
-		Body:    out.Bytes(),
+		Changes:     outerChanges(fields, boundary, protect),
+		Body:        out.Bytes(),
+		Unprotected: unprotected,
 	}, nil
 }
 
@@ -180,8 +254,8 @@ func startMessage(out *bytes.Buffer, used []*keys.Key, hide bool, cfg *packet.Co
 
 // innerHeader builds the header section of the encrypted entity: the
 // original Content-* fields in their order, with an explicit Content-Type
-// when there was none (RFC 2045 §5.2 default), then the protected fields.
-func innerHeader(fields []Field, protect bool) []byte {
+// when there was none (defaultContentType), then the protected fields.
+func innerHeader(fields []Field, body []byte, protect bool) []byte {
 	var b bytes.Buffer
 	hasType := false
 	for _, f := range fields {
@@ -201,7 +275,7 @@ func innerHeader(fields []Field, protect bool) []byte {
 		writeField(&b, f.Name, v)
 	}
 	if !hasType {
-		v := "text/plain; charset=us-ascii"
+		v := defaultContentType(body)
 		if protect {
 			v += `; protected-headers="v1"; hp="cipher"`
 		}
@@ -218,6 +292,9 @@ func innerHeader(fields []Field, protect bool) []byte {
 		// RFC 9788 §2.2.1: HP-Outer records the outer fields as delivered,
 		// so a reader can tell which outer values were obscured.
 		for _, name := range protectedFields {
+			if isConcealed(name) {
+				continue // removed outside: no HP-Outer record (RFC 9788 §2.2.1)
+			}
 			for _, f := range fields {
 				if !strings.EqualFold(f.Name, name) {
 					continue
@@ -232,6 +309,30 @@ func innerHeader(fields []Field, protect bool) []byte {
 	}
 	b.WriteString("\r\n")
 	return b.Bytes()
+}
+
+// defaultContentType is the Content-Type of a body that had none. RFC 2045
+// §5.2 makes that text/plain; charset=us-ascii, but mail without MIME
+// header fields (cron, scripts, old mailers) often carries 8-bit text, and
+// readers that are told us-ascii drop or replace its non-ASCII bytes. So
+// the label says what the body really is: us-ascii for 7-bit, utf-8 for
+// valid UTF-8, and no charset claim for anything else (a reader then
+// guesses, as it would have for the original).
+func defaultContentType(body []byte) string {
+	ascii := true
+	for _, c := range body {
+		if c >= 0x80 {
+			ascii = false
+			break
+		}
+	}
+	switch {
+	case ascii:
+		return "text/plain; charset=us-ascii"
+	case utf8.Valid(body):
+		return "text/plain; charset=utf-8"
+	}
+	return "text/plain"
 }
 
 // protectedContentType adds the header-protection parameters to an inner
@@ -284,6 +385,8 @@ func outerChanges(fields []Field, boundary string, protect bool) []Change {
 		case key == "subject" && protect:
 			// Every Subject field: a second one would stay readable outside.
 			changes = append(changes, Change{Op: Set, Name: f.Name, Index: idx, Value: ObscuredSubject})
+		case protect && isConcealed(f.Name):
+			deletes = append(deletes, Change{Op: Delete, Name: f.Name, Index: idx})
 		}
 	}
 	// Highest index first, so each deletion leaves the others' indexes valid.

@@ -35,6 +35,7 @@ func delivered(t testing.TB, fields []Field, res *Result) []byte {
 // fields followed by the original body byte for byte.
 func checkInner(t testing.TB, name string, inner []byte, fields []Field, body []byte, protect bool) {
 	t.Helper()
+	protect = oracleProtects(fields, protect)
 	i := bytes.Index(inner, []byte("\r\n\r\n"))
 	if i < 0 {
 		t.Fatalf("%s: inner entity has no header/body separator", name)
@@ -63,8 +64,8 @@ func checkInner(t testing.TB, name string, inner []byte, fields []Field, body []
 		if !strings.HasPrefix(unfold(ct), unfold(orig)) && !strings.HasPrefix(unfold(ct), strings.TrimRight(unfold(orig), "; ")) {
 			t.Errorf("%s: inner Content-Type %q does not keep the original %q", name, ct, orig)
 		}
-	} else if !strings.HasPrefix(ct, "text/plain; charset=us-ascii") {
-		t.Errorf("%s: inner Content-Type for a message without one = %q", name, ct)
+	} else if err := oracleDefaultType(ct, body); err != nil {
+		t.Errorf("%s: %v", name, err)
 	}
 	_, params := mediaType(ct)
 	if protect {
@@ -103,8 +104,15 @@ func TestEncryptRoundTrip(t *testing.T) {
 						t.Errorf("not decrypted with the recipient's key")
 					}
 					wantSubject, _ := get(fields, "Subject")
-					if protect {
+					if oracleProtects(fields, protect) {
 						wantSubject = ObscuredSubject
+					}
+					wantWhy := ""
+					if protect && oracleSigned(fields) {
+						wantWhy = UnprotectedSigned
+					}
+					if res.Unprotected != wantWhy {
+						t.Errorf("Result.Unprotected = %q, want %q", res.Unprotected, wantWhy)
 					}
 					if got := hdr.Get("Subject"); squash(got) != squash(wantSubject) {
 						t.Errorf("outer Subject = %q, want %q", got, wantSubject)

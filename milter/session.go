@@ -507,6 +507,10 @@ func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response
 		return nil, err
 	}
 	s.sizeOut = outLen
+	if res.Unprotected != "" {
+		// Issue 15: header protection was asked for but not applied.
+		s.srv.log.Info("headers not protected", "queue_id", s.queueID, "reason", res.Unprotected)
+	}
 	s.logResult("encrypted", Reply{}, nil, "keys", len(to), "size_out", outLen)
 	if batch {
 		s.conn.conn.releaseWithReply()
