@@ -88,6 +88,13 @@ func corpus(large bool) []testMessage {
 			"Content-Transfer-Encoding: 7bit\n\nbody\n"))},
 		{"empty-body", []byte(crlf(stdHeader + "Subject: empty\n\n"))},
 		{"no-final-newline", []byte(crlf(stdHeader+"Subject: no newline\n\n") + "last line without end")},
+		// Issue 15: cron and scripts send 8-bit text without MIME fields.
+		{"no-mime-utf8", []byte(crlf(stdHeader + "Subject: backup report\n\nBackup für Größe ✓\n"))},
+		{"no-mime-latin1", []byte(crlf(stdHeader + "Subject: old mailer\n\nBackup f\xfcr Gr\xf6\xdfe\n"))},
+		// Issue 15: Outlook repeats the Subject in Thread-Topic.
+		{"outlook-thread-topic", []byte(crlf(stdHeader + "Subject: RE: Quarterly numbers\nThread-Topic: Quarterly numbers\n" +
+			"Thread-Index: AQHZ1234567890abcdefABCDEFGH==\nMIME-Version: 1.0\n" +
+			"Content-Type: text/plain; charset=\"utf-8\"\nContent-Transfer-Encoding: 8bit\n\nThe numbers are in.\n"))},
 	}
 	if large {
 		big := pseudoRandom(10<<20/4*3, 2) // base64 turns this into a 10 MB attachment
