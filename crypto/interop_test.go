@@ -123,6 +123,8 @@ type interopRing struct {
 	decrypt func(ct []byte, hidden bool) (plain, stderr []byte, err error)
 	// check, when set, inspects the tool's diagnostics of a successful run.
 	check func(t *testing.T, stderr []byte, hidden bool)
+	// decryptWith, when set, decrypts with extra options.
+	decryptWith func(ct []byte, extra ...string) (plain, stderr []byte, err error)
 }
 
 // interopTool describes how to test one tool.
@@ -338,6 +340,10 @@ func TestInteropGnuPG(t *testing.T) {
 				decrypt: func(ct []byte, hidden bool) ([]byte, []byte, error) {
 					return runTool(home, ct, gpg, append(common, "--status-fd", "2", "--decrypt")...)
 				},
+				decryptWith: func(ct []byte, extra ...string) ([]byte, []byte, error) {
+					args := append(append(append([]string(nil), common...), extra...), "--status-fd", "2", "--decrypt")
+					return runTool(home, ct, gpg, args...)
+				},
 				check: func(t *testing.T, stderr []byte, hidden bool) {
 					t.Helper()
 					// The status lines say whether the integrity check ran
@@ -355,6 +361,18 @@ func TestInteropGnuPG(t *testing.T) {
 		},
 		hidden: true,
 		sizes:  interopSizesAll,
+		extra: func(t *testing.T, ring *interopRing, key *keys.Key) {
+			// gpg tries every secret key on a wildcard key ID unless told
+			// --skip-hidden-recipients (docs/encryption.md): then it must fail.
+			t.Run("hidden-with-skip-hidden-recipients-fails", func(t *testing.T) {
+				c := interopShortCase()
+				plain, stderr, err := ring.decryptWith(interopEncrypt(t, key, true, c), "--skip-hidden-recipients")
+				if err == nil || len(plain) > 0 {
+					t.Fatalf("gpg --skip-hidden-recipients decrypted a hidden-recipient message (err %v, %d bytes)\nstderr:\n%s", err, len(plain), stderr)
+				}
+				t.Logf("gpg --skip-hidden-recipients refused as expected: %v: %s", err, bytes.TrimSpace(stderr))
+			})
+		},
 	})
 }
 
