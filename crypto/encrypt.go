@@ -98,8 +98,8 @@ func isConcealed(name string) bool {
 // the signed layer instead, readers (notmuch, NeoMutt) do not find them and
 // show the obscured "[...]" as the Subject. Wrapping the signed entity in a
 // new payload would keep it verifiable but make it a nested part, which
-// readers do not show as the message's signature (RFC 9787 §5.2, errant
-// cryptographic layers). So such mail keeps its header as it is, and the
+// readers should not present as the message's signature (RFC 9787: an
+// errant cryptographic layer). So such mail keeps its header as it is, and the
 // Subject stays readable, as it already was on its way here.
 const UnprotectedSigned = "the body is signed: header protection would hide the Subject from readers or the signature"
 

@@ -389,6 +389,44 @@ func TestReadersNotmuch(t *testing.T) {
 			}
 		})
 	}
+	// Hidden recipients (docs/encryption.md): gpg under gpgme tries every
+	// secret key on a wildcard key ID, unless gpg.conf says
+	// skip-hidden-recipients. (notmuch keeps the session keys of what it
+	// indexed, so each case is a message notmuch has not seen yet.)
+	t.Run("hidden-recipients", func(t *testing.T) {
+		key, _ := keystest.Key(t, testkeys.Curve25519, "alice@example.org")
+		deliver := func(id string) {
+			fields, body := Split(corpus(false)[0].raw)
+			var fs []Field
+			for _, f := range fields {
+				if !strings.EqualFold(f.Name, "Message-ID") {
+					fs = append(fs, f)
+				}
+			}
+			fs = append(fs, Field{"Message-ID", "<" + id + ">"})
+			res, err := Encrypt(fs, body, []*keys.Key{key}, Options{HideRecipients: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(env.maildir, "cur", id+":2,S"), delivered(t, fs, res), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, stderr, err := env.run(nmEnv, nil, notmuch, "new", "--quiet"); err != nil {
+				t.Fatalf("notmuch new: %v\n%s", err, stderr)
+			}
+		}
+		deliver("readers-hidden-1@example.net")
+		if m := notmuchShow(t, env, notmuch, nmEnv, "readers-hidden-1@example.net"); m.Crypto.Decrypted == nil || m.Crypto.Decrypted.Status != "full" {
+			t.Errorf("notmuch (gpgme) did not decrypt a hidden-recipient message: %+v", m.Crypto.Decrypted)
+		}
+		if err := os.WriteFile(filepath.Join(env.gnupg, "gpg.conf"), []byte("skip-hidden-recipients\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		deliver("readers-hidden-2@example.net")
+		if m := notmuchShow(t, env, notmuch, nmEnv, "readers-hidden-2@example.net"); m.Crypto.Decrypted != nil {
+			t.Errorf("notmuch decrypted a hidden-recipient message with skip-hidden-recipients in gpg.conf: %+v", m.Crypto.Decrypted)
+		}
+	})
 }
 
 // readersSignedParts returns the signed entity and the signature of a
