@@ -124,7 +124,14 @@ func TestReadersNeoMutt(t *testing.T) {
 			}, "\n")), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			s := &neomuttScreen{t: t, env: env, tmux: tmux, sock: filepath.Join(dir, "tmux.sock")}
+			// A Unix socket path may not exceed about 107 bytes, which
+			// t.TempDir() under a long TMPDIR can.
+			sockDir, err := os.MkdirTemp("", "nm")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(sockDir) })
+			s := &neomuttScreen{t: t, env: env, tmux: tmux, sock: filepath.Join(sockDir, "s")}
 			t.Cleanup(func() { env.run(nil, nil, tmux, "-S", s.sock, "kill-server") })
 			if _, stderr, err := env.run(nil, nil, tmux, "-u", "-S", s.sock, "new-session", "-d", "-s", "nm", "-x", "160", "-y", "50",
 				"env TERM=screen "+neomutt+" -n -F "+rc+" -f "+dir); err != nil {
