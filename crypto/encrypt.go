@@ -92,15 +92,15 @@ func isConcealed(name string) bool {
 
 // UnprotectedSigned is Result.Unprotected for a message whose body is
 // already signed (multipart/signed, or S/MIME application/pkcs7-mime with
-// smime-type=signed-data).
-// RFC 9788 puts the protected fields on the cryptographic payload, which
-// for signed mail is inside the signature, where nothing may change; on
-// the signed layer instead, readers (notmuch, NeoMutt) do not find them and
-// show the obscured "[...]" as the Subject. Wrapping the signed entity in a
-// new payload would keep it verifiable but make it a nested part, which
-// readers should not present as the message's signature (RFC 9787: an
-// errant cryptographic layer). So such mail keeps its header as it is, and the
-// Subject stays readable, as it already was on its way here.
+// smime-type=signed-data). RFC 9788 puts the protected fields on the
+// cryptographic payload, which for signed mail is inside the signature,
+// where nothing may change; on the signed layer instead, readers (notmuch,
+// NeoMutt) do not find them and show the obscured "[...]" as the Subject.
+// Wrapping the signed entity in a new payload would keep it verifiable but
+// make it a nested part, which readers should not present as the
+// message's signature (RFC 9787: an errant cryptographic layer). So such
+// mail keeps its header as it is, and the Subject stays readable, as it
+// already was on its way here.
 const UnprotectedSigned = "the body is signed: header protection would hide the Subject from readers or the signature"
 
 // signedBody reports whether the message body is a signed cryptographic
