@@ -507,11 +507,14 @@ func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response
 		return nil, err
 	}
 	s.sizeOut = outLen
+	extra := []any{"keys", len(to), "size_out", outLen}
 	if res.Unprotected != "" {
-		// Issue 15: header protection was asked for but not applied.
-		s.srv.log.Info("headers not protected", "queue_id", s.queueID, "reason", res.Unprotected)
+		// Header protection was asked for but would have hidden the
+		// Subject from readers (mail already signed by its sender): the
+		// operator should see why the Subject stayed readable outside.
+		extra = append(extra, "headers_unprotected", res.Unprotected)
 	}
-	s.logResult("encrypted", Reply{}, nil, "keys", len(to), "size_out", outLen)
+	s.logResult("encrypted", Reply{}, nil, extra...)
 	if batch {
 		s.conn.conn.releaseWithReply()
 	}
