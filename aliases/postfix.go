@@ -335,6 +335,7 @@ func (p *Postfix) setDestinations(v string) error {
 				return fmt.Errorf("mydestination: %w", err)
 			}
 			p.destTables = append(p.destTables, t)
+			p.list = append(p.list, Table{Param: "mydestination", Name: body, Method: t.method})
 			p.mydest = append(p.mydest, pat) // kept in order; matched by name
 		default:
 			p.mydest = append(p.mydest, strings.ToLower(pat))
