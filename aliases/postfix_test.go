@@ -310,8 +310,15 @@ func TestExpandVariants(t *testing.T) {
 recipient_delimiter = +-
 myorigin = origin.example
 `)
+	e.table("postmap", "hash", "domains", "dyn.example\tx\n")
+	main := mustRead(t, e.path("main.cf"))
+	e.write("main.cf", main+"mydestination = example.org, localhost, hash:"+e.path("domains")+", !neg.example, .example\n")
 	p := e.open(PostfixOptions{})
 	runCases(t, p, []expCase{
+		// mydestination with a table, a negation before a wildcard.
+		{in: "webmaster@dyn.example", want: mb("web@example.net")},
+		{in: "webmaster@other.example", want: mb("web@example.net")},
+		{in: "webmaster@neg.example", same: true},
 		{in: "joe+foo@example.com", want: mb("joe.real@example.net")},
 		{in: "joe-foo@example.com", want: mb("joe.real@example.net")},
 		{in: "webmaster@origin.example", want: mb("web@example.net")},
