@@ -3,6 +3,7 @@ package aliases
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -33,7 +34,7 @@ func (st *expState) add(t Target) error {
 
 // Expand returns the mailboxes Postfix will deliver mail for addr to.
 // Results are cached for CacheTTL; concurrent calls for one address share
-// one expansion. The returned Targets must not be modified.
+// one expansion. Each caller gets its own copy of Targets.
 func (p *Postfix) Expand(ctx context.Context, addr string) (Expansion, error) {
 	e, err := p.cache.do(ctx, addr, func(ctx context.Context) (Expansion, error) {
 		return p.expand(ctx, addr)
@@ -41,6 +42,7 @@ func (p *Postfix) Expand(ctx context.Context, addr string) (Expansion, error) {
 	if err != nil {
 		return Expansion{}, err
 	}
+	e.Targets = slices.Clone(e.Targets)
 	return e, nil
 }
 
