@@ -40,6 +40,11 @@ type PostfixOptions struct {
 	Postconf, Postmap string
 	// Logger receives table errors and reloads; nil = discard.
 	Logger *slog.Logger
+	// NoPatternInProcess makes regexp and pcre tables be asked through
+	// postmap -q (a process per uncached address) instead of evaluated
+	// in this process (see docs/aliases.md). false = in process, for
+	// tables within the subset that is evaluated exactly like Postfix.
+	NoPatternInProcess bool
 
 	now func() time.Time // tests
 }
@@ -70,7 +75,10 @@ var ErrLimit = errors.New("alias expansion limit exceeded")
 type Table struct {
 	Param  string // the parameter that names it, e.g. "virtual_alias_maps"
 	Name   string // TYPE:NAME
-	Method string // MethodMemory or MethodQuery
+	Method string // MethodMemory, MethodPattern or MethodQuery
+	// Note says why a regexp or pcre table is asked through postmap
+	// (its content is outside the in-process subset); else "".
+	Note string
 }
 
 // mapStage is one cleanup(8) service's address mapping.
@@ -153,8 +161,9 @@ func NewPostfix(ctx context.Context, opts PostfixOptions) (*Postfix, error) {
 		return nil, err
 	}
 	p := &Postfix{log: log, now: now,
-		tables: &tableSet{r: r, log: log, ttl: ttl, size: size, interval: interval, now: now, tables: map[string]*table{}},
-		cache:  newTTLCache[Expansion](ttl, size, now)}
+		tables: &tableSet{r: r, log: log, ttl: ttl, size: size, interval: interval, now: now,
+			noPattern: opts.NoPatternInProcess, tables: map[string]*table{}},
+		cache: newTTLCache[Expansion](ttl, size, now)}
 
 	m := cfg.main
 	p.myorigin = strings.ToLower(strings.TrimSuffix(m["myorigin"], "."))
@@ -289,7 +298,15 @@ func (p *Postfix) tablesOf(param, value string) ([]*table, error) {
 
 // Tables lists the tables the expansion uses, in the order it consults
 // them (for check-config).
-func (p *Postfix) Tables() []Table { return append([]Table(nil), p.list...) }
+func (p *Postfix) Tables() []Table {
+	out := append([]Table(nil), p.list...)
+	for i := range out {
+		if tb, err := p.tables.get(out[i].Name); err == nil {
+			out[i].Method, out[i].Note = tb.currentMethod(context.Background())
+		}
+	}
+	return out
+}
 
 // Check does one lookup in each table (loading the tables kept in
 // memory) and returns every table that cannot be read.

@@ -231,7 +231,11 @@ func runCases(t *testing.T, p *Postfix, cases []expCase) {
 // canonical(5) and aliases(5), against tables built by postmap/postalias.
 func TestExpandPostfixSemantics(t *testing.T) {
 	e := newEnv(t, "")
-	p := e.open(PostfixOptions{})
+	t.Run("in-process", func(t *testing.T) { testSemantics(t, e.open(PostfixOptions{})) })
+	t.Run("postmap", func(t *testing.T) { testSemantics(t, e.open(PostfixOptions{NoPatternInProcess: true})) })
+}
+
+func testSemantics(t *testing.T, p *Postfix) {
 	cmd := Target{Addr: "|/usr/bin/procmail -a team", Kind: Command}
 	file := Target{Addr: "/var/mail/archive", Kind: File}
 	incl := Target{Addr: ":include:/etc/postfix/team.list", Kind: Include}
@@ -363,8 +367,8 @@ func TestTablesAndCheck(t *testing.T) {
 		"recipient_canonical_maps hash:" + d + "/rcanon memory",
 		"canonical_maps hash:" + d + "/canon memory",
 		"virtual_alias_maps lmdb:" + d + "/virtual memory",
-		"virtual_alias_maps regexp:" + d + "/virtual.re query",
-		"virtual_alias_maps pcre:" + d + "/virtual.pcre query",
+		"virtual_alias_maps regexp:" + d + "/virtual.re pattern",
+		"virtual_alias_maps pcre:" + d + "/virtual.pcre pattern",
 		"alias_maps hash:" + d + "/aliases memory",
 	}
 	if !slices.Equal(got, want) {
@@ -488,7 +492,7 @@ func TestConcurrentCallersShareOneLookup(t *testing.T) {
 		"virtual_alias_maps = lmdb:", "virtual_alias_maps = unionmap:{hash:"+e.dir+"/vq}, lmdb:", 1))
 	e.table("postmap", "hash", "vq", "q@example.com\tq-target@example.net\n@qdomain.example\tqcatch@example.net\n")
 	bin, runs := countingPostmap(t, e.dir)
-	p := e.open(PostfixOptions{Postmap: bin})
+	p := e.open(PostfixOptions{Postmap: bin, NoPatternInProcess: true})
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	errs := make(chan error, 50)

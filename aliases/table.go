@@ -123,7 +123,23 @@ type table struct {
 	r       *runner
 
 	mem *memTable
+	pat *patTable
 	q   *ttlCache[queryResult]
+}
+
+// currentMethod is how the table is answered now, and why a pattern table
+// is asked through postmap instead (its content is outside the subset).
+func (t *table) currentMethod(ctx context.Context) (method, note string) {
+	if t.pat == nil {
+		return t.method, ""
+	}
+	_, _, _ = t.pat.get(ctx, "lacre-check@lacre.invalid")
+	t.pat.mu.Lock()
+	defer t.pat.mu.Unlock()
+	if t.pat.unsup != nil {
+		return MethodQuery, t.pat.unsup.Error()
+	}
+	return MethodPattern, ""
 }
 
 type queryResult struct {
@@ -139,6 +155,8 @@ type tableSet struct {
 	size     int
 	interval time.Duration
 	now      func() time.Time
+	// noPattern: ask postmap for regexp and pcre tables too.
+	noPattern bool
 
 	mu     sync.Mutex
 	tables map[string]*table
@@ -171,6 +189,10 @@ func (s *tableSet) get(name string) (*table, error) {
 	} else {
 		t.method = MethodQuery
 		t.q = newTTLCache[queryResult](s.ttl, s.size, s.now)
+		if (typ == "regexp" || typ == "pcre") && !s.noPattern {
+			t.method = MethodPattern
+			t.pat = &patTable{path: rest, posix: typ == "regexp", interval: s.interval, now: s.now}
+		}
 	}
 	s.tables[name] = t
 	return t, nil
@@ -191,6 +213,16 @@ func (t *table) foldKey(key string) string {
 func (t *table) lookup(ctx context.Context, key string, batch []string) (string, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return "", false, &TableError{Table: t.name, Err: err}
+	}
+	if t.pat != nil {
+		v, ok, err := t.pat.get(ctx, key)
+		if err == nil {
+			return v, ok, nil
+		}
+		if !errors.Is(err, errUnsupported) {
+			return "", false, &TableError{Table: t.name, Err: err}
+		}
+		// outside the subset: ask postmap
 	}
 	if t.mem != nil {
 		v, ok, err := t.mem.get(ctx, key)
