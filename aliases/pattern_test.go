@@ -17,6 +17,7 @@ var patternCorpus = []struct {
 /^re-(.*)@example\.com$/	$1@example.net
 /^(.*)\.(.*)@dots\.example$/	${2}-$(1)@example.net
 /^(a|ab)(c|bcd)(d*)@amb\.example$/	$1-$2-$3@example.net
+/^alt-(a|ab)/	alt-$1@example.net
 !/@keep\.example$/	notkeep@example.net
 `},
 	{"regexp", `if /@cond\.example$/
@@ -43,7 +44,7 @@ endif
 var patternKeys = []string{
 	"re-zoe@example.com", "RE-Zoe@Example.COM", "re-@example.com",
 	"a.b.c@dots.example", "abcd@amb.example", "abd@amb.example",
-	"nobody@keep.example", "somebody@elsewhere.example",
+	"alt-ab@x", "nobody@keep.example", "somebody@elsewhere.example",
 	"xray@cond.example", "xray@other.example", "case@sensitive.example", "CaSe@sensitive.example",
 	"money@x", "12345@num.example", "12a@num.example", "alice@list.example",
 	"pc.yan@example.com", "foo12@p.example", "bar@p.example", "joe+x@lazy.example", "joe@lazy.example",
