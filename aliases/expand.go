@@ -345,7 +345,9 @@ func (p *Postfix) localDeliver(ctx context.Context, st *expState, addr, expFrom 
 	}
 	if !found && hasExt && user != expFrom {
 		if p.local.propAlis {
-			unmatched = ext
+			// resolve.c splices the first recipient_delimiter character,
+			// whichever one the address used.
+			unmatched = p.local.delim[:1] + ext[1:]
 		}
 		name = user
 		if val, found, err = p.aliasLookup(ctx, st, user, batch); err != nil {

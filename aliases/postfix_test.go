@@ -329,6 +329,8 @@ myorigin = origin.example
 		// alias propagation: root+foo -> alice+foo (alice@$myorigin,
 		// not local now, so a mailbox elsewhere).
 		{in: "root+foo@example.org", want: mb("alice+foo@origin.example")},
+		// local(8) splices the first delimiter character (resolve.c).
+		{in: "root-foo@example.org", want: mb("alice+foo@origin.example")},
 		// owner- with '-' a delimiter: not split (owner_request_special).
 		{in: "owner-team@example.org", want: mb("alice@origin.example")},
 	})
