@@ -64,6 +64,26 @@ var patternTypes = map[string]bool{
 type runner struct {
 	postconf, postmap string
 	configDir         string
+
+	mu     sync.Mutex
+	warned map[string]bool // warnings already logged (once each)
+}
+
+// warnOnce logs a tool's warning the first time it is seen: a table that
+// warns on every run (nis:mail.aliases without NIS) must not flood the log.
+func (r *runner) warnOnce(log *slog.Logger, cmd, msg string) {
+	r.mu.Lock()
+	if r.warned == nil {
+		r.warned = map[string]bool{}
+	}
+	seen := r.warned[msg]
+	if !seen && len(r.warned) < 1000 {
+		r.warned[msg] = true
+	}
+	r.mu.Unlock()
+	if !seen {
+		log.Warn("aliases: postfix tool warning (logged once)", "cmd", cmd, "stderr", msg)
+	}
 }
 
 func (r *runner) cmd(ctx context.Context, bin string, args ...string) *exec.Cmd {
@@ -98,7 +118,7 @@ func (r *runner) run(ctx context.Context, log *slog.Logger, stdin string, bin st
 		}
 	}
 	if msg != "" && log != nil {
-		log.Warn("aliases: postfix tool warning", "cmd", bin+" "+strings.Join(args, " "), "stderr", msg)
+		r.warnOnce(log, bin+" "+strings.Join(args, " "), msg)
 	}
 	if runErr != nil {
 		var ee *exec.ExitError
