@@ -81,6 +81,14 @@ func TestTranslateSample(t *testing.T) {
 			t.Errorf("%s = %v, want %v", ch.name, got, want)
 		}
 	}
+	// Every option of the sample is known; none falls through to the
+	// catch-all for unknown options.
+	if strings.Contains(tr.TOML, "not an option of gpg-mailgate's sample") {
+		t.Errorf("an option of the sample is not handled:\n%s", tr.TOML)
+	}
+	if !strings.Contains(tr.TOML, "X-GPG-Mailgate") || !strings.Contains(tr.TOML, "\ntrace_header = \"X-Lacre\"\n") {
+		t.Errorf("add_header is not mapped to trace_header:\n%s", tr.TOML)
+	}
 	// Every option of the file is named in the output: mapped, or in a
 	// comment with the reason.
 	for _, s := range c.Sections {

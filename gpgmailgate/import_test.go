@@ -66,6 +66,9 @@ func makeHome(t *testing.T, legacy bool) gnupgHome {
 	h.alice = h.Key("Alice <alice@example.org>", time.Time{}, "1y")
 	h.carol = h.Key("Carol <carol@example.org>", time.Time{}, "never")
 	h.AddUserID(h.carol, "Carol at home <Carol@Example.NET>")
+	// A User ID revoked since is not an address of the key.
+	h.AddUserID(h.carol, "Carol <carol.old@example.org>")
+	h.RevokeUserID(h.carol, "Carol <carol.old@example.org>")
 	h.old = h.Key("Old <old@example.org>", time.Now().AddDate(-1, 0, 0), "30d")
 	h.rev = h.Key("Rev <rev@example.org>", time.Time{}, "1y")
 	h.Revoke(h.rev)
@@ -95,6 +98,7 @@ func TestImportGnuPGHome(t *testing.T) {
 			want := []string{
 				"alice@example.org imported",
 				"bob@elsewhere.test refused (domain)",
+				"carol.old@example.org skipped",
 				"carol@example.net imported",
 				"carol@example.org imported",
 				"old@example.org refused (expired)",
@@ -137,7 +141,7 @@ func TestImportGnuPGHome(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n := rep.Count(gpgmailgate.Present); n != 3 || rep.Count(gpgmailgate.Imported) != 0 || rep.Count(gpgmailgate.Updated) != 0 {
+			if n := rep.Count(gpgmailgate.Present); n != 3 || rep.Count(gpgmailgate.Skipped) != 1 || rep.Count(gpgmailgate.Imported) != 0 || rep.Count(gpgmailgate.Updated) != 0 {
 				t.Errorf("second run: %q", outcomes(rep))
 			}
 			if after := bindings(t, s); !slices.Equal(before, after) {

@@ -107,6 +107,13 @@ func (h *Home) AddUserID(fpr, uid string) {
 	h.sync(fpr)
 }
 
+// RevokeUserID revokes one User ID of the key and updates the home.
+func (h *Home) RevokeUserID(fpr, uid string) {
+	h.t.Helper()
+	h.run(nil, "--quick-revoke-uid", fpr, uid)
+	h.sync(fpr)
+}
+
 // Revoke revokes the key with the revocation certificate gpg made with
 // it, and updates the home.
 func (h *Home) Revoke(fpr string) {
