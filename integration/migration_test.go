@@ -185,7 +185,7 @@ func TestMigrationWalkthrough(t *testing.T) {
 	}
 	filterServices := []string{
 		"gpg-mailgate unix - n n - - pipe\n  flags=q user=nobody argv=" + script + " ${sender} ${recipient}",
-		fmt.Sprintf("127.0.0.1:%d inet n - n - 10 smtpd\n  -o content_filter=\n  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks\n  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n  -o mynetworks=127.0.0.0/8", reinject),
+		fmt.Sprintf("127.0.0.1:%d inet n - n - 10 smtpd\n  -o content_filter=\n  -o smtpd_milters=\n  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks\n  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n  -o mynetworks=127.0.0.0/8", reinject),
 	}
 	p := startPostfix(t, postfixOptions{RelayPort: s.port, Master: filterServices,
 		Main: map[string]string{"content_filter": "gpg-mailgate", "receive_override_options": "no_address_mappings"}})
