@@ -1,11 +1,17 @@
 package gpgmailgate_test
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/gpgmailgate"
@@ -158,5 +164,73 @@ func TestResolveKeyID(t *testing.T) {
 		if _, err := gpgmailgate.ResolveKeyID(id, []*keys.Key{a}); err == nil {
 			t.Errorf("ResolveKeyID(%q) accepted", id)
 		}
+	}
+}
+
+// twoKeysSharingShortID makes two keys whose 32-bit short key IDs are the
+// same: one RSA key with two creation times, found by the birthday bound
+// (about 2^16 fingerprints).
+func twoKeysSharingShortID(t *testing.T) (a, b *keys.Key) {
+	t.Helper()
+	rk, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-24 * time.Hour).Truncate(time.Second)
+	seen := map[uint32]time.Time{}
+	var t1, t2 time.Time
+	for i := 0; i < 1<<20; i++ {
+		ct := base.Add(-time.Duration(i) * time.Second)
+		short := uint32(packet.NewRSAPublicKey(ct, &rk.PublicKey).KeyId)
+		if prev, ok := seen[short]; ok {
+			t1, t2 = prev, ct
+			break
+		}
+		seen[short] = ct
+	}
+	if t1.IsZero() {
+		t.Fatal("no short key ID collision found")
+	}
+	mk := func(created time.Time) *keys.Key {
+		priv := packet.NewSignerPrivateKey(created, rk)
+		e := &openpgp.Entity{PrimaryKey: &priv.PublicKey, PrivateKey: priv, Identities: map[string]*openpgp.Identity{}}
+		cfg := &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, Time: func() time.Time { return base }}
+		if err := e.AddUserId("Archive", "", "archive@example.org", cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.AddEncryptionSubkey(cfg); err != nil {
+			t.Fatal(err)
+		}
+		return keysParse(t, testkeys.ArmoredPublic(t, e))[0]
+	}
+	return mk(t1), mk(t2)
+}
+
+func TestResolveKeyIDAmbiguous(t *testing.T) {
+	a, b := twoKeysSharingShortID(t)
+	short := strings.TrimPrefix(a.KeyID(), "0x")[8:]
+	if short != strings.TrimPrefix(b.KeyID(), "0x")[8:] || a.Fingerprint == b.Fingerprint {
+		t.Fatalf("not a short ID collision: %s %s", a.KeyID(), b.KeyID())
+	}
+	stored := []*keys.Key{a, b}
+	_, err := gpgmailgate.ResolveKeyID(short, stored)
+	if err == nil || !strings.Contains(err.Error(), "ambiguous") || !strings.Contains(err.Error(), a.Fingerprint) || !strings.Contains(err.Error(), b.Fingerprint) {
+		t.Fatalf("ResolveKeyID(%s) = %v, want ambiguous naming both keys", short, err)
+	}
+	// The long ID tells them apart.
+	if got, err := gpgmailgate.ResolveKeyID(b.KeyID(), stored); err != nil || got != b.Fingerprint {
+		t.Errorf("long ID: %q, %v", got, err)
+	}
+	// In a gpg-mailgate.conf: left out, reported.
+	c, err := gpgmailgate.ParseConf(strings.NewReader("[enc_keymap]\narchive@example.org = " + short + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := gpgmailgate.Translate(c, gpgmailgate.TranslateOptions{Resolve: func(id string) (string, error) { return gpgmailgate.ResolveKeyID(id, stored) }})
+	if len(tr.Problems) != 1 || !strings.Contains(tr.Problems[0], "ambiguous") {
+		t.Errorf("problems %q", tr.Problems)
+	}
+	if lc := loadTOML(t, tr.TOML); len(lc.Static.Addresses) != 0 {
+		t.Errorf("an ambiguous key ID was mapped: %v", lc.Static.Addresses)
 	}
 }
