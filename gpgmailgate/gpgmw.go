@@ -159,7 +159,14 @@ func ReadRows(ctx context.Context, db *sql.DB, table string) ([]Row, error) {
 func RowEntries(rows []Row, key func(string) (string, error)) []Entry {
 	groups := map[string][]Row{}
 	var order []string
+	var out []Entry
 	for _, r := range rows {
+		if strings.TrimSpace(r.Email.String) == "" {
+			// Without an address the row binds nothing (and an Entry
+			// without one would mean "the key's own User IDs").
+			out = append(out, Entry{Origin: origin(r), Skip: "no email address in the row"})
+			continue
+		}
 		k := r.Email.String
 		if n, err := key(k); err == nil {
 			k = n
@@ -170,7 +177,6 @@ func RowEntries(rows []Row, key func(string) (string, error)) []Entry {
 		groups[k] = append(groups[k], r)
 	}
 	sort.Strings(order)
-	var out []Entry
 	for _, k := range order {
 		out = append(out, groupEntries(groups[k])...)
 	}
@@ -219,16 +225,16 @@ func groupEntries(rows []Row) []Entry {
 			if deleteWins && !hasUnbind(out) {
 				out = append(out, Entry{Origin: origin(r) + " (status 2, deletion requested)", Address: r.Email.String, Unbind: true})
 			} else {
-				skip(r, "deletion request (status 2) superseded by a newer confirmed row")
+				skip(r, "superseded: a newer confirmed row replaces this deletion request (status 2)")
 			}
 		case r.Status != statusNew && r.Status != statusImported:
-			skip(r, fmt.Sprintf("unknown status %d", r.Status))
+			skip(r, fmt.Sprintf("unknown status: %d", r.Status))
 		case !confirmed(r):
 			skip(r, "unconfirmed: the address was never confirmed")
 		case deleteWins:
 			skip(r, "deletion requested (status 2)")
 		default:
-			skip(r, fmt.Sprintf("superseded by row %d", winner.ID))
+			skip(r, fmt.Sprintf("superseded: row %d is newer", winner.ID))
 		}
 	}
 	return out

@@ -94,7 +94,10 @@ func TestImportGnuPGHome(t *testing.T) {
 				t.Fatalf("read %d keys from %s, want 5", len(entries), file)
 			}
 			s := newStore(t)
-			im := &gpgmailgate.Importer{Store: s, Policy: policy, Domains: []string{"example.org", "example.net"}, DryRun: true}
+			// A few seconds on: gpg dates a signature one second after the
+			// one it follows when both fall in the same second, so the
+			// User ID revocation may lie a second in the future.
+			im := &gpgmailgate.Importer{Store: s, Policy: policy, Domains: []string{"example.org", "example.net"}, DryRun: true, Now: time.Now().Add(5 * time.Second)}
 			want := []string{
 				"alice@example.org imported",
 				"bob@elsewhere.test refused (domain)",
@@ -246,6 +249,7 @@ func TestGpgmwSemantics(t *testing.T) {
 		{"erin@example.org", pub("mallory@example.org"), "", 0},      // 9: someone else's key
 		{"frank@example.org", "", "", 1},                             // 10: imported, key cleared
 		{"gina@example.org", string(testkeys.ArmoredPublic(t, testkeys.Generate(t, testkeys.Revoked, "gina@example.org"))), "", 1}, // 11: revoked since
+		{"", pub("hank@example.org"), "", 0}, // 12: no address: binds nothing
 	}
 	for _, r := range rows {
 		if _, err := db.Exec("INSERT INTO gpgmw_keys (email, publickey, confirm, status) VALUES (?, ?, ?, ?)", r.email, r.key, r.confirm, r.status); err != nil {
@@ -277,6 +281,7 @@ func TestGpgmwSemantics(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
+		" skipped", // row 12
 		"alice@example.org imported",
 		"alice@example.org skipped", // row 1, superseded
 		"alice@example.org skipped", // row 3, unconfirmed
@@ -291,6 +296,9 @@ func TestGpgmwSemantics(t *testing.T) {
 	}
 	if got := outcomes(rep); !slices.Equal(got, want) {
 		t.Fatalf("\n got %q\nwant %q\n%s", got, want, lines(rep))
+	}
+	if want := "skipped 8 (deletion requested 1, imported row with its publickey cleared 1, no email address in the row 1, no key 1, superseded 2, unconfirmed 2)"; !strings.Contains(rep.Summary(), want) {
+		t.Errorf("summary %q lacks %q", rep.Summary(), want)
 	}
 	ks, _ := s.KeysFor(ctx, "alice@example.org")
 	if len(ks) != 1 || ks[0].Fingerprint != keysParse(t, []byte(aliceNew))[0].Fingerprint {
