@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"lacre.io/milter/config"
@@ -137,9 +138,13 @@ func importConfig(e *env, args []string) error {
 	for _, b := range bs {
 		stored = append(stored, b.Key)
 	}
-	dbPath, err := filepath.Abs(c.DatabasePath())
-	if err != nil {
-		return err
+	// The printed file names the store the keys are in: a file path made
+	// absolute (the new file may live elsewhere), a database URL as is.
+	dbPath := c.Store.Database
+	if !strings.Contains(dbPath, "://") {
+		if dbPath, err = filepath.Abs(c.DatabasePath()); err != nil {
+			return err
+		}
 	}
 	tr := gpgmailgate.Translate(conf, gpgmailgate.TranslateOptions{
 		Resolve:       func(id string) (string, error) { return gpgmailgate.ResolveKeyID(id, stored) },
