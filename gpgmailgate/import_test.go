@@ -1,6 +1,7 @@
 package gpgmailgate_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"path/filepath"
@@ -322,4 +323,53 @@ func lines(rep *gpgmailgate.Report) string {
 	var b strings.Builder
 	rep.Write(&b)
 	return b.String()
+}
+
+// A refreshed copy of a stored key (a new expiry) updates the store; an
+// older copy than the store's is already present, and changes nothing.
+func TestImportRefreshedKey(t *testing.T) {
+	h := gnupgtest.New(t, false)
+	alice := h.Key("Alice <alice@example.org>", time.Time{}, "1y")
+	ctx := context.Background()
+	s := newStore(t)
+	// gpg may date a new self-signature a second ahead (see above).
+	im := &gpgmailgate.Importer{Store: s, Policy: policy, Now: time.Now().Add(5 * time.Second)}
+	before, err := gpgmailgate.ReadGnuPGHome(ctx, h.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.Run(ctx, before); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // a later self-signature
+	h.SetExpiry(alice, "2y")
+	after, err := gpgmailgate.ReadGnuPGHome(ctx, h.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Now = time.Now().Add(5 * time.Second)
+	rep, err := im.Run(ctx, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(rep); !slices.Equal(got, []string{"alice@example.org updated"}) {
+		t.Fatalf("refreshed copy: %q", got)
+	}
+	stored, err := s.KeyByFingerprint(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp := stored.Expires(); time.Until(exp) < 400*24*time.Hour {
+		t.Errorf("the store's copy expires %v, want the new expiry (2y)", exp)
+	}
+	rep, err = im.Run(ctx, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := outcomes(rep); !slices.Equal(got, []string{"alice@example.org already present"}) || !strings.Contains(lines(rep), "the store's copy is newer") {
+		t.Fatalf("older copy: %q\n%s", got, lines(rep))
+	}
+	if again, _ := s.KeyByFingerprint(ctx, alice); !bytes.Equal(again.Raw, stored.Raw) {
+		t.Errorf("the older copy replaced the newer one")
+	}
 }

@@ -114,6 +114,14 @@ func (h *Home) RevokeUserID(fpr, uid string) {
 	h.sync(fpr)
 }
 
+// SetExpiry gives the key a new expiry (a new self-signature) and updates
+// the home.
+func (h *Home) SetExpiry(fpr, life string) {
+	h.t.Helper()
+	h.run(nil, "--quick-set-expire", fpr, life)
+	h.sync(fpr)
+}
+
 // Revoke revokes the key with the revocation certificate gpg made with
 // it, and updates the home.
 func (h *Home) Revoke(fpr string) {
