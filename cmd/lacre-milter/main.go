@@ -56,6 +56,9 @@ func commands() []command {
 		{"store init", "", "create the key store (store.database) if there is none; no other command creates one", storeInit},
 		{"store migrate", "", "bring an existing key store's schema up to date (back it up first)", storeMigrate},
 		{"store backup", "FILE", "write a consistent copy of the key store to the new FILE, while it is in use", storeBackup},
+		{"import gnupg", "[-dry-run] [-replace] DIR", "bind the public keys of a GnuPG home (gpg-mailgate's [gpg] keyhome) to the addresses of their User IDs, as \"keys add\" would", importGnuPG},
+		{"import gpgmw", "[-dry-run] [-replace] [-table NAME] DSN", "import the confirmed keys of gpg-mailgate-web's database (mysql://USER:PASS@HOST:PORT/DB, postgres://…, or an SQLite file)", importGpgmw},
+		{"import config", "FILE", "print a lacre.toml for gpg-mailgate.conf FILE, resolving its key IDs against the key store", importConfig},
 		{"check-config", "", "validate the configuration and say which file was used", checkConfig},
 		{"version", "", "print the version", printVersion},
 	}
