@@ -330,4 +330,3 @@ func keyUnwrap(kek, wrapped []byte) ([]byte, error) {
 	}
 	return r, nil
 }
-
