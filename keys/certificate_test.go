@@ -128,6 +128,7 @@ func TestParseCertificateForms(t *testing.T) {
 		{"two end-entities, no match: the first", pemOf(bob, leaf), "carol@example.org", bob, 1},
 		{"self-signed CA certificate alone", selfCA.PEM(), certAddr, selfCA, 0},
 		{"address matches a CA only", pemOf(root, selfCA), certAddr, selfCA, 1},
+		{"address matches a CA and an end-entity", pemOf(selfCA, leaf), certAddr, leaf, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := mustParseCert(t, tc.data, tc.address)
