@@ -171,40 +171,144 @@ func Encrypt(inner []byte, certs []*x509.Certificate, opts Options) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(ci *cryptobyte.Builder) { // ContentInfo, RFC 5652 §3
-		if opts.Cipher == AES256GCM {
-			ci.AddASN1ObjectIdentifier(oidAuthEnvelopedData)
-		} else {
-			ci.AddASN1ObjectIdentifier(oidEnvelopedData)
+	ctype, version := oidEnvelopedData, int64(0)
+	switch {
+	case opts.Cipher == AES256GCM:
+		// RFC 5083 §2.1: the version is always 0.
+		ctype = oidAuthEnvelopedData
+	case !allV0:
+		// RFC 5652 §6.1: 0 when every RecipientInfo is version 0
+		// (issuer and serial key transport), else 2 (there is no
+		// originatorInfo and there are no attributes).
+		version = 2
+	}
+	ctypeDER := build(func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(ctype) })
+	versionDER := build(func(b *cryptobyte.Builder) { b.AddASN1Int64(version) })
+	risDER := build(func(b *cryptobyte.Builder) { addSet(b, ris) })
+
+	// The content is encrypted in place into the output, after headers
+	// whose lengths are known in advance: building it with nested
+	// cryptobyte calls would move the ciphertext once per level.
+	var algDER []byte // contentEncryptionAlgorithm
+	var ctLen, macLen int
+	var nonce, iv []byte
+	switch opts.Cipher {
+	case AES256GCM:
+		nonce = make([]byte, gcmNonce)
+		if _, err := rand.Read(nonce); err != nil {
+			return nil, err
 		}
-		ci.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(ex *cryptobyte.Builder) {
-			ex.AddASN1(cbasn1.SEQUENCE, func(ed *cryptobyte.Builder) {
-				switch opts.Cipher {
-				case AES256GCM:
-					// RFC 5083 §2.1: the version is always 0.
-					ed.AddASN1Int64(0)
-					addSet(ed, ris)
-					err = gcmContent(ed, block, inner)
-				default:
-					// RFC 5652 §6.1: 0 when every RecipientInfo is
-					// version 0 (issuer and serial key transport),
-					// else 2 (no originatorInfo, no attributes).
-					if allV0 {
-						ed.AddASN1Int64(0)
-					} else {
-						ed.AddASN1Int64(2)
-					}
-					addSet(ed, ris)
-					err = cbcContent(ed, block, inner)
-				}
+		// RFC 5084 §3.2: GCMParameters; aes-ICVlen DEFAULT 12, so 16
+		// must be written.
+		algDER = build(func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(alg *cryptobyte.Builder) {
+				alg.AddASN1ObjectIdentifier(oidAES256GCM)
+				alg.AddASN1(cbasn1.SEQUENCE, func(p *cryptobyte.Builder) {
+					p.AddASN1OctetString(nonce)
+					p.AddASN1Int64(gcmTagLen)
+				})
 			})
 		})
-	})
-	if err != nil {
-		return nil, err
+		ctLen, macLen = len(inner), gcmTagLen
+	default:
+		iv = make([]byte, aes.BlockSize)
+		if _, err := rand.Read(iv); err != nil {
+			return nil, err
+		}
+		// RFC 3565 §2.1: the parameter is the IV.
+		algDER = build(func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(alg *cryptobyte.Builder) {
+				alg.AddASN1ObjectIdentifier(oidAES256CBC)
+				alg.AddASN1OctetString(iv)
+			})
+		})
+		// PKCS #7 padding (RFC 5652 §6.3): always 1 to 16 bytes.
+		ctLen = len(inner) + aes.BlockSize - len(inner)%aes.BlockSize
 	}
-	return b.Bytes()
+	dataDER := build(func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidData) })
+
+	// EncryptedContentInfo (RFC 5652 §6.1), the mac of an
+	// AuthEnvelopedData (RFC 5083 §2.1), and the layers around them.
+	eciLen := len(dataDER) + len(algDER) + tlvLen(ctLen)
+	edLen := len(versionDER) + len(risDER) + tlvLen(eciLen)
+	if macLen > 0 {
+		edLen += tlvLen(macLen)
+	}
+	explicitLen := tlvLen(edLen)
+	ciLen := len(ctypeDER) + tlvLen(explicitLen)
+	out := make([]byte, 0, tlvLen(ciLen))
+	out = appendTL(out, 0x30, ciLen) // ContentInfo SEQUENCE (RFC 5652 §3)
+	out = append(out, ctypeDER...)
+	out = appendTL(out, 0xa0, explicitLen) // content [0] EXPLICIT
+	out = appendTL(out, 0x30, edLen)       // (Auth)EnvelopedData SEQUENCE
+	out = append(out, versionDER...)
+	out = append(out, risDER...)
+	out = appendTL(out, 0x30, eciLen) // EncryptedContentInfo SEQUENCE
+	out = append(out, dataDER...)
+	out = append(out, algDER...)
+	out = appendTL(out, 0x80, ctLen) // encryptedContent [0] IMPLICIT OCTET STRING
+	start := len(out)
+	switch opts.Cipher {
+	case AES256GCM:
+		// No authenticated attributes, so the AAD is empty (RFC 5083 §2.2).
+		aead, err := cipher.NewGCMWithTagSize(block, gcmTagLen)
+		if err != nil {
+			return nil, err
+		}
+		out = aead.Seal(out, nonce, inner, nil)
+		var tag [gcmTagLen]byte
+		copy(tag[:], out[len(out)-gcmTagLen:])
+		out = appendTL(out[:len(out)-gcmTagLen], 0x04, gcmTagLen) // mac OCTET STRING
+		out = append(out, tag[:]...)
+	default:
+		out = append(out, inner...)
+		pad := byte(ctLen - len(inner))
+		for range pad {
+			out = append(out, pad)
+		}
+		cipher.NewCBCEncrypter(block, iv).CryptBlocks(out[start:], out[start:])
+	}
+	if len(out) != cap(out) {
+		return nil, fmt.Errorf("smime: internal error: %d bytes written, %d computed", len(out), cap(out))
+	}
+	return out, nil
+}
+
+// build returns the DER f adds to a cryptobyte.Builder. It is used for
+// small, well-formed pieces only, so an error is a bug.
+func build(f func(*cryptobyte.Builder)) []byte {
+	var b cryptobyte.Builder
+	f(&b)
+	return b.BytesOrPanic()
+}
+
+// tlvLen is the length of a DER element with n content bytes and a
+// one-byte tag.
+func tlvLen(n int) int {
+	l := 1 + 1 + n
+	if n >= 0x80 {
+		for v := n; v > 0; v >>= 8 {
+			l++
+		}
+	}
+	return l
+}
+
+// appendTL appends a one-byte tag and the DER definite length n (X.690
+// §8.1.3: short form below 128, else the minimal long form).
+func appendTL(b []byte, tag byte, n int) []byte {
+	b = append(b, tag)
+	if n < 0x80 {
+		return append(b, byte(n))
+	}
+	var tmp [8]byte
+	i := len(tmp)
+	for v := n; v > 0; v >>= 8 {
+		i--
+		tmp[i] = byte(v)
+	}
+	b = append(b, 0x80|byte(len(tmp)-i))
+	return append(b, tmp[i:]...)
 }
 
 // addSet adds a SET OF with the given DER elements, sorted as DER requires
@@ -215,61 +319,6 @@ func addSet(b *cryptobyte.Builder, elems [][]byte) {
 			s.AddBytes(e)
 		}
 	})
-}
-
-// cbcContent adds the EncryptedContentInfo (RFC 5652 §6.1) of inner
-// encrypted with AES-256-CBC (RFC 3565 §2.1: the parameter is the IV).
-func cbcContent(b *cryptobyte.Builder, block cipher.Block, inner []byte) error {
-	iv := make([]byte, aes.BlockSize)
-	if _, err := rand.Read(iv); err != nil {
-		return err
-	}
-	// PKCS #7 padding (RFC 5652 §6.3): always 1 to 16 bytes.
-	pad := aes.BlockSize - len(inner)%aes.BlockSize
-	ct := make([]byte, len(inner)+pad)
-	copy(ct, inner)
-	for i := len(inner); i < len(ct); i++ {
-		ct[i] = byte(pad)
-	}
-	cipher.NewCBCEncrypter(block, iv).CryptBlocks(ct, ct)
-	b.AddASN1(cbasn1.SEQUENCE, func(eci *cryptobyte.Builder) {
-		eci.AddASN1ObjectIdentifier(oidData)
-		eci.AddASN1(cbasn1.SEQUENCE, func(alg *cryptobyte.Builder) {
-			alg.AddASN1ObjectIdentifier(oidAES256CBC)
-			alg.AddASN1OctetString(iv)
-		})
-		eci.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(c *cryptobyte.Builder) { c.AddBytes(ct) })
-	})
-	return nil
-}
-
-// gcmContent adds the authEncryptedContentInfo and the mac of an
-// AuthEnvelopedData (RFC 5083 §2.1) with AES-256-GCM (RFC 5084 §3.2).
-// There are no authenticated attributes, so the AAD is empty.
-func gcmContent(b *cryptobyte.Builder, block cipher.Block, inner []byte) error {
-	nonce := make([]byte, gcmNonce)
-	if _, err := rand.Read(nonce); err != nil {
-		return err
-	}
-	aead, err := cipher.NewGCMWithTagSize(block, gcmTagLen)
-	if err != nil {
-		return err
-	}
-	sealed := aead.Seal(nil, nonce, inner, nil)
-	ct, tag := sealed[:len(inner)], sealed[len(inner):]
-	b.AddASN1(cbasn1.SEQUENCE, func(eci *cryptobyte.Builder) {
-		eci.AddASN1ObjectIdentifier(oidData)
-		eci.AddASN1(cbasn1.SEQUENCE, func(alg *cryptobyte.Builder) {
-			alg.AddASN1ObjectIdentifier(oidAES256GCM)
-			alg.AddASN1(cbasn1.SEQUENCE, func(p *cryptobyte.Builder) { // GCMParameters
-				p.AddASN1OctetString(nonce)
-				p.AddASN1Int64(gcmTagLen) // aes-ICVlen, DEFAULT 12: must be written
-			})
-		})
-		eci.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(c *cryptobyte.Builder) { c.AddBytes(ct) })
-	})
-	b.AddASN1OctetString(tag) // mac
-	return nil
 }
 
 // recipientInfo returns the DER RecipientInfo (RFC 5652 §6.2) that gives
@@ -478,14 +527,20 @@ func Fields(opts Options) []Field {
 
 // Body returns der in base64, 76 characters a line (RFC 2045 §6.8), each
 // line ended by CRLF.
-func Body(der []byte) []byte {
+func Body(der []byte) []byte { return appendBody(make([]byte, 0, bodyLen(len(der))), der) }
+
+// bodyLen is the length of Body's result for n bytes.
+func bodyLen(n int) int {
+	lines := (n + 56) / 57
+	return base64.StdEncoding.EncodedLen(n) + 2*lines
+}
+
+func appendBody(out, der []byte) []byte {
 	enc := base64.StdEncoding
-	n := enc.EncodedLen(len(der))
-	out := make([]byte, 0, n+(n/76+1)*2)
-	line := make([]byte, 76)
+	var line [76]byte
 	for len(der) > 0 {
 		chunk := min(len(der), 57) // 57 bytes are 76 characters
-		enc.Encode(line, der[:chunk])
+		enc.Encode(line[:], der[:chunk])
 		out = append(out, line[:enc.EncodedLen(chunk)]...)
 		out = append(out, '\r', '\n')
 		der = der[chunk:]
@@ -497,15 +552,20 @@ func Body(der []byte) []byte {
 // line, base64 body, CRLF line ends) for der, what Encrypt returned with
 // opts.
 func Entity(der []byte, opts Options) []byte {
-	var out []byte
-	for _, f := range Fields(opts) {
+	fields := Fields(opts)
+	n := 2 + bodyLen(len(der))
+	for _, f := range fields {
+		n += len(f.Name) + 2 + len(f.Value) + 2
+	}
+	out := make([]byte, 0, n)
+	for _, f := range fields {
 		out = append(out, f.Name...)
 		out = append(out, ": "...)
 		out = append(out, f.Value...)
 		out = append(out, "\r\n"...)
 	}
 	out = append(out, "\r\n"...)
-	return append(out, Body(der)...)
+	return appendBody(out, der)
 }
 
 // EncryptEntity is Encrypt followed by Entity.
