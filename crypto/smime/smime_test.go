@@ -12,6 +12,9 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/crypto/smime/smimetest"
 )
@@ -107,7 +110,7 @@ func keyTransportOID(o Options) asn1.ObjectIdentifier {
 func TestEncryptSizes(t *testing.T) {
 	r := recipient(t, smimetest.RSA2048, "a@example.org")
 	e := recipient(t, smimetest.P256, "b@example.org")
-	for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 4096, 1<<20 + 3} {
+	for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 111, 112, 127, 128, 255, 256, 4096, 65535, 65536, 1<<20 + 3} {
 		in := bytes.Repeat([]byte("x"), n)
 		for _, c := range []Cipher{AES256CBC, AES256GCM} {
 			der, err := Encrypt(in, []*x509.Certificate{r.Cert, e.Cert}, Options{Cipher: c})
@@ -298,5 +301,21 @@ func TestEncryptConcurrentOptions(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestDERLengths checks the hand-written DER lengths at the boundaries
+// of their encodings (X.690 §8.1.3) against cryptobyte's reader.
+func TestDERLengths(t *testing.T) {
+	for _, n := range []int{0, 1, 127, 128, 129, 255, 256, 257, 65535, 65536, 1<<24 - 1, 1 << 24} {
+		b := appendTL(nil, 0x04, n)
+		if len(b)+n != tlvLen(n) {
+			t.Errorf("n=%d: header of %d bytes, tlvLen says %d", n, len(b), tlvLen(n)-n)
+		}
+		s := cryptobyte.String(append(b, make([]byte, n)...))
+		var content cryptobyte.String
+		if !s.ReadASN1(&content, cbasn1.OCTET_STRING) || len(content) != n || !s.Empty() {
+			t.Errorf("n=%d: %x does not read back as a DER length", n, b)
+		}
 	}
 }
