@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -107,21 +108,23 @@ func opensslDecrypt(t *testing.T, openssl, dir string, p party, in []byte, smime
 		"-recip", p.certPath, "-inkey", p.keyPath)
 }
 
-// TestInteropOpenSSL: every option, for RSA-2048, RSA-4096 and P-256,
-// alone and all three recipients in one message, decrypts with openssl
-// cms to the identical entity.
+// TestInteropOpenSSL: every option, for RSA-2048, RSA-4096 and P-256
+// (and P-384, P-521, which the certificate rules also admit), alone and
+// all recipients in one message, decrypts with openssl cms to the
+// identical entity.
 func TestInteropOpenSSL(t *testing.T) {
 	openssl := smimetest.Tool(t, "openssl")
 	logTool(t, openssl, "version")
 	dir := t.TempDir()
 	var parties []party
 	var all []*x509.Certificate
-	for _, kind := range interopKinds {
+	kinds := append(slices.Clone(interopKinds), smimetest.P384, smimetest.P521)
+	for _, kind := range kinds {
 		p := newParty(t, dir, kind)
 		parties = append(parties, p)
 		all = append(all, p.c.Cert)
 	}
-	for i, kind := range interopKinds {
+	for i, kind := range kinds {
 		for _, opts := range interopOptions(kind) {
 			t.Run(kind.String()+"/"+opts.name(), func(t *testing.T) {
 				for _, to := range [][]*x509.Certificate{{all[i]}, all} {
