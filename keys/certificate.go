@@ -77,14 +77,30 @@ func (c *Certificate) Raw() []byte {
 	return b
 }
 
+// NextChange returns the first instant after now at which the
+// certificate's validity changes with time alone: notBefore when it is
+// not yet valid, else the instant after notAfter (RFC 5280 §4.1.2.5
+// counts notAfter itself as valid); zero when it has expired. The lookup cache
+// keeps an answer no longer than this.
+func (c *Certificate) NextChange(now time.Time) time.Time {
+	switch x := c.Cert; {
+	case now.Before(x.NotBefore):
+		return x.NotBefore
+	case !now.After(x.NotAfter):
+		return x.NotAfter.Add(time.Nanosecond)
+	}
+	return time.Time{}
+}
+
 // IsCertificate reports whether data looks like X.509 certificate data
 // (PEM or DER) rather than OpenPGP, so that "keys add" can hand a file to
 // the right parser without being told. It decides on the framing only:
 // a file it recognises may still be refused by ParseCertificate, which
 // then says why in the certificate's terms.
 //
-//   - PEM: a "-----BEGIN CERTIFICATE-----" (or "X509 CERTIFICATE") line
-//     that comes before any "-----BEGIN PGP " armour line.
+//   - PEM: a "-----BEGIN CERTIFICATE-----" (or "X509 CERTIFICATE", or
+//     "PKCS7" for a certificate bundle) line that comes before any
+//     "-----BEGIN PGP " armour line.
 //   - DER: a first byte 0x30 (an ASN.1 SEQUENCE). No OpenPGP packet can
 //     start so: an OpenPGP packet header always has bit 7 set (RFC 9580
 //     §4.2). PKCS #12 files also start so; ParseCertificate refuses them
@@ -94,7 +110,7 @@ func IsCertificate(data []byte) bool {
 		return true
 	}
 	cert := -1
-	for _, h := range []string{"-----BEGIN CERTIFICATE-----", "-----BEGIN X509 CERTIFICATE-----"} {
+	for _, h := range []string{"-----BEGIN CERTIFICATE-----", "-----BEGIN X509 CERTIFICATE-----", "-----BEGIN PKCS7-----"} {
 		if i := bytes.Index(data, []byte(h)); i >= 0 && (cert < 0 || i < cert) {
 			cert = i
 		}
@@ -119,7 +135,9 @@ func certReject(c *x509.Certificate, rule Rule, format string, args ...any) *Rej
 
 // ParseCertificate reads a certificate file: PEM (any number of
 // CERTIFICATE blocks; text around them, as "openssl x509 -text" writes
-// it, is ignored) or DER (one or more concatenated certificates). A file
+// it, is ignored) or DER (one or more concatenated certificates), and in
+// either a PKCS #7 certificate bundle (.p7b, .p7c) in place of a
+// certificate. A file
 // with private key material (a PRIVATE KEY block, a DER private key, a
 // PKCS #12 file) is refused with RuleSecret, anything else that is not a
 // certificate with RuleFormat.
@@ -202,10 +220,12 @@ func pickEndEntity(certs []*x509.Certificate, address string, n Normalizer) int 
 	return 0
 }
 
-// splitPEM returns the DER of each certificate block. PEM decoding skips
-// text between blocks; every block must be a certificate.
+// splitPEM returns the DER of each certificate in the PEM blocks. PEM
+// decoding skips text between blocks; every block must be a certificate
+// or a PKCS #7 certificate bundle.
 func splitPEM(data []byte) ([][]byte, error) {
 	var ders [][]byte
+	blocks := 0
 	rest := data
 	for {
 		var b *pem.Block
@@ -213,11 +233,18 @@ func splitPEM(data []byte) ([][]byte, error) {
 		if b == nil {
 			break
 		}
+		blocks++
 		switch {
 		case strings.Contains(b.Type, "PRIVATE KEY"):
 			return nil, certReject(nil, RuleSecret, "the file contains a private key (%s); submit only the certificate", b.Type)
 		case b.Type == "CERTIFICATE" || b.Type == "X509 CERTIFICATE":
 			ders = append(ders, b.Bytes)
+		case b.Type == "PKCS7" || b.Type == "CMS":
+			certs, ok := pkcs7Certificates(b.Bytes)
+			if !ok {
+				return nil, certReject(nil, RuleFormat, "the %s PEM block is not a certificate bundle (PKCS #7 SignedData)", b.Type)
+			}
+			ders = append(ders, certs...)
 		default:
 			return nil, certReject(nil, RuleFormat, "the file contains a %q PEM block; submit only the certificate (BEGIN CERTIFICATE)", b.Type)
 		}
@@ -228,14 +255,14 @@ func splitPEM(data []byte) ([][]byte, error) {
 	// pem.Decode skips a block it cannot read without saying so (which
 	// could hide a private key or a certificate): every BEGIN line must
 	// have become a block.
-	if len(ders) <= MaxCertificates && bytes.Count(data, []byte("-----BEGIN ")) != len(ders) {
+	if len(ders) <= MaxCertificates && bytes.Count(data, []byte("-----BEGIN ")) != blocks {
 		return nil, certReject(nil, RuleFormat, "the file contains a PEM block that cannot be read")
 	}
 	return ders, nil
 }
 
-// splitDER splits concatenated DER elements. Each must be a certificate;
-// a private key (PKCS #8, PKCS #1, SEC 1) or a PKCS #12 file is refused
+// splitDER splits concatenated DER elements. Each must be a certificate
+// or a PKCS #7 certificate bundle; a private key (PKCS #8, PKCS #1, SEC 1) or a PKCS #12 file is refused
 // with RuleSecret.
 func splitDER(data []byte) ([][]byte, error) {
 	var ders [][]byte
@@ -248,7 +275,11 @@ func splitDER(data []byte) ([][]byte, error) {
 		if secretDER(elem) {
 			return nil, certReject(nil, RuleSecret, "the file contains private key material (a private key or a PKCS #12 file); submit only the certificate")
 		}
-		ders = append(ders, elem)
+		if certs, ok := pkcs7Certificates(elem); ok {
+			ders = append(ders, certs...)
+		} else {
+			ders = append(ders, elem)
+		}
 		if len(ders) > MaxCertificates {
 			break
 		}
@@ -267,6 +298,43 @@ func secretDER(der cryptobyte.String) bool {
 		return false
 	}
 	return inner.PeekASN1Tag(cbasn1.INTEGER)
+}
+
+// oidSignedData is the CMS/PKCS #7 SignedData content type (RFC 5652 §5).
+var oidSignedData = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 2}
+
+// pkcs7Certificates returns the certificates of a PKCS #7 certificate
+// bundle (".p7b", ".p7c": a ContentInfo with a SignedData, RFC 5652 §5.1,
+// usually with no content and no signers, as Windows and "openssl
+// crl2pkcs7" write it). ok is false when der is not a ContentInfo with a
+// SignedData whose certificates can be read; the certificates themselves
+// are parsed by the caller. The signatures, if any, are not looked at:
+// the bundle is only a container.
+func pkcs7Certificates(der []byte) (certs [][]byte, ok bool) {
+	s := cryptobyte.String(der)
+	var ci, content, sd, set cryptobyte.String
+	var ctype asn1.ObjectIdentifier
+	var version int64
+	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !s.Empty() ||
+		!ci.ReadASN1ObjectIdentifier(&ctype) || !ctype.Equal(oidSignedData) ||
+		!ci.ReadASN1(&content, cbasn1.Tag(0).Constructed().ContextSpecific()) || !ci.Empty() ||
+		!content.ReadASN1(&sd, cbasn1.SEQUENCE) || !content.Empty() ||
+		!sd.ReadASN1Int64WithTag(&version, cbasn1.INTEGER) ||
+		!sd.SkipASN1(cbasn1.SET) || // digestAlgorithms
+		!sd.SkipASN1(cbasn1.SEQUENCE) || // encapContentInfo
+		!sd.ReadASN1(&set, cbasn1.Tag(0).Constructed().ContextSpecific()) { // certificates [0] IMPLICIT
+		return nil, false
+	}
+	for !set.Empty() {
+		var c cryptobyte.String
+		// CertificateChoices: only a plain certificate (a SEQUENCE); the
+		// obsolete extended and attribute certificates are refused.
+		if !set.ReadASN1Element(&c, cbasn1.SEQUENCE) {
+			return nil, false
+		}
+		certs = append(certs, c)
+	}
+	return certs, true
 }
 
 // CertificateAddresses returns the e-mail addresses a certificate is

@@ -376,3 +376,61 @@ func TestCertificateFingerprint(t *testing.T) {
 		t.Errorf("fingerprint %s, openssl says %s", c.Fingerprint, fp)
 	}
 }
+
+// TestParseCertificatePKCS7 reads certificate bundles as Windows exports
+// them and "openssl crl2pkcs7" writes them, PEM and DER.
+func TestParseCertificatePKCS7(t *testing.T) {
+	openssl := smimetest.Tool(t, "openssl")
+	root := smimetest.New(t, smimetest.Spec{Key: smimetest.P256, CommonName: "Test Root", CA: true})
+	leaf := alice(t, smimetest.Spec{Parent: root})
+	dir := t.TempDir()
+	chain := dir + "/chain.pem"
+	if err := os.WriteFile(chain, pemOf(root, leaf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, form := range []string{"PEM", "DER"} {
+		out, stderr, err := smimetest.Run(dir, nil, nil, openssl, "crl2pkcs7", "-nocrl", "-certfile", chain, "-outform", form)
+		if err != nil {
+			t.Fatalf("openssl crl2pkcs7: %v\n%s", err, stderr)
+		}
+		if !IsCertificate(out) {
+			t.Errorf("%s: a PKCS #7 bundle is not recognised", form)
+		}
+		c := mustParseCert(t, out, certAddr)
+		if !c.Cert.Equal(leaf.Cert) || len(c.Chain) != 1 || !c.Chain[0].Equal(root.Cert) {
+			t.Errorf("%s: end-entity %q with %d others", form, c.Cert.Subject, len(c.Chain))
+		}
+		if err := certPolicy.Validate(c, certAddr, time.Now()); err != nil {
+			t.Errorf("%s: %v", form, err)
+		}
+	}
+	// A PKCS #7 block that is not a SignedData with certificates.
+	_, err := ParseCertificate(pem.EncodeToMemory(&pem.Block{Type: "PKCS7", Bytes: leaf.Cert.Raw}), certAddr, certPolicy.Normalizer)
+	wantRule(t, err, RuleFormat)
+}
+
+func TestCertificateNextChange(t *testing.T) {
+	now := time.Now()
+	nb, na := now.Add(time.Hour).Truncate(time.Second), now.Add(48*time.Hour).Truncate(time.Second)
+	c := mustParseCert(t, alice(t, smimetest.Spec{NotBefore: nb, NotAfter: na}).PEM(), certAddr)
+	for _, tc := range []struct {
+		at, want time.Time
+	}{
+		{now, nb},
+		{nb, na.Add(time.Nanosecond)},
+		{na, na.Add(time.Nanosecond)},
+		{na.Add(time.Nanosecond), time.Time{}},
+	} {
+		if got := c.NextChange(tc.at); !got.Equal(tc.want) {
+			t.Errorf("NextChange(%v) = %v, want %v", tc.at, got, tc.want)
+		}
+		// The answer changes at NextChange and not before.
+		if !tc.want.IsZero() {
+			before := certPolicy.Usable(c, tc.want.Add(-time.Nanosecond))
+			after := certPolicy.Usable(c, tc.want)
+			if (before == nil) == (after == nil) {
+				t.Errorf("Usable does not change at %v (%v, then %v)", tc.want, before, after)
+			}
+		}
+	}
+}
