@@ -3,9 +3,14 @@ package keys
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/asn1"
+	"encoding/pem"
 	"errors"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"lacre.io/milter/crypto/smime/smimetest"
 )
@@ -31,6 +36,9 @@ func FuzzParseCertificate(f *testing.F) {
 		f.Add(append(c.PEM(), c.KeyPEM(f)...))
 	}
 	f.Add(append(leaf.PEM(), root.PEM()...))
+	p7 := pkcs7Bundle(leaf.Cert.Raw, root.Cert.Raw)
+	f.Add(p7)
+	f.Add(pem.EncodeToMemory(&pem.Block{Type: "PKCS7", Bytes: p7}))
 	f.Add(append(append([]byte(nil), root.Cert.Raw...), leaf.Cert.Raw...))
 	for _, s := range []string{
 		"", "\x30", "\x30\x00", "\x30\x80\x00\x00", "\x30\x84\xff\xff\xff\xff",
@@ -86,4 +94,29 @@ func FuzzParseCertificate(f *testing.F) {
 			t.Fatalf("ParseCertificate/Validate did not return within %v for %d bytes", fuzzTimeout, len(data))
 		}
 	})
+}
+
+// pkcs7Bundle is a certificates-only SignedData (RFC 5652 §5.1), as
+// "openssl crl2pkcs7 -nocrl" writes it.
+func pkcs7Bundle(certs ...[]byte) []byte {
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(ci *cryptobyte.Builder) {
+		ci.AddASN1ObjectIdentifier(oidSignedData)
+		ci.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(e *cryptobyte.Builder) {
+			e.AddASN1(cbasn1.SEQUENCE, func(sd *cryptobyte.Builder) {
+				sd.AddASN1Int64(1)
+				sd.AddASN1(cbasn1.SET, func(*cryptobyte.Builder) {})
+				sd.AddASN1(cbasn1.SEQUENCE, func(eci *cryptobyte.Builder) {
+					eci.AddASN1ObjectIdentifier(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1})
+				})
+				sd.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(set *cryptobyte.Builder) {
+					for _, c := range certs {
+						set.AddBytes(c)
+					}
+				})
+				sd.AddASN1(cbasn1.SET, func(*cryptobyte.Builder) {})
+			})
+		})
+	})
+	return b.BytesOrPanic()
 }
