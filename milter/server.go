@@ -64,8 +64,9 @@ func (s *Server) SetMetrics(m Metrics) { s.metrics = m }
 // connection the new limits.
 func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 
-// The milter protocol options: we change headers and the body, and may ask
-// for quarantine (Postfix's hold queue).
+// The milter protocol options: we change headers and the body, may ask
+// for quarantine (Postfix's hold queue), and replace a recipient that
+// expands to keyed and unkeyed mailboxes by its keyed ones (reinject.go).
 //
 // Protocol version 6 gives us the DATA event: after the last RCPT, so a
 // message no recipient needs encrypted is accepted there, answered by
@@ -87,7 +88,7 @@ func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 // instead (integration/restart_test.go, docs/operations.md "After the
 // milter restarts").
 const (
-	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
+	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine | gomilter.OptAddRcpt | gomilter.OptRemoveRcpt
 	protocol         = gomilter.OptNoHelo | gomilter.OptNoUnknown
 	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoUnknownReply
 	noReplyAfterData = gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply

@@ -599,7 +599,7 @@ func TestShutdownDrainsMessagesInFlight(t *testing.T) {
 
 func TestReplies(t *testing.T) {
 	for _, r := range []Reply{ReplyMixedClass, ReplyLookupFailed, ReplyAddressUnknown, ReplyKeyUnusableTemp, ReplyKeyUnusableReject,
-		ReplyEncryptFailed, ReplyTooBig, ReplyInternal} {
+		ReplyEncryptFailed, ReplyTooBig, ReplyInternal, ReplyExpandFailed, ReplyMixedAlias, ReplyReinjectFailed} {
 		class := fmt.Sprint(r.Code / 100)
 		if !strings.HasPrefix(r.Enhanced, class+".") || (class != "4" && class != "5") {
 			t.Errorf("%v: enhanced code does not match the reply code", r)
