@@ -259,6 +259,7 @@ func applyMods(t *testing.T, fields []crypto.Field, body []byte, mods []modActio
 			newBody = append(newBody, m.Body...)
 		case actQuarantine:
 			*quarantine = m.Reason
+		case actAddRcpt, actDelRcpt: // the envelope: see result.mods
 		default:
 			t.Errorf("unexpected modification %c", m.Code)
 		}
