@@ -48,8 +48,9 @@ type refusal struct {
 }
 
 // resolve classifies one recipient, bounded by milter.lookup_timeout for
-// the expansion and every key lookup together.
-func (s *session) resolve(addr string) (recipient, *refusal) {
+// the expansion and every key lookup together. canSplit says whether the
+// MTA lets the milter change recipients (SMFIF_ADDRCPT, SMFIF_DELRCPT).
+func (s *session) resolve(addr string, canSplit bool) (recipient, *refusal) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
 	defer cancel()
 	l, lerr := s.findKeys(ctx, addr)
@@ -66,7 +67,7 @@ func (s *session) resolve(addr string) (recipient, *refusal) {
 		c, ref := s.keyClass(addr, "", l, nil)
 		return recipient{addr: addr, found: l, class: c}, ref
 	}
-	return s.resolveExpansion(ctx, addr, exp)
+	return s.resolveExpansion(ctx, addr, exp, canSplit)
 }
 
 // boundAsWritten reports whether the address as written has keys (or
@@ -80,7 +81,7 @@ func boundAsWritten(l *keys.Recipient) bool {
 }
 
 // resolveExpansion classifies an expanded recipient by its mailboxes.
-func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases.Expansion) (recipient, *refusal) {
+func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases.Expansion, canSplit bool) (recipient, *refusal) {
 	r := recipient{addr: addr, targets: len(exp.Targets)}
 	var keyed, clear, other []string
 	var ks []*keys.Key
@@ -132,6 +133,9 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 			"queue_id", s.queueID, "rcpt", addr, "keyed", len(keyed), "clear", len(clear), "other", len(other))
 	case s.st.MixedAlias == MixedAliasDefer || s.st.Reinject == nil:
 		s.srv.log.Warn("recipient expands to keyed and unkeyed mailboxes: deferred ([aliases] mixed = \"defer\")",
+			"queue_id", s.queueID, "rcpt", addr, "keyed", len(keyed), "clear", len(clear))
+	case !canSplit:
+		s.srv.log.Warn("recipient expands to keyed and unkeyed mailboxes, and the MTA does not let the milter change recipients: deferred",
 			"queue_id", s.queueID, "rcpt", addr, "keyed", len(keyed), "clear", len(clear))
 	default:
 		r.split = &split{keyed: keyed, clear: clear}

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
+
 	"lacre.io/milter/aliases"
 	"lacre.io/milter/crypto"
 	"lacre.io/milter/internal/pgptest"
@@ -357,5 +359,23 @@ func TestExpandMixedAfterClear(t *testing.T) {
 	}
 	if len(ri.sends) != 0 {
 		t.Error("a clear copy was handed back")
+	}
+}
+
+// TestNegotiateRecipientChanges: the recipient changes of a split are
+// asked for, not required: an MTA that does not offer them still gets a
+// milter (mixed expansions are then deferred).
+func TestNegotiateRecipientChanges(t *testing.T) {
+	for _, offered := range []gomilter.OptAction{actions, actions | rcptActions, actions | rcptActions | gomilter.OptChangeFrom} {
+		_, got, _, _, err := negotiate(6, 0, offered, 0, 0x1fffff, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := actions | offered&rcptActions; got != want {
+			t.Errorf("offered %v: negotiated %v, want %v", offered, got, want)
+		}
+	}
+	if _, _, _, _, err := negotiate(6, 0, actions&^gomilter.OptChangeBody|rcptActions, 0, 0x1fffff, 0, 0); err == nil {
+		t.Error("an MTA that does not allow body changes was accepted")
 	}
 }

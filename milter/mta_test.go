@@ -85,7 +85,7 @@ var clientMacros = []gomilter.Option{
 func dialMTA(network, addr string, version uint32) (*mtaClient, error) {
 	opts := append([]gomilter.Option{
 		gomilter.WithDialer(packetDialer{}),
-		gomilter.WithActions(actions), gomilter.WithMaximumVersion(version),
+		gomilter.WithActions(actions | rcptActions), gomilter.WithMaximumVersion(version),
 		gomilter.WithReadTimeout(10 * time.Second), gomilter.WithWriteTimeout(10 * time.Second),
 	}, clientMacros...)
 	if version < 6 {

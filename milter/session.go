@@ -186,7 +186,7 @@ func (s *session) RcptTo(rcpt, esmtpArgs string, m gomilter.Modifier) (resp *gom
 		}
 		return ReplyAddressUnknown.response(s.queueID), nil
 	}
-	r, ref := s.resolve(addr)
+	r, ref := s.resolve(addr, m.Actions()&rcptActions == rcptActions)
 	r.raw = rcpt
 	if ref != nil {
 		if !s.conn.nonSMTP {
