@@ -189,7 +189,7 @@ type Aliases struct {
 	PostfixConfigDir string `toml:"postfix_config_dir"`
 	// Service is the master.cf service that runs the milter, as postconf
 	// -P names it ("smtp/inet"); its -o overrides (e.g.
-	// receive_override_options) apply.
+	// receive_override_options) apply. "" reads main.cf alone.
 	Service string `toml:"service"`
 	// CacheTTL bounds how long an expansion is reused.
 	CacheTTL Duration `toml:"cache_ttl"`
@@ -615,8 +615,8 @@ func (c *Config) validateAliases(p *problems) {
 	if d := a.PostfixConfigDir; d != "" && !filepath.IsAbs(d) {
 		p.add("aliases.postfix_config_dir", "%q: write an absolute path, e.g. \"/etc/postfix\", or \"\" for Postfix's default", d)
 	}
-	if name, typ, ok := strings.Cut(a.Service, "/"); !ok || name == "" || typ == "" || strings.ContainsAny(a.Service, " \t") {
-		p.add("aliases.service", "%q: write the master.cf service as postconf -P names it, SERVICE/TYPE, e.g. \"smtp/inet\"", a.Service)
+	if name, typ, ok := strings.Cut(a.Service, "/"); a.Service != "" && (!ok || name == "" || typ == "" || strings.ContainsAny(a.Service, " \t")) {
+		p.add("aliases.service", "%q: write the master.cf service as postconf -P names it, SERVICE/TYPE, e.g. \"smtp/inet\", or \"\" for main.cf alone", a.Service)
 	}
 	if a.CacheTTL < 0 || a.CacheTTL.D() > time.Hour {
 		p.add("aliases.cache_ttl", "%s is out of range (0 to 1h; a long TTL delays table changes)", a.CacheTTL.D())
