@@ -76,8 +76,17 @@ func TestAliases(t *testing.T) {
 		},
 		// The re-injection service of docs/operations.md: no milter, no
 		// address mapping, loopback.
-		Master: []string{fmt.Sprintf("127.0.0.1:%d inet n - n - - smtpd -o syslog_name=lacre-it-reinject "+
-			"-o smtpd_milters= -o non_smtpd_milters= -o receive_override_options=no_address_mappings", reinjectPort)},
+		Master: []string{fmt.Sprintf("127.0.0.1:%d inet n - n - - smtpd", reinjectPort),
+			"  -o syslog_name=lacre-it-reinject",
+			"  -o smtpd_milters=",
+			"  -o non_smtpd_milters=",
+			"  -o receive_override_options=no_address_mappings",
+			"  -o smtpd_client_restrictions=",
+			"  -o smtpd_helo_restrictions=",
+			"  -o smtpd_sender_restrictions=",
+			"  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
+			"  -o smtpd_relay_restrictions=permit_mynetworks,reject",
+			"  -o mynetworks=127.0.0.0/8"},
 		Setup: func(dir string) error { return writeAliasTables(dir, aliasTables) },
 	})
 	configureAliases(t, m, p, reinjectPort)
