@@ -86,6 +86,7 @@ func TestAliases(t *testing.T) {
 			"  -o smtpd_sender_restrictions=",
 			"  -o smtpd_recipient_restrictions=permit_mynetworks,reject",
 			"  -o smtpd_relay_restrictions=permit_mynetworks,reject",
+			"  -o smtpd_reject_unlisted_recipient=no",
 			"  -o mynetworks=127.0.0.0/8"},
 		Setup: func(dir string) error { return writeAliasTables(dir, aliasTables) },
 	})
