@@ -60,7 +60,7 @@
 #     -l 10485760); its peak RSS is VmHWM from /proc/PID/status. MEM_ROUNDS
 #     times, each with a fresh process.
 #
-# Environment: CASES ("a b c d e h i"), ALIASES (1), N (5000), ROUNDS (5), WARMUP_N (1000),
+# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), N (5000), ROUNDS (5), WARMUP_N (1000),
 # MEM_ROUNDS (3), MEM_SESSIONS (16), MEM_SIZE (10485760), RUN_TIMEOUT
 # seconds per run (600), MODE (all|throughput|memory), WORK
 # (/tmp/lacre-bench: binaries, configuration, logs, results.txt),
@@ -70,6 +70,7 @@ set -euo pipefail
 
 CASES=${CASES:-a b c d e h i}
 ALIASES=${ALIASES:-1}
+COLD=${COLD:-1}
 ALIAS_ENTRIES=10000
 N=${N:-5000}
 ROUNDS=${ROUNDS:-5}
@@ -359,10 +360,12 @@ source_cmd() {
 	esac
 }
 
-# cold CASE: case h starts with a fresh lacre-milter (cold caches). In
-# the main shell, not in run's $(…), so that LACRE_PID is the new one.
+# cold CASE: case h starts with a fresh lacre-milter (cold caches), unless
+# COLD=0 (then only its recipients are new to it: no two runs of h share
+# one within 10,000 messages). In the main shell, not in run's $(…), so
+# that LACRE_PID is the new one.
 cold() {
-	if [[ $1 == h ]]; then
+	if [[ $1 == h && $COLD == 1 ]]; then
 		stop_lacre
 		start_lacre
 	fi
