@@ -68,7 +68,8 @@ type Milter struct {
 	MixedLocal string `toml:"mixed_local"`
 	// ShutdownTimeout bounds how long SIGTERM waits for messages in flight.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
-	// LookupTimeout bounds one key lookup at RCPT time.
+	// LookupTimeout bounds one recipient's lookups at RCPT time (keys,
+	// and the expansion of [aliases] with its mailboxes' keys).
 	LookupTimeout Duration `toml:"lookup_timeout"`
 	// MetricsListen, when not "", serves Prometheus /metrics and /healthz
 	// on HOST:PORT.
