@@ -32,6 +32,8 @@
 #       e  lacre-milter, clear mail                       to carol
 #       f  nullmilter -mode accept-header                 to carol
 #       g  nullmilter -mode accept-data                   to carol
+#       h  lacre-milter, clear mail, recipients spread     over the aliases
+#       i  nullmilter -mode accept-rcpt, the same recipients
 #     (f and g only if CASES names them: g shows what accepting at DATA,
 #     where lacre accepts clear mail, costs in itself; f is where lacre
 #     accepted it while it spoke milter protocol 2), first once with
@@ -43,12 +45,22 @@
 #     answering the last message). It prints the median and range per
 #     case, the CPU time per message of the milter and of Postfix (all its
 #     processes, from /proc), and the ratios with their targets;
+#   * alias resolution (issue 14): Postfix has a 10,000-entry hash
+#     virtual_alias_maps table (uNNNNN@alias.bench.test ->
+#     mbNNNNN@bench.test, no keys), and lacre-milter expands recipients
+#     with it ([aliases] source = "postfix"; ALIASES=0 switches it off).
+#     Cases h and i send each message to the next alias of the table
+#     (bench/spread, since smtp-source has one recipient), from a
+#     different offset each round; before each run of h lacre-milter is
+#     restarted, so that every recipient is a cold lookup: key store,
+#     expansion (its first lookup dumps the table) and the mailbox's key
+#     store lookup. h/i is the target (>= 95 %);
 #   * memory: a fresh lacre-milter (so VmHWM is this test's) gets 16
 #     concurrent 10 MiB messages to bob (smtp-source -s 16 -m 16
 #     -l 10485760); its peak RSS is VmHWM from /proc/PID/status. MEM_ROUNDS
 #     times, each with a fresh process.
 #
-# Environment: CASES ("a b c d e"), N (5000), ROUNDS (5), WARMUP_N (1000),
+# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), N (5000), ROUNDS (5), WARMUP_N (1000),
 # MEM_ROUNDS (3), MEM_SESSIONS (16), MEM_SIZE (10485760), RUN_TIMEOUT
 # seconds per run (600), MODE (all|throughput|memory), WORK
 # (/tmp/lacre-bench: binaries, configuration, logs, results.txt),
@@ -56,7 +68,10 @@
 # (keep the Postfix queue directory too).
 set -euo pipefail
 
-CASES=${CASES:-a b c d e}
+CASES=${CASES:-a b c d e h i}
+ALIASES=${ALIASES:-1}
+COLD=${COLD:-1}
+ALIAS_ENTRIES=10000
 N=${N:-5000}
 ROUNDS=${ROUNDS:-5}
 WARMUP_N=${WARMUP_N:-1000}
@@ -140,7 +155,8 @@ now_ns() { date +%s%N; }
 mkdir -p "$WORK/bin" "$WORK/lacre"
 chmod 755 "$WORK"
 log "building lacre-milter and nullmilter"
-(cd "$REPO" && go build -o "$WORK/bin/lacre-milter" ./cmd/lacre-milter && go build -o "$WORK/bin/nullmilter" ./bench/nullmilter)
+(cd "$REPO" && go build -o "$WORK/bin/lacre-milter" ./cmd/lacre-milter && go build -o "$WORK/bin/nullmilter" ./bench/nullmilter &&
+	go build -o "$WORK/bin/spread" ./bench/spread)
 
 SINK_PORT="" LACRE_PORT="" NULLR_PORT="" NULLA_PORT="" NULLH_PORT="" NULLD_PORT=""
 free_port SINK_PORT
@@ -152,6 +168,8 @@ free_port NULLD_PORT
 declare -A SMTP_PORT
 for c in a b c d f g; do free_port "SMTP_PORT[$c]"; done
 SMTP_PORT[e]=${SMTP_PORT[c]} # the same smtpd: lacre-milter, another recipient
+SMTP_PORT[h]=${SMTP_PORT[c]} # lacre-milter, recipients spread over the aliases
+SMTP_PORT[i]=${SMTP_PORT[d]} # nullmilter accept-rcpt, the same recipients
 
 cat >"$WORK/lacre/lacre.toml" <<EOF
 # Written by bench/throughput.sh.
@@ -160,6 +178,12 @@ listen = "inet:127.0.0.1:$LACRE_PORT"
 
 [store]
 database = "$WORK/lacre/keys.db"
+
+[aliases]
+source = "$( ((ALIASES)) && echo postfix || echo none)"
+postfix_config_dir = "$WORK/pf/etc"
+service = "127.0.0.1:${SMTP_PORT[c]}/inet"
+mixed = "defer"
 EOF
 rm -f "$WORK/lacre/keys.db"
 
@@ -207,6 +231,8 @@ milter_default_action = tempfail
 milter_protocol = 6
 smtpd_milters =
 non_smtpd_milters =
+# 10,000 aliases to mailboxes without keys (cases h and i).
+virtual_alias_maps = hash:$PF/etc/virtual
 # Not throttled: no inflow delay, enough processes, 20 parallel deliveries
 # from the start.
 in_flow_delay = 0
@@ -231,8 +257,11 @@ cat >"$PF/etc/master.cf" <<EOF
 127.0.0.1:${SMTP_PORT[g]} inet n - n - - smtpd -o smtpd_milters=inet:127.0.0.1:$NULLD_PORT
 EOF
 cat "$REPO/contrib/postfix/master-services.cf" >>"$PF/etc/master.cf"
+awk -v n="$ALIAS_ENTRIES" 'BEGIN { for (i = 1; i <= n; i++) printf "u%05d@alias.bench.test mb%05d@bench.test\n", i, i }' >"$PF/etc/virtual"
+postmap -c "$PF/etc" "hash:$PF/etc/virtual"
+cut -d' ' -f1 "$PF/etc/virtual" >"$WORK/aliases.txt"
 # Postfix re-reads a configuration file changed in the last second.
-touch -d '-1 minute' "$PF/etc/main.cf" "$PF/etc/master.cf"
+touch -d '-1 minute' "$PF/etc/main.cf" "$PF/etc/master.cf" "$PF/etc/virtual" "$PF/etc/virtual.db"
 
 # ---------------------------------------------------------------------
 # Processes
@@ -313,25 +342,47 @@ milter_of() {
 	case $1 in
 	a) echo "" ;;
 	b) echo "${NULL_PID[replace]}" ;;
-	c | e) echo "$LACRE_PID" ;;
-	d) echo "${NULL_PID[accept-rcpt]}" ;;
+	c | e | h) echo "$LACRE_PID" ;;
+	d | i) echo "${NULL_PID[accept-rcpt]}" ;;
 	f) echo "${NULL_PID[accept-header]}" ;;
 	g) echo "${NULL_PID[accept-data]}" ;;
 	esac
 }
 
-# run CASE COUNT SESSIONS SIZE: one timed run; prints
+# source_cmd CASE COUNT SESSIONS SIZE OFFSET sets SRC to the SMTP client
+# of a run (h and i: bench/spread over the aliases, from OFFSET).
+SRC=()
+source_cmd() {
+	local c=$1 n=$2 s=$3 l=$4 off=$5
+	case $c in
+	h | i) SRC=("$WORK/bin/spread" -addr "127.0.0.1:${SMTP_PORT[$c]}" -rcpts "$WORK/aliases.txt" -offset "$off" -n "$n" -s "$s" -l "$l" -from "$SENDER") ;;
+	*) SRC=(smtp-source -s "$s" -l "$l" -m "$n" -r 1 -f "$SENDER" -t "$(rcpt_of "$c")" "127.0.0.1:${SMTP_PORT[$c]}") ;;
+	esac
+}
+
+# cold CASE: case h starts with a fresh lacre-milter (cold caches), unless
+# COLD=0 (then only its recipients are new to it: no two runs of h share
+# one within 10,000 messages). In the main shell, not in run's $(…), so
+# that LACRE_PID is the new one.
+cold() {
+	if [[ $1 == h && $COLD == 1 ]]; then
+		stop_lacre
+		start_lacre
+	fi
+}
+
+# run CASE COUNT SESSIONS SIZE [OFFSET]: one timed run; prints
 # "CASE COUNT end_to_end_seconds inject_seconds msg/s milter_ticks
 # postfix_ticks".
 run() {
-	local c=$1 n=$2 s=$3 l=$4 base t0 t1 t2 rc=0 mpid cpu0=0 cpu1=0 pf0 pf1 got deadline
+	local c=$1 n=$2 s=$3 l=$4 off=${5:-0} base t0 t1 t2 rc=0 mpid cpu0=0 cpu1=0 pf0 pf1 got deadline
 	base=$(sink_count)
 	mpid=$(milter_of "$c")
 	[[ -n $mpid ]] && cpu0=$(cpu_ticks "$mpid")
 	pf0=$(postfix_ticks)
+	source_cmd "$c" "$n" "$s" "$l" "$off"
 	t0=$(now_ns)
-	timeout "$RUN_TIMEOUT" smtp-source -s "$s" -l "$l" -m "$n" -r 1 -f "$SENDER" -t "$(rcpt_of "$c")" \
-		"127.0.0.1:${SMTP_PORT[$c]}" >"$WORK/source.out" 2>&1 || rc=$?
+	timeout "$RUN_TIMEOUT" "${SRC[@]}" >"$WORK/source.out" 2>&1 || rc=$?
 	t1=$(now_ns)
 	if [[ $rc != 0 ]]; then
 		echo "case $c: smtp-source failed (exit $rc): $(head -c 300 "$WORK/source.out")" >&2
@@ -363,17 +414,18 @@ check() {
 	rm -f "$dump"
 	install -d -o nobody "$WORK/checkdir"
 	start_sink -D "$WORK/checkdir/dump"
-	for c in a b c d e f g; do
+	for c in a b c d e f g h i; do
 		got=$(sink_count)
-		smtp-source -s 1 -l "$SIZE" -m 1 -r 1 -f "$SENDER" -t "$(rcpt_of "$c")" "127.0.0.1:${SMTP_PORT[$c]}" >/dev/null 2>&1 ||
-			die "check: case $c: smtp-source failed; see $PF/maillog"
+		source_cmd "$c" 1 1 "$SIZE" 0
+		"${SRC[@]}" >/dev/null 2>&1 ||
+			die "check: case $c: the SMTP client failed; see $PF/maillog"
 		for _ in $(seq 500); do (($(sink_count) > got)) && break; sleep 0.02; done
 		(($(sink_count) > got)) || die "check: case $c: the message did not arrive; see $PF/maillog"
 		sleep 0.2
 		awk -v c="$c" 'BEGIN { RS = "X-Client-Addr: " } NR > 1 { m = $0 } END {
 			enc = (m ~ /Content-Type: multipart\/encrypted/ && m ~ /BEGIN PGP MESSAGE/)
 			trace = (m ~ /\nX-Lacre: /); repl = (m ~ /\nX-Lacre: null-milter/)
-			ok = (c == "a" && !trace) || (c == "b" && repl && !enc) || (c == "c" && enc && trace) || ((c == "d" || c == "e" || c == "f" || c == "g") && !trace)
+			ok = (c == "a" && !trace) || (c == "b" && repl && !enc) || (c == "c" && enc && trace) || ((c == "d" || c == "e" || c == "f" || c == "g" || c == "h" || c == "i") && !trace)
 			printf "  case %s: %s (%d bytes delivered%s%s)\n", c, ok ? "ok" : "WRONG", length(m), enc ? ", PGP/MIME" : "", repl ? ", replaced by nullmilter" : ""
 			exit !ok }' "$WORK/checkdir/dump" >&2 || die "check: case $c delivered the wrong thing; see $WORK/checkdir/dump"
 	done
@@ -396,11 +448,16 @@ echo "# $(date -u +%FT%TZ) N=$N ROUNDS=$ROUNDS load: $(cut -d' ' -f1-3 /proc/loa
 throughput() {
 	check
 	log "warm-up: $WARMUP_N messages per case"
-	for c in $CASES; do run "$c" "$WARMUP_N" "$SESSIONS" "$SIZE" >/dev/null; done
+	for c in $CASES; do
+		cold "$c"
+		run "$c" "$WARMUP_N" "$SESSIONS" "$SIZE" 0 >/dev/null
+	done
 	for r in $(seq "$ROUNDS"); do
 		for c in $CASES; do
 			log "round $r/$ROUNDS, case $c: $N messages, $SESSIONS sessions, load $(cut -d' ' -f1 /proc/loadavg)"
-			echo "$r $(run "$c" "$N" "$SESSIONS" "$SIZE")" | tee -a "$RESULTS" >&2
+			# h and i: the same recipients, a new stretch of the table each round.
+			cold "$c"
+			echo "$r $(run "$c" "$N" "$SESSIONS" "$SIZE" $(((WARMUP_N + (r - 1) * N) % ALIAS_ENTRIES)))" | tee -a "$RESULTS" >&2
 		done
 	done
 	echo "# end load: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
@@ -422,6 +479,8 @@ throughput() {
 		e) desc="e: lacre-milter, clear mail (unkeyed rcpt)" ;;
 		f) desc="f: nullmilter, accept at first header (unkeyed rcpt)" ;;
 		g) desc="g: nullmilter, accept at DATA (unkeyed rcpt)" ;;
+		h) desc="h: lacre-milter, clear mail, rcpts spread over 10,000 aliases, cold" ;;
+		i) desc="i: nullmilter, accept at RCPT, the same rcpts" ;;
 		esac
 		read -r med lo hi < <(awk -v c="$c" '$1 !~ /^#/ && $2 == c && $4 != "FAIL" { print $6 }' "$RESULTS" | median_range)
 		MED[$c]=$med
@@ -444,6 +503,9 @@ throughput() {
 	echo "b/a (do-nothing replacing milter vs no milter):  $(ratio "${MED[b]:-}" "${MED[a]:-}")"
 	echo "e/d (clear mail vs do-nothing accept at RCPT):   $(ratio "${MED[e]:-}" "${MED[d]:-}" 95)"
 	echo "e/a (clear mail vs no milter):                   $(ratio "${MED[e]:-}" "${MED[a]:-}")"
+	if [[ -n ${MED[h]:-} ]]; then
+		echo "h/i (clear, aliases spread, cold, vs accept at RCPT): $(ratio "${MED[h]:-}" "${MED[i]:-}" 95)"
+	fi
 	if [[ -n ${MED[f]:-} ]]; then
 		echo "e/f (clear mail vs do-nothing accept at header): $(ratio "${MED[e]:-}" "${MED[f]:-}")"
 		echo "f/d (accept at first header vs at RCPT):         $(ratio "${MED[f]:-}" "${MED[d]:-}")"

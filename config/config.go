@@ -43,6 +43,7 @@ type Config struct {
 	Keys       Keys       `toml:"keys"`
 	Encryption Encryption `toml:"encryption"`
 	Static     Static     `toml:"static"`
+	Aliases    Aliases    `toml:"aliases"`
 	Web        Web        `toml:"web"`
 
 	// Path is the file the configuration was read from ("" for defaults).
@@ -67,7 +68,8 @@ type Milter struct {
 	MixedLocal string `toml:"mixed_local"`
 	// ShutdownTimeout bounds how long SIGTERM waits for messages in flight.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
-	// LookupTimeout bounds one key lookup at RCPT time.
+	// LookupTimeout bounds one recipient's lookups at RCPT time (keys,
+	// and the expansion of [aliases] with its mailboxes' keys).
 	LookupTimeout Duration `toml:"lookup_timeout"`
 	// MetricsListen, when not "", serves Prometheus /metrics and /healthz
 	// on HOST:PORT.
@@ -176,6 +178,41 @@ type Static struct {
 	NeverEncrypt []string `toml:"never_encrypt"`
 }
 
+// Aliases holds the options of recipient expansion: the milter sees each
+// recipient as the client wrote it, the MTA delivers it to the mailboxes
+// its tables expand it to (canonical maps, virtual aliasing, aliases(5)).
+type Aliases struct {
+	// Source is "postfix" (expand with Postfix's own tables, found with
+	// postconf) or "none" (classify each recipient as written).
+	Source string `toml:"source"`
+	// PostfixConfigDir is the Postfix configuration directory (postconf
+	// -c); "" means Postfix's default (/etc/postfix).
+	PostfixConfigDir string `toml:"postfix_config_dir"`
+	// Service is the master.cf service that runs the milter, as postconf
+	// -P names it ("smtp/inet"); its -o overrides (e.g.
+	// receive_override_options) apply. "" reads main.cf alone.
+	Service string `toml:"service"`
+	// CacheTTL bounds how long an expansion is reused.
+	CacheTTL Duration `toml:"cache_ttl"`
+	// Mixed says what to do with a recipient that expands to keyed and
+	// unkeyed mailboxes: "reinject" or "defer".
+	Mixed string `toml:"mixed"`
+	// Reinject is the MTA's SMTP service, HOST:PORT on loopback, that takes
+	// the clear copy of a mixed expansion and runs no milter.
+	Reinject string `toml:"reinject"`
+	// ReinjectTimeout bounds one hand-back of a clear copy.
+	ReinjectTimeout Duration `toml:"reinject_timeout"`
+}
+
+// The values of Aliases.Source and Aliases.Mixed.
+const (
+	AliasesPostfix  = "postfix"
+	AliasesNone     = "none"
+	MixedReinject   = "reinject"
+	MixedDefer      = "defer"
+	DefaultReinject = "127.0.0.1:10026"
+)
+
 // The values of Encryption.UnusableKey.
 const (
 	UnusableTempfail = "tempfail"
@@ -214,6 +251,14 @@ func Default() *Config {
 			SubaddressSeparator: "+",
 		},
 		Encryption: Encryption{UnusableKey: UnusableTempfail},
+		Aliases: Aliases{
+			Source:          AliasesPostfix,
+			Service:         "smtp/inet",
+			CacheTTL:        Duration(30 * time.Second),
+			Mixed:           MixedReinject,
+			Reinject:        DefaultReinject,
+			ReinjectTimeout: Duration(60 * time.Second),
+		},
 	}
 }
 
@@ -408,6 +453,7 @@ func (c *Config) Validate() error {
 	c.validateStore(&p)
 	c.validateKeys(&p)
 	c.validateStatic(&p)
+	c.validateAliases(&p)
 	if len(p.list) == 0 {
 		return nil
 	}
@@ -557,6 +603,39 @@ func (c *Config) validateStatic(p *problems) {
 		if !strings.Contains(addr, "@") {
 			p.add("static.never_encrypt", "%q is not an address", addr)
 		}
+	}
+}
+
+func (c *Config) validateAliases(p *problems) {
+	a := c.Aliases
+	switch a.Source {
+	case AliasesPostfix, AliasesNone:
+	default:
+		p.add("aliases.source", "%q is not one of \"postfix\", \"none\"", a.Source)
+	}
+	if d := a.PostfixConfigDir; d != "" && !filepath.IsAbs(d) {
+		p.add("aliases.postfix_config_dir", "%q: write an absolute path, e.g. \"/etc/postfix\", or \"\" for Postfix's default", d)
+	}
+	if name, typ, ok := strings.Cut(a.Service, "/"); a.Service != "" && (!ok || name == "" || typ == "" || strings.ContainsAny(a.Service, " \t")) {
+		p.add("aliases.service", "%q: write the master.cf service as postconf -P names it, SERVICE/TYPE, e.g. \"smtp/inet\", or \"\" for main.cf alone", a.Service)
+	}
+	if a.CacheTTL < 0 || a.CacheTTL.D() > time.Hour {
+		p.add("aliases.cache_ttl", "%s is out of range (0 to 1h; a long TTL delays table changes)", a.CacheTTL.D())
+	}
+	switch a.Mixed {
+	case MixedReinject, MixedDefer:
+	default:
+		p.add("aliases.mixed", "%q is not one of \"reinject\", \"defer\"", a.Mixed)
+	}
+	if host, _, err := net.SplitHostPort(a.Reinject); err != nil {
+		p.add("aliases.reinject", "%q: write HOST:PORT, e.g. %q", a.Reinject, DefaultReinject)
+	} else if ip, err := netip.ParseAddr(host); host != "localhost" && (err != nil || !ip.IsLoopback()) {
+		// The service relays for the milter without authentication: it
+		// must not be reachable from elsewhere, nor the copy travel in clear.
+		p.add("aliases.reinject", "%q: the re-injection service must be on loopback (127.0.0.1, ::1 or localhost)", a.Reinject)
+	}
+	if d := a.ReinjectTimeout.D(); d < time.Second || d > 4*time.Minute {
+		p.add("aliases.reinject_timeout", "%s is out of range (1s to 4m; Postfix waits 300s for the end-of-message reply)", d)
 	}
 }
 

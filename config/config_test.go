@@ -139,6 +139,15 @@ func TestLoadEveryOption(t *testing.T) {
 		`[static.domains]`,
 		`"example.net" = ["`+fprV6+`"]`,
 		``,
+		`[aliases]`,
+		`source = "none"`,
+		`postfix_config_dir = "/etc/postfix-out"`,
+		`service = "127.0.0.1:10025/inet"`,
+		`cache_ttl = "1m"`,
+		`mixed = "defer"`,
+		`reinject = "[::1]:10027"`,
+		`reinject_timeout = "2m"`,
+		``,
 		`[web]`,
 		`listen = "0.0.0.0:8443"`,
 		`base_url = "https://keys.example.org"`,
@@ -182,6 +191,8 @@ func TestLoadEveryOption(t *testing.T) {
 			Domains:      map[string][]string{"example.net": {fprV6}},
 			NeverEncrypt: []string{"postmaster@example.org", "abuse@example.org"},
 		},
+		Aliases: Aliases{Source: "none", PostfixConfigDir: "/etc/postfix-out", Service: "127.0.0.1:10025/inet",
+			CacheTTL: Duration(time.Minute), Mixed: "defer", Reinject: "[::1]:10027", ReinjectTimeout: Duration(2 * time.Minute)},
 		Path: p,
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -215,6 +226,21 @@ func TestConfigProblems(t *testing.T) {
 		// subtest is skipped while the problems differ from want.
 		bug string
 	}{
+		// [aliases].
+		{
+			name: "aliases: every value wrong",
+			src: tomlLines(`[aliases]`, `source = "sendmail"`, `postfix_config_dir = "etc/postfix"`, `service = "smtp"`,
+				`cache_ttl = "2h"`, `mixed = "encrypt"`, `reinject = "192.0.2.1:10026"`, `reinject_timeout = "10m"`),
+			want: []wantProblem{{"aliases.source", 2, `"postfix", "none"`}, {"aliases.postfix_config_dir", 3, "absolute"},
+				{"aliases.service", 4, "SERVICE/TYPE"}, {"aliases.cache_ttl", 5, "out of range"},
+				{"aliases.mixed", 6, `"reinject", "defer"`}, {"aliases.reinject", 7, "loopback"},
+				{"aliases.reinject_timeout", 8, "out of range"}},
+		},
+		{
+			name: "aliases: reinject without a port",
+			src:  tomlLines(`[aliases]`, `reinject = "localhost"`),
+			want: []wantProblem{{"aliases.reinject", 2, "HOST:PORT"}},
+		},
 		// Unknown keys.
 		{
 			name: "unknown key at top level",

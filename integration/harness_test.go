@@ -346,6 +346,11 @@ type postfixOptions struct {
 	Main map[string]string
 	// Master adds master.cf lines (e.g. a second smtpd with -o options).
 	Master []string
+	// Setup, when set, runs after main.cf and master.cf are written and
+	// before Postfix starts, with the instance's config directory (e.g.
+	// to write lookup tables there and postmap them; main.cf may name
+	// them as $config_directory/NAME).
+	Setup func(configDir string) error
 }
 
 // postfixInstance is a running private Postfix.
@@ -540,7 +545,13 @@ func (p *postfixInstance) configure(opts postfixOptions) error {
 	if err := p.writeMain(); err != nil {
 		return err
 	}
-	return writeCold(filepath.Join(p.configDir, "master.cf"), []byte(masterCF(p.smtpPort, opts.Master)))
+	if err := writeCold(filepath.Join(p.configDir, "master.cf"), []byte(masterCF(p.smtpPort, opts.Master))); err != nil {
+		return err
+	}
+	if opts.Setup != nil {
+		return opts.Setup(p.configDir)
+	}
+	return nil
 }
 
 func (p *postfixInstance) writeMain() error {
@@ -832,7 +843,8 @@ type milterProc struct {
 
 // startMilter writes configTOML to a file in a temporary directory, with
 // [milter] listen on a free loopback port and [store] database = "keys.db"
-// added (configTOML must not set those two), starts "lacre-milter -config
+// added (configTOML must not set those two), and [aliases] source = "none"
+// unless configTOML has an [aliases] table, starts "lacre-milter -config
 // FILE serve" and waits until it accepts connections. The process is
 // stopped (SIGTERM, then SIGKILL) when the test ends, and its output is
 // written to the test log.
@@ -846,6 +858,12 @@ func startMilter(t testing.TB, configTOML string) *milterProc {
 	m.configPath = filepath.Join(m.dir, "lacre.toml")
 	cfg := withTableKey(configTOML, "milter", "listen", strconv.Quote(fmt.Sprintf("inet:127.0.0.1:%d", m.port)))
 	cfg = withTableKey(cfg, "store", "database", `"keys.db"`)
+	if !strings.Contains(cfg, "[aliases]") {
+		// The default, source = "postfix", would read the system's
+		// Postfix, not the test's instance: tests of the expansion set
+		// [aliases] themselves (aliases_test.go).
+		cfg = withTableKey(cfg, "aliases", "source", `"none"`)
+	}
 	if err := os.WriteFile(m.configPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

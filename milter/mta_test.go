@@ -27,6 +27,7 @@ type modAction struct {
 	HeaderIndex uint32
 	Body        []byte
 	Reason      string
+	Rcpt        string // for '+' and '-': the recipient, in <>
 }
 
 const (
@@ -37,6 +38,8 @@ const (
 	actAddHeader    = 'h'
 	actChangeHeader = 'm'
 	actQuarantine   = 'q'
+	actAddRcpt      = '+'
+	actDelRcpt      = '-'
 
 	codeRcpt = 'R'
 	codeData = 'T'
@@ -82,7 +85,7 @@ var clientMacros = []gomilter.Option{
 func dialMTA(network, addr string, version uint32) (*mtaClient, error) {
 	opts := append([]gomilter.Option{
 		gomilter.WithDialer(packetDialer{}),
-		gomilter.WithActions(actions), gomilter.WithMaximumVersion(version),
+		gomilter.WithActions(actions | rcptActions), gomilter.WithMaximumVersion(version),
 		gomilter.WithReadTimeout(10 * time.Second), gomilter.WithWriteTimeout(10 * time.Second),
 	}, clientMacros...)
 	if version < 6 {
@@ -199,7 +202,7 @@ func (c *mtaClient) End() ([]modAction, *action, error) {
 	}
 	var out []modAction
 	for _, m := range mods {
-		o := modAction{HeaderName: m.HeaderName, HeaderValue: m.HeaderValue, HeaderIndex: m.HeaderIndex, Body: m.Body, Reason: m.Reason}
+		o := modAction{HeaderName: m.HeaderName, HeaderValue: m.HeaderValue, HeaderIndex: m.HeaderIndex, Body: m.Body, Reason: m.Reason, Rcpt: m.Rcpt}
 		switch m.Type {
 		case gomilter.ActionReplaceBody:
 			o.Code = 'b'
@@ -211,6 +214,10 @@ func (c *mtaClient) End() ([]modAction, *action, error) {
 			o.Code = 'i'
 		case gomilter.ActionQuarantine:
 			o.Code = 'q'
+		case gomilter.ActionAddRcpt:
+			o.Code = actAddRcpt
+		case gomilter.ActionDelRcpt:
+			o.Code = actDelRcpt
 		default:
 			o.Code = '?'
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"lacre.io/milter/aliases"
 	"lacre.io/milter/keys"
 )
 
@@ -70,6 +71,47 @@ func (p MixedLocalPolicy) String() string {
 	return "unknown"
 }
 
+// MixedAliasPolicy is what happens to a recipient that the MTA expands
+// (aliases, virtual aliasing) to keyed and unkeyed mailboxes at once
+// ([aliases] mixed). One transaction carries one body: the keyed
+// mailboxes must get ciphertext, the others mail they can read.
+type MixedAliasPolicy int
+
+const (
+	// MixedAliasReinject keeps the keyed mailboxes in this transaction
+	// (the recipient is replaced by them in the envelope, SMFIR_DELRCPT
+	// and SMFIR_ADDRCPT, and they get the ciphertext) and hands one clear
+	// copy for the other mailboxes back to the MTA over SMTP, to a service
+	// that runs no milter (Options.Reinject), before the message is
+	// accepted. The zero value.
+	MixedAliasReinject MixedAliasPolicy = iota
+	// MixedAliasDefer answers such a recipient 451 4.3.0 (over SMTP; held
+	// like milter.mixed_local for non-SMTP mail) until the operator splits
+	// the alias.
+	MixedAliasDefer
+)
+
+func (p MixedAliasPolicy) String() string {
+	switch p {
+	case MixedAliasReinject:
+		return "reinject"
+	case MixedAliasDefer:
+		return "defer"
+	}
+	return "unknown"
+}
+
+// Reinjector hands a message back to the MTA for delivery, past every
+// milter (SMTPReinjector in production). It returns the MTA's reply to
+// the message, for the log.
+type Reinjector interface {
+	// Reinject delivers msg (header and body, CRLF line ends) from the
+	// envelope sender from ("" for the null sender) to the recipients.
+	// The caller still owns msg. An error means the MTA did not take the
+	// message: the caller must not accept the original.
+	Reinject(ctx context.Context, from string, to []string, msg []byte) (reply string, err error)
+}
+
 // Defaults for the Options left zero.
 const (
 	DefaultMaxMessageSize = 64 << 20
@@ -77,6 +119,10 @@ const (
 	DefaultMaxConnections = 1000
 	DefaultIdleTimeout    = time.Hour
 	DefaultPacketTimeout  = 30 * time.Second
+	// DefaultReinjectTimeout bounds the hand-back of a clear copy; the
+	// MTA waits 300 s for the end-of-message reply (Postfix's
+	// milter_content_timeout).
+	DefaultReinjectTimeout = 60 * time.Second
 )
 
 // Options are what a Server does with mail and the limits of its MTA
@@ -102,9 +148,20 @@ type Options struct {
 	TraceHeader string
 	// MixedLocal: zero is MixedLocalHold.
 	MixedLocal MixedLocalPolicy
-	// LookupTimeout bounds one recipient's key lookup; zero means
-	// DefaultLookupTimeout.
+	// LookupTimeout bounds one recipient's resolution (its expansion and
+	// every key lookup it needs); zero means DefaultLookupTimeout.
 	LookupTimeout time.Duration
+	// Expander expands a recipient to the mailboxes the MTA delivers it
+	// to ([aliases] source); nil means aliases.None (no expansion).
+	Expander aliases.Expander
+	// MixedAlias: zero is MixedAliasReinject.
+	MixedAlias MixedAliasPolicy
+	// Reinject hands the clear copy of MixedAliasReinject back to the
+	// MTA; nil makes MixedAliasReinject act as MixedAliasDefer.
+	Reinject Reinjector
+	// ReinjectTimeout bounds one hand-back; zero means
+	// DefaultReinjectTimeout.
+	ReinjectTimeout time.Duration
 
 	// MaxConnections is how many MTA connections are served at once; one
 	// more is closed at once. Zero means DefaultMaxConnections.
@@ -124,6 +181,12 @@ func (o Options) withDefaults() *Options {
 	}
 	if o.LookupTimeout <= 0 {
 		o.LookupTimeout = DefaultLookupTimeout
+	}
+	if o.Expander == nil {
+		o.Expander = aliases.None{}
+	}
+	if o.ReinjectTimeout <= 0 {
+		o.ReinjectTimeout = DefaultReinjectTimeout
 	}
 	if o.MaxConnections <= 0 {
 		o.MaxConnections = DefaultMaxConnections

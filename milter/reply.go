@@ -39,6 +39,19 @@ var (
 	ReplyEncryptFailed = Reply{451, "4.3.0", "Encryption failed, try again later"}
 	// ReplyTooBig: larger than milter.max_message_size with keyed recipients.
 	ReplyTooBig = Reply{552, "5.3.4", "Message too big to encrypt"}
+	// ReplyExpandFailed: the recipient's expansion (aliases, virtual
+	// aliasing) could not be known: a table could not be read or the
+	// lookup timed out. Never "no key": the MTA may deliver it to a keyed
+	// mailbox.
+	ReplyExpandFailed = Reply{451, "4.3.0", "Recipient address resolution failed, try again later"}
+	// ReplyMixedAlias: the recipient expands to keyed and unkeyed
+	// mailboxes and cannot be split now ([aliases] mixed = "defer", or
+	// command, file or :include: targets among them).
+	ReplyMixedAlias = Reply{451, "4.3.0", "Recipient cannot be delivered now, try again later"}
+	// ReplyReinjectFailed: the clear copy for the unkeyed mailboxes of
+	// such a recipient could not be handed back to the MTA; the whole
+	// message waits, nothing was accepted.
+	ReplyReinjectFailed = Reply{451, "4.3.0", "Temporary delivery failure, try again later"}
 	// ReplyInternal: anything else that went wrong on our side.
 	ReplyInternal = Reply{451, "4.3.0", "Internal error, try again later"}
 )

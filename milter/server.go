@@ -65,7 +65,10 @@ func (s *Server) SetMetrics(m Metrics) { s.metrics = m }
 func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 
 // The milter protocol options: we change headers and the body, and may ask
-// for quarantine (Postfix's hold queue).
+// for quarantine (Postfix's hold queue). Where the MTA allows it we also
+// replace a recipient that expands to keyed and unkeyed mailboxes by its
+// keyed ones (reinject.go); an MTA that does not gets such recipients
+// deferred instead.
 //
 // Protocol version 6 gives us the DATA event: after the last RCPT, so a
 // message no recipient needs encrypted is accepted there, answered by
@@ -88,6 +91,7 @@ func (s *Server) Reload(o Options) { s.opts.Store(o.withDefaults()) }
 // milter restarts").
 const (
 	actions          = gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptChangeBody | gomilter.OptQuarantine
+	rcptActions      = gomilter.OptAddRcpt | gomilter.OptRemoveRcpt // wanted, not required
 	protocol         = gomilter.OptNoHelo | gomilter.OptNoUnknown
 	noReply          = gomilter.OptNoConnReply | gomilter.OptNoHeloReply | gomilter.OptNoUnknownReply
 	noReplyAfterData = gomilter.OptNoHeaderReply | gomilter.OptNoEOHReply | gomilter.OptNoBodyReply
@@ -110,7 +114,7 @@ func negotiate(mtaVersion, _ uint32, mtaActions, _ gomilter.OptAction, mtaProtoc
 	if version >= 4 {
 		want |= noReplyAfterData
 	}
-	return version, actions, want & mtaProtocol, gomilter.DataSize64K, nil
+	return version, actions | mtaActions&rcptActions, want & mtaProtocol, gomilter.DataSize64K, nil
 }
 
 // connState is what the server knows about one MTA connection, for its
@@ -186,7 +190,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		ms := gomilter.NewServer(
 			gomilter.WithMilter(func() gomilter.Milter { return newSession(s, cs) }),
-			gomilter.WithActions(actions),
+			gomilter.WithActions(actions|rcptActions),
 			gomilter.WithProtocols(protocol|noReply|noReplyAfterData),
 			gomilter.WithNegotiationCallback(negotiate),
 			gomilter.WithReadTimeout(0), gomilter.WithWriteTimeout(0), // limitConn's

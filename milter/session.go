@@ -38,9 +38,24 @@ func (c class) String() string {
 
 // recipient is one accepted envelope recipient and its keys.
 type recipient struct {
-	addr  string
+	addr  string // the MTA's parse of it ({rcpt_addr})
+	raw   string // the RCPT TO argument, as SMFIR_DELRCPT must name it
 	found *keys.Recipient
 	class class
+	// targets is how many destinations the MTA's tables expand the
+	// recipient to; 0 when it is not expanded (or bound as written).
+	targets int
+	// other counts the command, file and :include: targets among them.
+	other int
+	// split is set when the recipient expands to keyed and unkeyed
+	// mailboxes and [aliases] mixed = "reinject" applies.
+	split *split
+}
+
+// split is a recipient whose keyed mailboxes stay in this transaction
+// and whose unkeyed mailboxes get a clear copy handed back to the MTA.
+type split struct {
+	keyed, clear []string
 }
 
 // session is the go-milter backend for one MTA connection, one message at a
@@ -51,6 +66,7 @@ type session struct {
 	st   *Options
 
 	// Per message; reset by MAIL FROM and Abort.
+	from     string // the envelope sender, "" for the null sender
 	queueID  string
 	started  time.Time
 	rcpts    []recipient
@@ -135,6 +151,7 @@ func (s *session) MailFrom(from, esmtpArgs string, m gomilter.Modifier) (resp *g
 	defer s.guard(&resp, &err)
 	s.reset()
 	s.started = s.srv.now()
+	s.from = from
 	s.macros(m)
 	s.conn.busy.Store(true)
 	return gomilter.RespContinue, nil
@@ -169,48 +186,19 @@ func (s *session) RcptTo(rcpt, esmtpArgs string, m gomilter.Modifier) (resp *gom
 		}
 		return ReplyAddressUnknown.response(s.queueID), nil
 	}
-	rcpt = addr
-	l, lerr := s.findKeys(rcpt)
-	s.srv.metrics.KeysFound(lerr)
-	var c class
-	switch {
-	case lerr != nil:
-		var ae *keys.AddressError
-		notUnderstood := errors.As(lerr, &ae)
-		if notUnderstood {
-			s.srv.log.Warn("recipient address not understood", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
-		} else {
-			s.srv.log.Warn("key lookup failed", "queue_id", s.queueID, "rcpt", rcpt, "error", lerr)
+	r, ref := s.resolve(addr, m.Actions()&rcptActions == rcptActions)
+	r.raw = rcpt
+	if ref != nil {
+		if !s.conn.nonSMTP {
+			return ref.reply.response(s.queueID), nil
 		}
-		if s.conn.nonSMTP {
-			s.localMix = append(s.localMix, "key lookup failed for "+rcpt)
+		s.localMix = append(s.localMix, ref.why)
+		if !ref.keep {
 			s.localFailed = true
 			return gomilter.RespContinue, nil
 		}
-		if notUnderstood {
-			return ReplyAddressUnknown.response(s.queueID), nil
-		}
-		return ReplyLookupFailed.response(s.queueID), nil
-	case l.AllUnusable():
-		s.srv.log.Warn("recipient's keys are unusable", "queue_id", s.queueID, "rcpt", rcpt,
-			"policy", s.st.UnusableKey.String(), "reason", l.Unusable[0].Error())
-		switch s.st.UnusableKey {
-		case UnusableKeyClear:
-			c = class{}
-		default:
-			if s.conn.nonSMTP {
-				s.localMix = append(s.localMix, "every key of "+rcpt+" is unusable")
-				s.localFailed = true
-				return gomilter.RespContinue, nil
-			}
-			if s.st.UnusableKey == UnusableKeyReject {
-				return ReplyKeyUnusableReject.response(s.queueID), nil
-			}
-			return ReplyKeyUnusableTemp.response(s.queueID), nil
-		}
-	default:
-		c = class{encrypt: l.Encrypt(), protect: l.Encrypt() && l.ProtectHeaders}
 	}
+	rcpt, c := r.addr, r.class
 	if s.txClass != nil && *s.txClass != c {
 		if !s.conn.nonSMTP {
 			s.srv.log.Info("recipient deferred to another transaction", "queue_id", s.queueID,
@@ -222,7 +210,7 @@ func (s *session) RcptTo(rcpt, esmtpArgs string, m gomilter.Modifier) (resp *gom
 	if s.txClass == nil {
 		s.txClass = &c
 	}
-	s.rcpts = append(s.rcpts, recipient{addr: rcpt, found: l, class: c})
+	s.rcpts = append(s.rcpts, r)
 	return gomilter.RespContinue, nil
 }
 
@@ -294,13 +282,14 @@ func plainDomain(d string) bool {
 	return true
 }
 
-// findKeys asks the key source about rcpt, bounded by milter.lookup_timeout
-// even when the store does not heed the context: SQLite waiting for a
+// findKeys asks the key source about rcpt, bounded by ctx (the
+// recipient's share of milter.lookup_timeout, see resolve) even when the
+// store does not heed the context: SQLite waiting for a
 // lock that another process holds retries for seconds (about 10 s for a
 // WAL read lock) whatever the context says, and the MTA must have its
 // reply in time (Sendmail waits 10 s by default). An abandoned lookup
 // finishes in the background.
-func (s *session) findKeys(rcpt string) (*keys.Recipient, error) {
+func (s *session) findKeys(ctx context.Context, rcpt string) (*keys.Recipient, error) {
 	// A cached answer needs no goroutine: most recipients are answered
 	// from the cache, and starting and waiting for a goroutine costs the
 	// runtime thread wake-ups on every RCPT.
@@ -309,8 +298,6 @@ func (s *session) findKeys(rcpt string) (*keys.Recipient, error) {
 			return l, nil
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
-	defer cancel()
 	type answer struct {
 		l     *keys.Recipient
 		err   error
@@ -344,7 +331,7 @@ func (s *session) needsWork() bool {
 	if len(s.localMix) > 0 {
 		return true
 	}
-	for _, r := range s.rcpts {
+	for _, r := range s.rcpts { // a split recipient's class is encrypted
 		if r.class.encrypt {
 			return true
 		}
@@ -469,11 +456,21 @@ func (s *session) decideLocalMix(m gomilter.Modifier) (*gomilter.Response, error
 // encrypt encrypts the message to every keyed recipient and applies the
 // result: header changes first, then the body in packets of at most 64 KiB
 // (consecutive SMFIR_REPLBODY packets append; nothing may come between).
+// Recipients split by [aliases] mixed = "reinject" first get their clear
+// copy handed back to the MTA, then are replaced in the envelope by their
+// keyed mailboxes.
 func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response, error) {
 	var to []*keys.Key
+	seen := map[string]bool{}
 	for _, r := range s.rcpts {
-		if r.class.encrypt {
-			to = append(to, r.found.Keys...)
+		if !r.class.encrypt {
+			continue
+		}
+		for _, k := range r.found.Keys {
+			if !seen[k.Fingerprint] {
+				seen[k.Fingerprint] = true
+				to = append(to, k)
+			}
 		}
 	}
 	if len(to) == 0 {
@@ -492,6 +489,19 @@ func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response
 		return ReplyFor(err).response(s.queueID), nil
 	}
 	s.srv.metrics.Encrypted(time.Since(encStart))
+	// The clear copy goes out only once the ciphertext exists: a failure
+	// after it is handed back can at worst duplicate it (the MTA
+	// retries the whole message), never lose it.
+	var extra []any
+	if splits := s.splits(); len(splits) > 0 {
+		reply, err := s.reinject(splits)
+		if err != nil {
+			err = withReply(ReplyReinjectFailed, err)
+			s.logResult("tempfail", ReplyFor(err), err)
+			return ReplyFor(err).response(s.queueID), nil
+		}
+		extra = append(extra, "reinjected", reply)
+	}
 	outLen := len(res.Body)
 	// Small results go out in one write with the final reply; large ones
 	// are streamed, so they are never held twice in memory.
@@ -499,15 +509,19 @@ func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response
 	if batch {
 		s.conn.conn.holdUntilReply()
 	}
-	if err := apply(m, res, s.st.TraceHeader); err != nil {
+	err = s.replaceSplit(m)
+	if err == nil {
+		err = apply(m, res, s.st.TraceHeader)
+	}
+	if err != nil {
 		s.conn.conn.dropHeld()
 		// The MTA connection broke mid-change: closing the session makes
 		// the MTA apply milter_default_action (tempfail).
-		s.logResult("error", ReplyInternal, err)
+		s.logResult("error", ReplyInternal, err, extra...)
 		return nil, err
 	}
 	s.sizeOut = outLen
-	extra := []any{"keys", len(to), "size_out", outLen}
+	extra = append([]any{"keys", len(to), "size_out", outLen}, extra...)
 	if res.Unprotected != "" {
 		// Header protection was asked for but would have hidden the
 		// Subject from readers (mail already signed by its sender): the
@@ -602,6 +616,17 @@ func (s *session) logResult(action string, r Reply, err error, extra ...any) {
 	s.srv.metrics.Message(action, txClass, s.headerLen+len(s.body), s.sizeOut)
 	args := []any{"queue_id", s.queueID, "action", action, "rcpts", len(s.rcpts), "classes", classList(s.rcpts),
 		"size_in", s.headerLen + len(s.body), "ms", s.srv.now().Sub(s.started).Milliseconds()}
+	// Recipients the MTA's tables expand: how many, never which (the
+	// debug level logs each expansion).
+	if n, split, other := expandedCounts(s.rcpts); n > 0 {
+		args = append(args, "expanded", n)
+		if split > 0 {
+			args = append(args, "split", split)
+		}
+		if other > 0 {
+			args = append(args, "non_mailbox_targets", other)
+		}
+	}
 	if s.conn.nonSMTP {
 		args = append(args, "local", true)
 	}
@@ -617,6 +642,21 @@ func (s *session) logResult(action string, r Reply, err error, extra ...any) {
 		level = slog.LevelWarn
 	}
 	s.srv.log.Log(context.Background(), level, "message", args...)
+}
+
+// expandedCounts counts the expanded recipients, those split into a clear
+// and an encrypted part, and their command, file and :include: targets.
+func expandedCounts(rcpts []recipient) (expanded, split, other int) {
+	for _, r := range rcpts {
+		if r.targets > 0 {
+			expanded++
+		}
+		if r.split != nil {
+			split++
+		}
+		other += r.other
+	}
+	return
 }
 
 // classList summarises the recipients' classes, e.g. "pgp-mime:2".

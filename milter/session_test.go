@@ -259,6 +259,7 @@ func applyMods(t *testing.T, fields []crypto.Field, body []byte, mods []modActio
 			newBody = append(newBody, m.Body...)
 		case actQuarantine:
 			*quarantine = m.Reason
+		case actAddRcpt, actDelRcpt: // the envelope: see result.mods
 		default:
 			t.Errorf("unexpected modification %c", m.Code)
 		}
@@ -599,7 +600,7 @@ func TestShutdownDrainsMessagesInFlight(t *testing.T) {
 
 func TestReplies(t *testing.T) {
 	for _, r := range []Reply{ReplyMixedClass, ReplyLookupFailed, ReplyAddressUnknown, ReplyKeyUnusableTemp, ReplyKeyUnusableReject,
-		ReplyEncryptFailed, ReplyTooBig, ReplyInternal} {
+		ReplyEncryptFailed, ReplyTooBig, ReplyInternal, ReplyExpandFailed, ReplyMixedAlias, ReplyReinjectFailed} {
 		class := fmt.Sprint(r.Code / 100)
 		if !strings.HasPrefix(r.Enhanced, class+".") || (class != "4" && class != "5") {
 			t.Errorf("%v: enhanced code does not match the reply code", r)

@@ -181,7 +181,20 @@ func keysShow(e *env, args []string) error {
 		return nil
 	}
 	w := e.stdout
+	exp, expNote, err := expandForShow(c, l)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(w, "address:  %s\n", l.Address)
+	if exp != nil {
+		// The mailboxes decide ([aliases], docs/keys.md).
+		fmt.Fprintf(w, "expands:  to %d target(s)\n", len(exp.Targets))
+		showExpansion(c, r, exp, w)
+		return nil
+	}
+	if expNote != "" {
+		defer fmt.Fprintf(w, "expands:  %s\n", expNote)
+	}
 	switch l.Source {
 	case keys.SourceNone:
 		fmt.Fprintf(w, "action:   pass unchanged (no key for %s)\n", l.Address)

@@ -219,7 +219,11 @@ func checkConfig(e *env, args []string) error {
 		}
 		storeNote = ""
 	}
-	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n%s", src, c.Milter.Listen, c.DatabasePath(), storeNote)
+	var aliasNote strings.Builder
+	if err := checkAliases(c, &aliasNote); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n%s%s", src, c.Milter.Listen, c.DatabasePath(), storeNote, aliasNote.String())
 	return nil
 }
 

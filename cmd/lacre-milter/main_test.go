@@ -63,6 +63,11 @@ func placements(t *testing.T, body func(t *testing.T, after bool)) {
 
 const baseConfig = "[store]\ndatabase = \"keys.db\"\n"
 
+// noAliases ends every fixture's file unless it has an [aliases] table:
+// the tests must not read the system's Postfix (the expansion's own
+// tests: TestAliasOptions, TestKeysShowExpansion, integration/aliases_test.go).
+const noAliases = "\n[aliases]\nsource = \"none\"\n"
+
 func newFixture(t *testing.T, after bool, extra string) *fixture {
 	t.Helper()
 	t.Setenv(config.EnvVar, "") // never pick up the developer's configuration
@@ -89,7 +94,11 @@ func newFixtureNoStore(t *testing.T, after bool, extra string) *fixture {
 
 func (f *fixture) writeConfig(extra string) {
 	f.t.Helper()
-	if err := os.WriteFile(f.cfg, []byte(baseConfig+extra), 0o600); err != nil {
+	text := baseConfig + extra
+	if !strings.Contains(extra, "[aliases]") {
+		text += noAliases
+	}
+	if err := os.WriteFile(f.cfg, []byte(text), 0o600); err != nil {
 		f.t.Fatal(err)
 	}
 }

@@ -64,10 +64,11 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	defer store.Close()
-	opts, err := milterOptions(c, store)
+	opts, err := milterOptions(c, store, log)
 	if err != nil {
 		return err
 	}
+	logAliases(c, opts.Expander, log)
 	srv := milter.New(opts, log)
 	stopMetrics, err := startMetrics(c, srv, store, log)
 	if err != nil {
@@ -108,8 +109,9 @@ func initStoreAtStart(c *config.Config, log *slog.Logger) error {
 }
 
 // milterOptions builds the milter's options from the configuration, with
-// a key resolver over store.
-func milterOptions(c *config.Config, store keys.Store) (milter.Options, error) {
+// a key resolver over store and the expansion of [aliases] (which logs
+// its table errors to log).
+func milterOptions(c *config.Config, store keys.Store, log *slog.Logger) (milter.Options, error) {
 	res, err := keys.NewResolver(store, resolverOptions(c))
 	if err != nil {
 		return milter.Options{}, err
@@ -142,6 +144,9 @@ func milterOptions(c *config.Config, store keys.Store) (milter.Options, error) {
 		o.MixedLocal = milter.MixedLocalEncrypt
 	default:
 		return milter.Options{}, fmt.Errorf("milter.mixed_local: %q is not one of \"hold\", \"encrypt\"", c.Milter.MixedLocal)
+	}
+	if err := aliasOptions(c, &o, log); err != nil {
+		return milter.Options{}, err
 	}
 	return o, nil
 }
@@ -216,7 +221,7 @@ func serveUntilSignal(e *env, c *config.Config, store keys.Store, srv *milter.Se
 			return fmt.Errorf("serve: %w", err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				if next, err := reload(e, c, store, srv); err != nil {
+				if next, err := reload(e, c, store, srv, log); err != nil {
 					log.Error("reload failed; keeping the running configuration", "error", err)
 				} else {
 					c = next
@@ -243,7 +248,7 @@ func shutdown(c *config.Config, srv *milter.Server, log *slog.Logger, sig os.Sig
 // reload re-reads the configuration and swaps the milter's settings.
 // The listener and the store stay: changing them needs a restart, and the
 // reload says so rather than half-applying it.
-func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server) (*config.Config, error) {
+func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server, log *slog.Logger) (*config.Config, error) {
 	c, err := e.loadConfig()
 	if err != nil {
 		return nil, err
@@ -254,7 +259,7 @@ func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server) (*
 	if c.DatabasePath() != old.DatabasePath() {
 		return nil, fmt.Errorf("store.database changed from %q to %q: restart lacre-milter to apply it", old.DatabasePath(), c.DatabasePath())
 	}
-	opts, err := milterOptions(c, store)
+	opts, err := milterOptions(c, store, log)
 	if err != nil {
 		return nil, err
 	}

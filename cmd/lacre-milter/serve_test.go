@@ -11,6 +11,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"lacre.io/milter/aliases"
 	"lacre.io/milter/config"
 	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/milter"
@@ -21,6 +22,7 @@ import (
 // (a zero option there means the same as the default here).
 func TestMilterOptions(t *testing.T) {
 	c := config.Default()
+	c.Aliases.Source = config.AliasesNone // the Postfix expansion: TestAliasOptions
 	d := c.Milter
 	if d.MaxMessageSize != milter.DefaultMaxMessageSize || d.LookupTimeout.D() != milter.DefaultLookupTimeout ||
 		d.MaxConnections != milter.DefaultMaxConnections || d.IdleTimeout.D() != milter.DefaultIdleTimeout ||
@@ -30,28 +32,61 @@ func TestMilterOptions(t *testing.T) {
 	for s, want := range map[string]milter.UnusableKeyPolicy{config.UnusableTempfail: milter.UnusableKeyTempfail,
 		config.UnusableReject: milter.UnusableKeyReject, config.UnusableClear: milter.UnusableKeyClear} {
 		c.Encryption.UnusableKey = s
-		o, err := milterOptions(c, keystest.NewStore())
+		o, err := milterOptions(c, keystest.NewStore(), nil)
 		if err != nil || o.UnusableKey != want || o.UnusableKey.String() != s {
 			t.Errorf("unusable_key %q: %v %v", s, o.UnusableKey, err)
 		}
 	}
 	for s, want := range map[string]milter.MixedLocalPolicy{config.MixedLocalHold: milter.MixedLocalHold, config.MixedLocalEncrypt: milter.MixedLocalEncrypt} {
 		c.Milter.MixedLocal = s
-		o, err := milterOptions(c, keystest.NewStore())
+		o, err := milterOptions(c, keystest.NewStore(), nil)
 		if err != nil || o.MixedLocal != want || o.MixedLocal.String() != s {
 			t.Errorf("mixed_local %q: %v %v", s, o.MixedLocal, err)
 		}
 	}
 	c.Milter.MixedLocal = "bounce"
-	if _, err := milterOptions(c, keystest.NewStore()); err == nil {
+	if _, err := milterOptions(c, keystest.NewStore(), nil); err == nil {
 		t.Error("an unknown mixed_local was mapped")
 	}
 	c = config.Default()
+	c.Aliases.Source = config.AliasesNone
 	c.Milter.LookupTimeout = config.Duration(3 * time.Second)
 	c.Encryption.HideRecipients = true
-	o, err := milterOptions(c, keystest.NewStore())
+	o, err := milterOptions(c, keystest.NewStore(), nil)
 	if err != nil || o.LookupTimeout != 3*time.Second || !o.HideRecipients || o.Keys == nil || o.TraceHeader != "X-Lacre" {
 		t.Errorf("options %+v %v", o, err)
+	}
+}
+
+// TestAliasOptions: [aliases] mixed maps to its milter policy (with the
+// re-injection service for "reinject"), source = "none" to no expansion,
+// and the defaults are the milter's.
+func TestAliasOptions(t *testing.T) {
+	c := config.Default()
+	if c.Aliases.ReinjectTimeout.D() != milter.DefaultReinjectTimeout || c.Aliases.Mixed != config.MixedReinject {
+		t.Errorf("config.Default().Aliases %+v differs from milter's defaults", c.Aliases)
+	}
+	c.Aliases.Source = config.AliasesNone
+	for s, want := range map[string]milter.MixedAliasPolicy{config.MixedReinject: milter.MixedAliasReinject, config.MixedDefer: milter.MixedAliasDefer} {
+		c.Aliases.Mixed = s
+		o, err := milterOptions(c, keystest.NewStore(), nil)
+		if err != nil || o.MixedAlias != want || o.MixedAlias.String() != s {
+			t.Errorf("mixed %q: %v %v", s, o.MixedAlias, err)
+		}
+		if _, none := o.Expander.(aliases.None); !none {
+			t.Errorf("source = \"none\": expander %T", o.Expander)
+		}
+		ri, _ := o.Reinject.(*milter.SMTPReinjector)
+		if (s == config.MixedReinject) != (ri != nil && ri.Addr == config.DefaultReinject) {
+			t.Errorf("mixed %q: reinjector %+v", s, o.Reinject)
+		}
+	}
+	// A Postfix configuration that cannot be read stops the milter from
+	// starting, rather than letting alias mail pass unexpanded.
+	c = config.Default()
+	c.Aliases.PostfixConfigDir = t.TempDir() // no main.cf
+	if _, err := milterOptions(c, keystest.NewStore(), nil); err == nil || !strings.Contains(err.Error(), `source = "none"`) {
+		t.Errorf("an unreadable Postfix configuration: %v", err)
 	}
 }
 

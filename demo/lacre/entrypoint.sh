@@ -26,6 +26,11 @@ database = "/var/lib/lacre/lacre.db"
 # Demo: a confirmed key is used for the very next mail (default 30s).
 cache_ttl = "1s"
 
+[aliases]
+# This container has no Postfix to ask (it runs in the postfix container):
+# recipients are not expanded; the demo has no aliases.
+source = "none"
+
 [web]
 listen = "${bind}:${web_port}"
 # The links in the confirmation mail point here.
