@@ -183,7 +183,8 @@ type Static struct {
 // its tables expand it to (canonical maps, virtual aliasing, aliases(5)).
 type Aliases struct {
 	// Source is "postfix" (expand with Postfix's own tables, found with
-	// postconf) or "none" (classify each recipient as written).
+	// postconf), "none" (classify each recipient as written) or "auto"
+	// ("postfix" on a host where postconf is installed, else "none").
 	Source string `toml:"source"`
 	// PostfixConfigDir is the Postfix configuration directory (postconf
 	// -c); "" means Postfix's default (/etc/postfix).
@@ -206,6 +207,7 @@ type Aliases struct {
 
 // The values of Aliases.Source and Aliases.Mixed.
 const (
+	AliasesAuto     = "auto"
 	AliasesPostfix  = "postfix"
 	AliasesNone     = "none"
 	MixedReinject   = "reinject"
@@ -252,7 +254,7 @@ func Default() *Config {
 		},
 		Encryption: Encryption{UnusableKey: UnusableTempfail},
 		Aliases: Aliases{
-			Source:          AliasesPostfix,
+			Source:          AliasesAuto,
 			Service:         "smtp/inet",
 			CacheTTL:        Duration(30 * time.Second),
 			Mixed:           MixedReinject,
@@ -609,9 +611,9 @@ func (c *Config) validateStatic(p *problems) {
 func (c *Config) validateAliases(p *problems) {
 	a := c.Aliases
 	switch a.Source {
-	case AliasesPostfix, AliasesNone:
+	case AliasesAuto, AliasesPostfix, AliasesNone:
 	default:
-		p.add("aliases.source", "%q is not one of \"postfix\", \"none\"", a.Source)
+		p.add("aliases.source", "%q is not one of \"auto\", \"postfix\", \"none\"", a.Source)
 	}
 	if d := a.PostfixConfigDir; d != "" && !filepath.IsAbs(d) {
 		p.add("aliases.postfix_config_dir", "%q: write an absolute path, e.g. \"/etc/postfix\", or \"\" for Postfix's default", d)

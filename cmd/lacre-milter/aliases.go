@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -16,12 +18,43 @@ import (
 	"lacre.io/milter/milter"
 )
 
+// aliasSource resolves [aliases] source = "auto": "postfix" on a host
+// where Postfix is installed (postconf found), or when a Postfix
+// configuration directory is named; otherwise "none". A Postfix host
+// always has postconf, so "auto" expands wherever Postfix runs; a milter
+// on a host without Postfix (or a developer's machine running the README's
+// first command) starts, and says at start and in check-config that it
+// does not expand.
+func aliasSource(a config.Aliases) string {
+	if a.Source != config.AliasesAuto {
+		return a.Source
+	}
+	if a.PostfixConfigDir != "" || postfixInstalled() {
+		return config.AliasesPostfix
+	}
+	return config.AliasesNone
+}
+
+// postconfFallback is where aliases.NewPostfix looks for postconf when it
+// is not on PATH (a variable for tests).
+var postconfFallback = "/usr/sbin/postconf"
+
+// postfixInstalled reports whether postconf is on PATH or in /usr/sbin,
+// where aliases.NewPostfix looks for it.
+func postfixInstalled() bool {
+	if _, err := exec.LookPath("postconf"); err == nil {
+		return true
+	}
+	_, err := os.Stat(postconfFallback)
+	return err == nil
+}
+
 // newExpander builds the recipient expansion of [aliases]. With source =
 // "postfix" it reads Postfix's configuration now (postconf), so that a
 // milter that cannot read it does not start; the tables are read at the
 // first lookup.
 func newExpander(c *config.Config, log *slog.Logger) (aliases.Expander, error) {
-	if c.Aliases.Source == config.AliasesNone {
+	if aliasSource(c.Aliases) == config.AliasesNone {
 		return aliases.None{}, nil
 	}
 	ttl := c.Aliases.CacheTTL.D()
@@ -66,8 +99,9 @@ func aliasOptions(c *config.Config, o *milter.Options, log *slog.Logger) error {
 // re-injection service does not answer (mixed expansions then wait).
 func logAliases(c *config.Config, x aliases.Expander, log *slog.Logger) {
 	a := c.Aliases
-	if a.Source == config.AliasesNone {
-		log.Warn("aliases are not expanded ([aliases] source = \"none\"): mail to an alias, virtual alias or canonical name of a keyed mailbox is classified by the address as written")
+	if aliasSource(a) == config.AliasesNone {
+		log.Warn("aliases are not expanded: mail to an alias, virtual alias or canonical name of a keyed mailbox is classified by the address as written",
+			"source", a.Source, "reason", noExpansionReason(a))
 		return
 	}
 	args := []any{"source", a.Source, "service", a.Service, "mixed", a.Mixed}
@@ -83,6 +117,14 @@ func logAliases(c *config.Config, x aliases.Expander, log *slog.Logger) {
 	}
 }
 
+// noExpansionReason says why recipients are not expanded.
+func noExpansionReason(a config.Aliases) string {
+	if a.Source == config.AliasesAuto {
+		return "source = \"auto\" and no Postfix on this host: postconf is neither on PATH nor in /usr/sbin"
+	}
+	return "source = \"none\""
+}
+
 func dialReinject(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
@@ -95,8 +137,8 @@ func dialReinject(addr string) error {
 // one lookup in each.
 func checkAliases(c *config.Config, w io.Writer) error {
 	a := c.Aliases
-	if a.Source == config.AliasesNone {
-		fmt.Fprintf(w, "  aliases.source  none (recipients are not expanded: mail to an alias of a keyed mailbox passes in clear)\n")
+	if aliasSource(a) == config.AliasesNone {
+		fmt.Fprintf(w, "  aliases.source  %s: recipients are not expanded (%s): mail to an alias of a keyed mailbox passes in clear\n", a.Source, noExpansionReason(a))
 		return nil
 	}
 	x, err := newExpander(c, nil)
@@ -142,7 +184,7 @@ func checkAliases(c *config.Config, w io.Writer) error {
 // ("" for source = "none", where there is nothing to say).
 func expandForShow(c *config.Config, l *keys.Recipient) (e *aliases.Expansion, note string, err error) {
 	switch {
-	case c.Aliases.Source == config.AliasesNone:
+	case aliasSource(c.Aliases) == config.AliasesNone:
 		return nil, "", nil
 	case l.Source == keys.SourceNever || l.Source == keys.SourceStaticAddress || l.Source == keys.SourceStore:
 		return nil, "not consulted: keys bound to the address as written win", nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -89,6 +90,51 @@ func TestAliasOptions(t *testing.T) {
 		t.Errorf("an unreadable Postfix configuration: %v", err)
 	}
 }
+
+// TestAliasSourceAuto: the default source expands with Postfix where
+// postconf is installed, and starts without expansion (and says so)
+// where it is not.
+func TestAliasSourceAuto(t *testing.T) {
+	c := config.Default()
+	if c.Aliases.Source != config.AliasesAuto {
+		t.Fatalf("default source %q", c.Aliases.Source)
+	}
+	t.Setenv("PATH", t.TempDir())
+	saved := postconfFallback
+	defer func() { postconfFallback = saved }()
+	postconfFallback = filepath.Join(t.TempDir(), "postconf")
+
+	o, err := milterOptions(c, keystest.NewStore(), nil)
+	if err != nil {
+		t.Fatalf("auto without Postfix: %v", err)
+	}
+	if _, none := o.Expander.(aliases.None); !none {
+		t.Errorf("auto without Postfix: expander %T, want aliases.None", o.Expander)
+	}
+	var out strings.Builder
+	if err := checkAliases(c, &out); err != nil || !strings.Contains(out.String(), "no Postfix on this host") {
+		t.Errorf("check-config says %q, %v", out.String(), err)
+	}
+	// A named Postfix configuration means Postfix, found or not.
+	c.Aliases.Source = config.AliasesAuto
+	c.Aliases.PostfixConfigDir = t.TempDir()
+	if got := aliasSource(c.Aliases); got != config.AliasesPostfix {
+		t.Errorf("auto with postfix_config_dir: %q", got)
+	}
+	// With postconf where aliases.NewPostfix looks, auto is Postfix.
+	if p, err := exec.LookPath("postconf"); err == nil || fileExists("/usr/sbin/postconf") {
+		if err != nil {
+			p = "/usr/sbin/postconf"
+		}
+		postconfFallback = p
+		c.Aliases.PostfixConfigDir = ""
+		if got := aliasSource(c.Aliases); got != config.AliasesPostfix {
+			t.Errorf("auto with %s: %q", p, got)
+		}
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // TestMilterSocketMode: the unix socket is not writable by other users.
 func TestMilterSocketMode(t *testing.T) {
