@@ -251,6 +251,10 @@ func (s *SQLiteStore) migrateOne(ctx context.Context, db *sql.DB) (done bool, er
 	return false, nil
 }
 
+// SetClock replaces the clock that dates bindings and key updates
+// ("store copy" keeps the binding times of the source; tests).
+func (s *SQLiteStore) SetClock(now func() time.Time) { s.now = now }
+
 // Check reports whether the store can be used now: the file is the store
 // that was opened (or a valid lacre store that replaced it, which is then
 // used), the schema is the one this binary knows, and writes work again
