@@ -247,4 +247,3 @@ func TestSQLiteCorruptMaterial(t *testing.T) {
 		}
 	}
 }
-
