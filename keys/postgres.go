@@ -476,3 +476,21 @@ func (s *PostgresStore) Close() error {
 	s.pool.Close()
 	return nil
 }
+
+// AllPrefs returns every address's stored preferences ("store copy").
+func (s *PostgresStore) AllPrefs(ctx context.Context) (map[string]Prefs, error) {
+	rows, err := s.pool.Query(ctx, "SELECT address, protect_headers FROM prefs")
+	if err != nil {
+		return nil, s.unavailable("listing preferences", err)
+	}
+	out := map[string]Prefs{}
+	var addr string
+	var ph *bool
+	if _, err := pgx.ForEachRow(rows, []any{&addr, &ph}, func() error {
+		out[addr] = Prefs{ProtectHeaders: ph}
+		return nil
+	}); err != nil {
+		return nil, s.unavailable("listing preferences", err)
+	}
+	return out, nil
+}

@@ -562,3 +562,30 @@ func (s *SQLiteStore) Backup(ctx context.Context, dst string) error {
 	}
 	return nil
 }
+
+// AllPrefs returns every address's stored preferences ("store copy").
+func (s *SQLiteStore) AllPrefs(ctx context.Context) (map[string]Prefs, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT address, protect_headers FROM prefs")
+	if err != nil {
+		return nil, s.unavailable("listing preferences", err)
+	}
+	defer rows.Close()
+	out := map[string]Prefs{}
+	for rows.Next() {
+		var addr string
+		var ph sql.NullInt64
+		if err := rows.Scan(&addr, &ph); err != nil {
+			return nil, s.unavailable("listing preferences", err)
+		}
+		var p Prefs
+		if ph.Valid {
+			b := ph.Int64 != 0
+			p.ProtectHeaders = &b
+		}
+		out[addr] = p
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.unavailable("listing preferences", err)
+	}
+	return out, nil
+}
