@@ -172,7 +172,7 @@ func TestLoadEveryOption(t *testing.T) {
 			Templates: "templates", TrustedProxies: []string{"10.0.0.0/8"}, SecretFile: "secret", SMTP: WebSMTP{Addr: "[::1]:587"}},
 		Store: Store{Database: "/var/lib/lacre/keys.db", CacheTTL: Duration(5 * time.Minute),
 			MaxConns: 20, ConnectTimeout: Duration(2 * time.Second), StatementTimeout: Duration(3 * time.Second)},
-		Keys:  Keys{MinRSABits: 3072, FoldLocalPartCase: false, SubaddressSeparator: "-"},
+		Keys: Keys{MinRSABits: 3072, FoldLocalPartCase: false, SubaddressSeparator: "-"},
 		Encryption: Encryption{
 			HideRecipients: true,
 			ProtectHeaders: true,
