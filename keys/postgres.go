@@ -129,7 +129,7 @@ type MigrateResult struct {
 // refused. It runs under the migration lock, so two hosts initialising at
 // once do not race.
 func InitPostgres(ctx context.Context, dsn string, opt PostgresOptions) (MigrateResult, error) {
-	return migratePostgres(ctx, dsn, opt, true)
+	return migratePostgres(ctx, dsn, opt, true, PostgresSchemaVersion)
 }
 
 // MigratePostgres applies the migrations an existing lacre store lacks,
@@ -137,13 +137,14 @@ func InitPostgres(ctx context.Context, dsn string, opt PostgresOptions) (Migrate
 // transaction with its schema_version row. A second host migrating at the
 // same time waits for the first, then finds nothing to do.
 func MigratePostgres(ctx context.Context, dsn string, opt PostgresOptions) (MigrateResult, error) {
-	return migratePostgres(ctx, dsn, opt, false)
+	return migratePostgres(ctx, dsn, opt, false, PostgresSchemaVersion)
 }
 
 // migrateHook runs after the lock is taken (tests: hold it).
 var migrateHook func()
 
-func migratePostgres(ctx context.Context, dsn string, opt PostgresOptions, init bool) (res MigrateResult, err error) {
+// migratePostgres brings the schema to version target (tests stop early).
+func migratePostgres(ctx context.Context, dsn string, opt PostgresOptions, init bool, target int) (res MigrateResult, err error) {
 	cfg, err := postgresConfig(dsn, opt)
 	if err != nil {
 		return res, fmt.Errorf("%w: key store: %w", ErrUnavailable, err)
@@ -194,7 +195,7 @@ func migratePostgres(ctx context.Context, dsn string, opt PostgresOptions, init 
 	if v > PostgresSchemaVersion {
 		return res, fmt.Errorf("%w: key store %s: database schema version %d is newer than this lacre-milter (knows up to %d); upgrade the binary", ErrUnavailable, name, v, PostgresSchemaVersion)
 	}
-	for ; v < PostgresSchemaVersion; v++ {
+	for ; v < target; v++ {
 		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, postgresMigrations[v]); err != nil {
 				return err
