@@ -272,7 +272,9 @@ func reload(e *env, old *config.Config, store keys.Store, ref *resolverRef, srv 
 	if err != nil {
 		return nil, err
 	}
-	srv.Reload(opts)
+	// The change listener tells the new resolver before the milter uses
+	// it, so no change committed after the switch is missed.
 	ref.set(opts.Keys.(*keys.Resolver))
+	srv.Reload(opts)
 	return c, nil
 }
