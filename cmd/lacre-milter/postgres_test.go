@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"lacre.io/milter/internal/pgtest"
 	"lacre.io/milter/internal/testkeys"
@@ -174,4 +177,33 @@ func sameBindings(t *testing.T, what string, s keys.Store, want []keys.Binding) 
 			t.Errorf("%s: binding %d = %s %s %v, want %s %s %v", what, i, g.Address, g.Key.Fingerprint, g.Added, w.Address, w.Key.Fingerprint, w.Added)
 		}
 	}
+}
+
+// TestHealthzPostgres: /healthz asks PostgreSQL: 200 while it answers,
+// 503 when it is stopped, 200 again when it is back (same store, no
+// restart).
+func TestHealthzPostgres(t *testing.T) {
+	srv := pgtest.Start(t)
+	dsn := srv.NewStore(t)
+	opt := srv.Options()
+	opt.ConnectTimeout = time.Second
+	s, err := keys.OpenPostgres(context.Background(), dsn, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	h := metricsHandler(prometheus.NewRegistry(), s)
+	want := func(code int, when string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		if rec.Code != code {
+			t.Errorf("%s: /healthz %d, want %d", when, rec.Code, code)
+		}
+	}
+	want(200, "running")
+	srv.Stop(t, "fast")
+	want(503, "stopped")
+	srv.StartAgain(t)
+	want(200, "started again")
 }
