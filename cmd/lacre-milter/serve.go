@@ -268,6 +268,9 @@ func reload(e *env, old *config.Config, store keys.Store, ref *resolverRef, srv 
 	if c.DatabasePath() != old.DatabasePath() {
 		return nil, fmt.Errorf("store.database changed from %q to %q: restart lacre-milter to apply it", old.DatabasePath(), c.DatabasePath())
 	}
+	if c.PostgresOptions() != old.PostgresOptions() {
+		return nil, errors.New("a PostgreSQL option of [store] (password_file, max_conns, connect_timeout, statement_timeout) changed: restart lacre-milter to apply it")
+	}
 	opts, err := milterOptions(c, store)
 	if err != nil {
 		return nil, err
