@@ -7,6 +7,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,4 +120,31 @@ func TestPostgresTwoHosts(t *testing.T) {
 	if out, err := rw.cli(key, "keys", "add", "bob@example.org", "-"); err != nil {
 		t.Errorf("keys add with the read-write role: %v\n%s", err, out)
 	}
+
+	// After a reload (SIGHUP: a new resolver, with a new cache), the
+	// changes still reach the milter: a key added by the CLI for carol,
+	// whose "no key" the new resolver has cached, is used a second later.
+	carol := testkeys.Generate(t, testkeys.Curve25519, "carol@example.org")
+	m1.mu.Lock()
+	m1.cmd.Process.Signal(syscall.SIGHUP)
+	m1.mu.Unlock()
+	waitText(t, "milter 1 reload", m1.out.String, "configuration reloaded", 10*time.Second)
+	msg := message("pg-carol-before", "carol@example.org", textFields, textBody)
+	if err := p1.sendSMTP(t, "sender@example.com", []string{"carol@example.org"}, msg); err != nil {
+		t.Fatal(err)
+	}
+	checkRelayed(t, byMessageID(t, s, "pg-carol-before").Data, msg)
+	if out, err := rw.cli(testkeys.ArmoredPublic(t, carol), "keys", "add", "carol@example.org", "-"); err != nil {
+		t.Fatalf("keys add: %v\n%s", err, out)
+	}
+	time.Sleep(time.Second)
+	msg = message("pg-carol-after", "carol@example.org", textFields, textBody)
+	if err := p1.sendSMTP(t, "sender@example.com", []string{"carol@example.org"}, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := byMessageID(t, s, "pg-carol-after")
+	if bytes.Contains(got.Data, []byte("ünïcödé")) {
+		t.Fatal("after a reload: cleartext to carol one second after her key was added")
+	}
+	checkDecrypts(t, got.Data, msg, carol)
 }
