@@ -69,18 +69,6 @@ func sqltOpen(t *testing.T) (*SQLiteStore, *sqltClock, string) {
 	return s, clk, path
 }
 
-func sqltFingerprints(ks []*Key) []string {
-	out := make([]string, len(ks))
-	for i, k := range ks {
-		out[i] = k.Fingerprint
-	}
-	return out
-}
-
-func sqltEqual(a, b []string) bool {
-	return strings.Join(a, ",") == strings.Join(b, ",")
-}
-
 func sqltSchemaRows(t *testing.T, path string) (n int, maxApplied int64) {
 	t.Helper()
 	db, err := sql.Open("sqlite", path)
