@@ -60,7 +60,12 @@
 #     -l 10485760); its peak RSS is VmHWM from /proc/PID/status. MEM_ROUNDS
 #     times, each with a fresh process.
 #
-# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), N (5000), ROUNDS (5), WARMUP_N (1000),
+# STORE=postgres puts the key store in a private PostgreSQL cluster
+# ($WORK/pg: Debian's initdb and pg_ctl, run as user postgres, on a free
+# loopback port, stopped at exit) instead of the SQLite file, to compare
+# the two stores (docs/performance.md, "The key store in PostgreSQL").
+#
+# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), STORE (sqlite), N (5000), ROUNDS (5), WARMUP_N (1000),
 # MEM_ROUNDS (3), MEM_SESSIONS (16), MEM_SIZE (10485760), RUN_TIMEOUT
 # seconds per run (600), MODE (all|throughput|memory), WORK
 # (/tmp/lacre-bench: binaries, configuration, logs, results.txt),
@@ -82,6 +87,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 MODE=${MODE:-all}
 WORK=${WORK:-/tmp/lacre-bench}
 LACRE_ENV=${LACRE_ENV:-}
+STORE=${STORE:-sqlite}
 SESSIONS=20
 SIZE=4096
 KEYED=bob@bench.test
@@ -99,6 +105,12 @@ for c in go postfix postconf smtp-source smtp-sink gpg gpgconf ss timeout; do
 	command -v "$c" >/dev/null || die "$c not found (apt-get install postfix gnupg; Go at /usr/local/go)"
 done
 case $MODE in all | throughput | memory) ;; *) die "MODE must be all, throughput or memory" ;; esac
+case $STORE in sqlite | postgres) ;; *) die "STORE must be sqlite or postgres" ;; esac
+PG_BIN=""
+if [[ $STORE == postgres ]]; then
+	PG_BIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -1)")
+	[[ -x $PG_BIN/pg_ctl ]] || die "STORE=postgres: PostgreSQL server binaries not found (apt-get install postgresql)"
+fi
 
 PF=$WORK/pf
 PIDS=()       # processes to stop at exit: sink, milters
@@ -117,6 +129,7 @@ cleanup() {
 		rm -rf "$GNUPG_TMP"
 	fi
 	[[ ${KEEP:-} == 1 ]] || rm -rf "$PF/queue"
+	[[ -f $WORK/pg/data/postmaster.pid ]] && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -171,13 +184,32 @@ SMTP_PORT[e]=${SMTP_PORT[c]} # the same smtpd: lacre-milter, another recipient
 SMTP_PORT[h]=${SMTP_PORT[c]} # lacre-milter, recipients spread over the aliases
 SMTP_PORT[i]=${SMTP_PORT[d]} # nullmilter accept-rcpt, the same recipients
 
+if [[ $STORE == postgres ]]; then
+	log "starting a private PostgreSQL cluster in $WORK/pg"
+	PG_PORT=""
+	free_port PG_PORT
+	rm -rf "$WORK/pg"
+	mkdir -p "$WORK/pg"
+	head -c 24 /dev/urandom | base64 >"$WORK/pg/admin.pw"
+	chown -R postgres: "$WORK/pg"
+	chmod 700 "$WORK/pg"
+	runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -U lacre_admin --pwfile "$WORK/pg/admin.pw" \
+		--auth-host=scram-sha-256 --auth-local=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
+	printf "listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\n" "$PG_PORT" "$WORK/pg" >>"$WORK/pg/data/postgresql.conf"
+	runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/server.log" -w start >/dev/null
+	PGPASSWORD=$(cat "$WORK/pg/admin.pw") psql -q -h 127.0.0.1 -p "$PG_PORT" -U lacre_admin -d postgres -c "CREATE DATABASE lacre" >/dev/null
+	STORE_TOML="database = \"postgres://lacre_admin@127.0.0.1:$PG_PORT/lacre?sslmode=disable\"
+password_file = \"$WORK/pg/admin.pw\""
+else
+	STORE_TOML="database = \"$WORK/lacre/keys.db\""
+fi
 cat >"$WORK/lacre/lacre.toml" <<EOF
 # Written by bench/throughput.sh.
 [milter]
 listen = "inet:127.0.0.1:$LACRE_PORT"
 
 [store]
-database = "$WORK/lacre/keys.db"
+$STORE_TOML
 
 [aliases]
 source = "$( ((ALIASES)) && echo postfix || echo none)"
@@ -443,7 +475,7 @@ median_range() { # numbers on stdin → "median min max"
 }
 
 RESULTS=$WORK/results.txt
-echo "# $(date -u +%FT%TZ) N=$N ROUNDS=$ROUNDS load: $(cut -d' ' -f1-3 /proc/loadavg)" >"$RESULTS"
+echo "# $(date -u +%FT%TZ) N=$N ROUNDS=$ROUNDS STORE=$STORE load: $(cut -d' ' -f1-3 /proc/loadavg)" >"$RESULTS"
 
 throughput() {
 	check

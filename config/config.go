@@ -138,10 +138,21 @@ const (
 
 // Store holds the options of the key store.
 type Store struct {
-	// Database is a file path (SQLite). Relative to the config file's folder.
+	// Database is a file path (SQLite), relative to the config file's
+	// folder, or a PostgreSQL connection string: a postgres:// URL or the
+	// libpq key=value form (see keys.IsPostgresDSN), without a password.
 	Database string `toml:"database"`
 	// CacheTTL bounds how long a lookup result (including "no key") is reused.
 	CacheTTL Duration `toml:"cache_ttl"`
+	// PasswordFile holds the PostgreSQL role's password (one line);
+	// relative to the config file's folder. PostgreSQL only.
+	PasswordFile string `toml:"password_file"`
+	// MaxConns bounds the PostgreSQL connection pool.
+	MaxConns int `toml:"max_conns"`
+	// ConnectTimeout bounds one PostgreSQL connection attempt.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// StatementTimeout is PostgreSQL's statement_timeout for every query.
+	StatementTimeout Duration `toml:"statement_timeout"`
 }
 
 // Keys holds the rules for accepting keys and matching addresses.
@@ -246,7 +257,8 @@ func Default() *Config {
 			TrustedProxies:       []string{"127.0.0.1", "::1"},
 			SMTP:                 WebSMTP{Addr: "127.0.0.1:25"},
 		},
-		Store: Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second)},
+		Store: Store{Database: "lacre.db", CacheTTL: Duration(30 * time.Second),
+			MaxConns: 10, ConnectTimeout: Duration(5 * time.Second), StatementTimeout: Duration(10 * time.Second)},
 		Keys: Keys{
 			MinRSABits:          2048,
 			FoldLocalPartCase:   true,
@@ -568,6 +580,38 @@ func (c *Config) validateStore(p *problems) {
 	if c.Store.CacheTTL < 0 || c.Store.CacheTTL.D() > time.Hour {
 		p.add("store.cache_ttl", "%s is out of range (0 to 1h; a long TTL delays new keys)", c.Store.CacheTTL.D())
 	}
+	if !c.StoreIsPostgres() {
+		if c.Store.PasswordFile != "" {
+			p.add("store.password_file", "is for PostgreSQL; store.database is an SQLite file")
+		}
+		return
+	}
+	if err := keys.CheckPostgresDSN(c.Store.Database); err != nil {
+		p.add("store.database", "%v", err)
+	}
+	if c.Store.MaxConns < 1 || c.Store.MaxConns > 1000 {
+		p.add("store.max_conns", "%d is out of range (1 to 1000)", c.Store.MaxConns)
+	}
+	if c.Store.ConnectTimeout.D() < 100*time.Millisecond || c.Store.ConnectTimeout.D() > time.Minute {
+		p.add("store.connect_timeout", "%s is out of range (100ms to 1m)", c.Store.ConnectTimeout.D())
+	}
+	if c.Store.StatementTimeout.D() < 100*time.Millisecond || c.Store.StatementTimeout.D() > 10*time.Minute {
+		p.add("store.statement_timeout", "%s is out of range (100ms to 10m)", c.Store.StatementTimeout.D())
+	}
+}
+
+// StoreIsPostgres reports whether store.database names a PostgreSQL
+// database rather than an SQLite file.
+func (c *Config) StoreIsPostgres() bool { return keys.IsPostgresDSN(c.Store.Database) }
+
+// PostgresOptions returns the [store] options of a PostgreSQL store.
+func (c *Config) PostgresOptions() keys.PostgresOptions {
+	return keys.PostgresOptions{
+		PasswordFile:     c.resolve(c.Store.PasswordFile),
+		MaxConns:         int32(c.Store.MaxConns),
+		ConnectTimeout:   c.Store.ConnectTimeout.D(),
+		StatementTimeout: c.Store.StatementTimeout.D(),
+	}
 }
 
 // validateKeys checks [keys] and [encryption].
@@ -699,8 +743,12 @@ func (c *Config) SecretPath() string { return c.resolve(c.Web.SecretFile) }
 func (c *Config) TemplatesPath() string { return c.resolve(c.Web.Templates) }
 
 // DatabasePath returns the store path with a relative path resolved against
-// the config file's folder, so the same file works from any working directory.
+// the config file's folder, so the same file works from any working
+// directory; a PostgreSQL connection string is returned as it is.
 func (c *Config) DatabasePath() string {
+	if c.StoreIsPostgres() {
+		return c.Store.Database
+	}
 	return c.resolve(c.Store.Database)
 }
 

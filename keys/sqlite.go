@@ -251,6 +251,10 @@ func (s *SQLiteStore) migrateOne(ctx context.Context, db *sql.DB) (done bool, er
 	return false, nil
 }
 
+// SetClock replaces the clock that dates bindings and key updates
+// ("store copy" keeps the binding times of the source; tests).
+func (s *SQLiteStore) SetClock(now func() time.Time) { s.now = now }
+
 // Check reports whether the store can be used now: the file is the store
 // that was opened (or a valid lacre store that replaced it, which is then
 // used), the schema is the one this binary knows, and writes work again
@@ -557,4 +561,31 @@ func (s *SQLiteStore) Backup(ctx context.Context, dst string) error {
 		return fmt.Errorf("backup of key store %s to %s: %w", s.path, dst, s.unavailable("backup", err))
 	}
 	return nil
+}
+
+// AllPrefs returns every address's stored preferences ("store copy").
+func (s *SQLiteStore) AllPrefs(ctx context.Context) (map[string]Prefs, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT address, protect_headers FROM prefs")
+	if err != nil {
+		return nil, s.unavailable("listing preferences", err)
+	}
+	defer rows.Close()
+	out := map[string]Prefs{}
+	for rows.Next() {
+		var addr string
+		var ph sql.NullInt64
+		if err := rows.Scan(&addr, &ph); err != nil {
+			return nil, s.unavailable("listing preferences", err)
+		}
+		var p Prefs
+		if ph.Valid {
+			b := ph.Int64 != 0
+			p.ProtectHeaders = &b
+		}
+		out[addr] = p
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.unavailable("listing preferences", err)
+	}
+	return out, nil
 }

@@ -18,7 +18,7 @@ import (
 // openResolver opens the configured store and a resolver over it. The
 // caller closes the store.
 func openResolver(c *config.Config) (keys.Store, *keys.Resolver, error) {
-	s, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
+	s, err := openStore(c)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -9,6 +9,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"strings"
 
 	"lacre.io/milter/config"
+	"lacre.io/milter/keys"
 )
 
 // version is set at build time with -ldflags "-X main.version=…"; without
@@ -55,7 +57,8 @@ func commands() []command {
 		{"encrypt", "[-protect-headers] [-hide-recipients] ADDRESS... < MESSAGE", "encrypt a message (RFC 5322, on stdin) for the recipients' keys, as the milter would, to stdout", encryptCmd},
 		{"store init", "", "create the key store (store.database) if there is none; no other command creates one", storeInit},
 		{"store migrate", "", "bring an existing key store's schema up to date (back it up first)", storeMigrate},
-		{"store backup", "FILE", "write a consistent copy of the key store to the new FILE, while it is in use", storeBackup},
+		{"store backup", "FILE", "write a consistent copy of the SQLite key store to the new FILE, while it is in use", storeBackup},
+		{"store copy", "FROM TO", "copy every key binding and preference from one store to another, empty one (each an SQLite path or a PostgreSQL connection string)", storeCopy},
 		{"import gnupg", "[-dry-run] [-replace] DIR", "bind the public keys of a GnuPG home (gpg-mailgate's [gpg] keyhome) to the addresses of their User IDs, as \"keys add\" would", importGnuPG},
 		{"import gpgmw", "[-dry-run] [-replace] [-table NAME] DSN", "import the confirmed keys of gpg-mailgate-web's database (mysql://USER:PASS@HOST:PORT/DB, postgres://…, or an SQLite file)", importGpgmw},
 		{"import config", "FILE", "print a lacre.toml for gpg-mailgate.conf FILE, resolving its key IDs against the key store", importConfig},
@@ -205,7 +208,25 @@ func checkConfig(e *env, args []string) error {
 		return err
 	}
 	storeNote := "  (the key store does not exist yet; \"lacre-milter store init\" creates it)\n"
-	if _, err := os.Stat(c.DatabasePath()); err == nil {
+	if c.StoreIsPostgres() {
+		// Connect: a wrong password, an unreachable server or a schema
+		// of another version is what an operator wants to hear now, not
+		// at the first mail.
+		s, r, err := openResolver(c)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if err := checkStatic(c, s, r); err != nil {
+			return err
+		}
+		pg := s.(*keys.PostgresStore)
+		v, err := pg.SchemaVersion(context.Background())
+		if err != nil {
+			return err
+		}
+		storeNote = fmt.Sprintf("  store           %s, schema version %d (connected)\n", pg.Name(), v)
+	} else if _, err := os.Stat(c.DatabasePath()); err == nil {
 		// With a store present, also check that every key the static maps
 		// name is in it: a missing one makes that mail wait. This comes
 		// before the verdict, so "OK" is never followed by a failure.

@@ -59,7 +59,7 @@ func serve(e *env, args []string) error {
 			return err
 		}
 	}
-	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
+	store, err := openStore(c)
 	if err != nil {
 		return err
 	}
@@ -69,6 +69,10 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	logAliases(c, opts.Expander, log)
+	ref := &resolverRef{}
+	ref.set(opts.Keys.(*keys.Resolver))
+	stopListener := listenForChanges(store, ref, log)
+	defer stopListener()
 	srv := milter.New(opts, log)
 	stopMetrics, err := startMetrics(c, srv, store, log)
 	if err != nil {
@@ -80,7 +84,7 @@ func serve(e *env, args []string) error {
 		return err
 	}
 	logStarted(c, log)
-	return serveUntilSignal(e, c, store, srv, ln, log)
+	return serveUntilSignal(e, c, store, ref, srv, ln, log)
 }
 
 func parseServeFlags(e *env, args []string) (initStore *bool, err error) {
@@ -98,6 +102,16 @@ func parseServeFlags(e *env, args []string) (initStore *bool, err error) {
 
 // initStoreAtStart is serve -init: create the key store if there is none.
 func initStoreAtStart(c *config.Config, log *slog.Logger) error {
+	if c.StoreIsPostgres() {
+		res, err := keys.InitPostgres(context.Background(), c.DatabasePath(), c.PostgresOptions())
+		if err != nil {
+			return err
+		}
+		if res.From != res.To {
+			log.Info("key store created", "store", c.DatabasePath(), "schema_version", res.To)
+		}
+		return nil
+	}
 	created, err := initStore(c.DatabasePath())
 	if err != nil {
 		return err
@@ -206,7 +220,7 @@ func logStarted(c *config.Config, log *slog.Logger) {
 // serveUntilSignal serves ln until a signal ends it: SIGHUP reloads, SIGTERM and
 // SIGINT shut down, waiting up to milter.shutdown_timeout for the
 // messages in flight.
-func serveUntilSignal(e *env, c *config.Config, store keys.Store, srv *milter.Server, ln net.Listener, log *slog.Logger) error {
+func serveUntilSignal(e *env, c *config.Config, store keys.Store, ref *resolverRef, srv *milter.Server, ln net.Listener, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
@@ -221,7 +235,7 @@ func serveUntilSignal(e *env, c *config.Config, store keys.Store, srv *milter.Se
 			return fmt.Errorf("serve: %w", err)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				if next, err := reload(e, c, store, srv, log); err != nil {
+				if next, err := reload(e, c, store, ref, srv, log); err != nil {
 					log.Error("reload failed; keeping the running configuration", "error", err)
 				} else {
 					c = next
@@ -248,7 +262,7 @@ func shutdown(c *config.Config, srv *milter.Server, log *slog.Logger, sig os.Sig
 // reload re-reads the configuration and swaps the milter's settings.
 // The listener and the store stay: changing them needs a restart, and the
 // reload says so rather than half-applying it.
-func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server, log *slog.Logger) (*config.Config, error) {
+func reload(e *env, old *config.Config, store keys.Store, ref *resolverRef, srv *milter.Server, log *slog.Logger) (*config.Config, error) {
 	c, err := e.loadConfig()
 	if err != nil {
 		return nil, err
@@ -259,10 +273,16 @@ func reload(e *env, old *config.Config, store keys.Store, srv *milter.Server, lo
 	if c.DatabasePath() != old.DatabasePath() {
 		return nil, fmt.Errorf("store.database changed from %q to %q: restart lacre-milter to apply it", old.DatabasePath(), c.DatabasePath())
 	}
+	if c.PostgresOptions() != old.PostgresOptions() {
+		return nil, errors.New("a PostgreSQL option of [store] (password_file, max_conns, connect_timeout, statement_timeout) changed: restart lacre-milter to apply it")
+	}
 	opts, err := milterOptions(c, store, log)
 	if err != nil {
 		return nil, err
 	}
+	// The change listener tells the new resolver before the milter uses
+	// it, so no change committed after the switch is missed.
+	ref.set(opts.Keys.(*keys.Resolver))
 	srv.Reload(opts)
 	return c, nil
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"lacre.io/milter/config"
-	"lacre.io/milter/keys"
 	"lacre.io/milter/web"
 	"lacre.io/milter/wkd"
 )
@@ -50,7 +49,7 @@ func webCmd(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	store, err := keys.OpenSQLite(context.Background(), c.DatabasePath())
+	store, err := openStore(c)
 	if err != nil {
 		return err
 	}
