@@ -102,7 +102,8 @@ func TestImportConfig(t *testing.T) {
 	wantCode(t, r, 1)
 	wantContains(t, "stderr", r.stderr, "lost@example.org", "0123456789ABCDEF is not in the key store")
 	p := filepath.Join(t.TempDir(), "lacre.toml")
-	if err := os.WriteFile(p, []byte(r.stdout), 0o600); err != nil {
+	// check-config below must not depend on this machine's own Postfix.
+	if err := os.WriteFile(p, []byte(r.stdout+noAliases), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c, err := config.Load(p)

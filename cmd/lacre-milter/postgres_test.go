@@ -21,7 +21,7 @@ import (
 func pgConfig(t *testing.T, srv *pgtest.Server, db string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "lacre.toml")
-	cfg := fmt.Sprintf("[store]\ndatabase = %q\npassword_file = %q\n", srv.AdminDSN(db), srv.PasswordFile())
+	cfg := fmt.Sprintf("[store]\ndatabase = %q\npassword_file = %q\n", srv.AdminDSN(db), srv.PasswordFile()) + noAliases
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
