@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"lacre.io/milter/internal/gnupgtest"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -206,4 +208,56 @@ func TestHealthzPostgres(t *testing.T) {
 	want(503, "stopped")
 	srv.StartAgain(t)
 	want(200, "started again")
+}
+
+// TestImportIntoPostgres: the gpg-mailgate imports write into a
+// PostgreSQL store as into SQLite: a preview changes nothing, the import
+// binds, a second run changes nothing, and the milter's lookup (keys show)
+// then encrypts to the imported key.
+func TestImportIntoPostgres(t *testing.T) {
+	srv := pgtest.Start(t)
+	db := srv.NewDB(t)
+	cfg := pgConfig(t, srv, db)
+	wantCode(t, cli(t, nil, "-config", cfg, "store", "init"), 0)
+
+	h := gnupgtest.New(t, false)
+	alice := h.Key("Alice <alice@example.org>", time.Time{}, "1y")
+	r := cli(t, nil, "-config", cfg, "import", "gnupg", "-dry-run", h.Dir)
+	wantCode(t, r, 0)
+	wantContains(t, "dry run", r.stdout, "alice@example.org: would be imported", "dry run: nothing was changed")
+	r = cli(t, nil, "-config", cfg, "keys", "show", "alice@example.org")
+	wantContains(t, "keys show after the dry run", r.stdout, "no key")
+
+	r = cli(t, nil, "-config", cfg, "import", "gnupg", h.Dir)
+	wantCode(t, r, 0)
+	wantContains(t, "import", r.stdout, "alice@example.org: imported: gnupg key 0x", alice)
+	r = cli(t, nil, "-config", cfg, "import", "gnupg", h.Dir)
+	wantCode(t, r, 0)
+	wantContains(t, "second import", r.stdout, "alice@example.org: already present", "imported 0,")
+
+	// gpg-mailgate-web's table, from an SQLite file, into the same store.
+	bob := testkeys.Generate(t, testkeys.Curve25519, "bob@example.org")
+	path := filepath.Join(t.TempDir(), "gpgmw.db")
+	sdb, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		"CREATE TABLE gpgmw_keys (id INTEGER NOT NULL, email VARCHAR(256), publickey TEXT, confirm VARCHAR(32), status INTEGER NOT NULL, time DATETIME DEFAULT (CURRENT_TIMESTAMP), PRIMARY KEY (id))",
+		fmt.Sprintf("INSERT INTO gpgmw_keys (email, publickey, confirm, status) VALUES ('bob@example.org', '%s', '', 0)", testkeys.ArmoredPublic(t, bob)),
+	} {
+		if _, err := sdb.Exec(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sdb.Close()
+	r = cli(t, nil, "-config", cfg, "import", "gpgmw", path)
+	wantCode(t, r, 0)
+	wantContains(t, "import gpgmw", r.stdout, "bob@example.org: imported: row 1")
+
+	for addr, fp := range map[string]string{"alice@example.org": alice, "bob@example.org": fpr(bob)} {
+		r = cli(t, nil, "-config", cfg, "keys", "show", addr)
+		wantCode(t, r, 0)
+		wantContains(t, "keys show "+addr, r.stdout, "encrypt to 1 key", fp)
+	}
 }
