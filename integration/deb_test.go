@@ -67,6 +67,18 @@ func TestDebianPackage(t *testing.T) {
 	if v := run("/usr/bin/lacre-milter", "version"); !strings.HasPrefix(v, "lacre-milter ") {
 		t.Errorf("version: %q", v)
 	}
+	// The packaged configuration expands recipients with this machine's
+	// Postfix ([aliases] source = "auto") once it has a main.cf (the
+	// harness writes one): then its alias table must exist, as on any
+	// Postfix host (newaliases), and check-config, run as lacre, reads it.
+	if _, err := os.Stat("/etc/postfix/main.cf"); err == nil {
+		if _, err := os.Stat("/etc/aliases"); err != nil {
+			if err := os.WriteFile("/etc/aliases", []byte("postmaster: root\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		run("postalias", "/etc/aliases")
+	}
 	run("setpriv", "--reuid=lacre", "--regid=lacre", "--init-groups", "/usr/bin/lacre-milter", "check-config")
 
 	// Start it as the unit would (no systemd here) and talk to it.

@@ -841,6 +841,10 @@ type milterProc struct {
 	out  *tailBuffer
 }
 
+// noAliasesTOML switches recipient expansion off in a milter config that
+// has no [aliases] table of its own (see startMilter).
+const noAliasesTOML = "\n[aliases]\nsource = \"none\"\n"
+
 // startMilter writes configTOML to a file in a temporary directory, with
 // [milter] listen on a free loopback port and [store] database = "keys.db"
 // added (configTOML must not set those two), and [aliases] source = "none"
@@ -859,7 +863,7 @@ func startMilter(t testing.TB, configTOML string) *milterProc {
 	cfg := withTableKey(configTOML, "milter", "listen", strconv.Quote(fmt.Sprintf("inet:127.0.0.1:%d", m.port)))
 	cfg = withTableKey(cfg, "store", "database", `"keys.db"`)
 	if !strings.Contains(cfg, "[aliases]") {
-		// The default, source = "postfix", would read the system's
+		// The default, source = "auto", would read the system's
 		// Postfix, not the test's instance: tests of the expansion set
 		// [aliases] themselves (aliases_test.go).
 		cfg = withTableKey(cfg, "aliases", "source", `"none"`)

@@ -79,6 +79,9 @@ func startPGMilter(t testing.TB, p *pgStore, cacheTTL, extraTOML string) *milter
 	m.configPath = filepath.Join(m.dir, "lacre.toml")
 	cfg := withTableKey(extraTOML, "milter", "listen", strconv.Quote(fmt.Sprintf("inet:127.0.0.1:%d", m.port)))
 	cfg += "\n" + p.storeTOML(pgMilterRole, p.milterPW) + "cache_ttl = " + strconv.Quote(cacheTTL) + "\n"
+	if !strings.Contains(cfg, "[aliases]") {
+		cfg += noAliasesTOML
+	}
 	if err := os.WriteFile(m.configPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +106,11 @@ func (p *pgStore) rwConfig(t testing.TB, extraTOML string) *milterProc {
 	t.Helper()
 	m := &milterProc{t: t, dir: t.TempDir()}
 	m.configPath = filepath.Join(m.dir, "rw.toml")
-	if err := os.WriteFile(m.configPath, []byte(extraTOML+"\n"+p.storeTOML(pgWebRole, p.webPW)), 0o600); err != nil {
+	cfg := extraTOML + "\n" + p.storeTOML(pgWebRole, p.webPW)
+	if !strings.Contains(cfg, "[aliases]") {
+		cfg += noAliasesTOML
+	}
+	if err := os.WriteFile(m.configPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return m

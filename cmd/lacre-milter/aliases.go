@@ -19,12 +19,12 @@ import (
 )
 
 // aliasSource resolves [aliases] source = "auto": "postfix" on a host
-// where Postfix is installed (postconf found), or when a Postfix
-// configuration directory is named; otherwise "none". A Postfix host
-// always has postconf, so "auto" expands wherever Postfix runs; a milter
-// on a host without Postfix (or a developer's machine running the README's
-// first command) starts, and says at start and in check-config that it
-// does not expand.
+// where Postfix is installed and configured (postconf found, and a
+// main.cf in /etc/postfix), or when a Postfix configuration directory is
+// named; otherwise "none". A Postfix host always has both, so "auto"
+// expands wherever Postfix runs; a milter on a host without Postfix (or a
+// developer's machine running the README's first command) starts, and
+// says at start and in check-config that it does not expand.
 func aliasSource(a config.Aliases) string {
 	if a.Source != config.AliasesAuto {
 		return a.Source
@@ -35,13 +35,20 @@ func aliasSource(a config.Aliases) string {
 	return config.AliasesNone
 }
 
-// postconfFallback is where aliases.NewPostfix looks for postconf when it
-// is not on PATH (a variable for tests).
-var postconfFallback = "/usr/sbin/postconf"
+// Where aliases.NewPostfix looks for postconf when it is not on PATH, and
+// Postfix's default main.cf (variables for tests).
+var (
+	postconfFallback = "/usr/sbin/postconf"
+	postfixMainCf    = "/etc/postfix/main.cf"
+)
 
 // postfixInstalled reports whether postconf is on PATH or in /usr/sbin,
-// where aliases.NewPostfix looks for it.
+// where aliases.NewPostfix looks for it, and Postfix is configured
+// (Debian's postfix package with "No configuration" has no main.cf).
 func postfixInstalled() bool {
+	if _, err := os.Stat(postfixMainCf); err != nil {
+		return false
+	}
 	if _, err := exec.LookPath("postconf"); err == nil {
 		return true
 	}
@@ -120,7 +127,7 @@ func logAliases(c *config.Config, x aliases.Expander, log *slog.Logger) {
 // noExpansionReason says why recipients are not expanded.
 func noExpansionReason(a config.Aliases) string {
 	if a.Source == config.AliasesAuto {
-		return "source = \"auto\" and no Postfix on this host: postconf is neither on PATH nor in /usr/sbin"
+		return "source = \"auto\" and no Postfix on this host: postconf is neither on PATH nor in /usr/sbin, or there is no " + postfixMainCf
 	}
 	return "source = \"none\""
 }

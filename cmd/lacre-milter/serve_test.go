@@ -121,15 +121,25 @@ func TestAliasSourceAuto(t *testing.T) {
 	if got := aliasSource(c.Aliases); got != config.AliasesPostfix {
 		t.Errorf("auto with postfix_config_dir: %q", got)
 	}
-	// With postconf where aliases.NewPostfix looks, auto is Postfix.
+	// With postconf where aliases.NewPostfix looks, auto is Postfix, once
+	// Postfix is configured (a main.cf).
 	if p, err := exec.LookPath("postconf"); err == nil || fileExists("/usr/sbin/postconf") {
 		if err != nil {
 			p = "/usr/sbin/postconf"
 		}
+		savedMain := postfixMainCf
+		defer func() { postfixMainCf = savedMain }()
 		postconfFallback = p
+		postfixMainCf = filepath.Join(t.TempDir(), "main.cf")
 		c.Aliases.PostfixConfigDir = ""
+		if got := aliasSource(c.Aliases); got != config.AliasesNone {
+			t.Errorf("auto with %s but no main.cf: %q", p, got)
+		}
+		if err := os.WriteFile(postfixMainCf, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		if got := aliasSource(c.Aliases); got != config.AliasesPostfix {
-			t.Errorf("auto with %s: %q", p, got)
+			t.Errorf("auto with %s and a main.cf: %q", p, got)
 		}
 	}
 }
