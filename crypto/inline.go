@@ -218,7 +218,12 @@ func (c *inlineConv) multipart(mt string, params map[string]string, body []byte,
 	if err != nil {
 		return nil, nil, err
 	}
-	var b bytes.Buffer
+	type converted struct {
+		hdr  []Field
+		body []byte
+	}
+	conv := make([]converted, 0, len(parts))
+	size := len(nb) + 8
 	for _, p := range parts {
 		pf, pb, ok := splitInlinePart(p)
 		if !ok {
@@ -231,8 +236,15 @@ func (c *inlineConv) multipart(mt string, params map[string]string, body []byte,
 		if err != nil {
 			return nil, nil, err
 		}
+		conv = append(conv, converted{hdr, out})
+		size += len(nb) + 8 + len(out) + 256
+	}
+	// One allocation for the whole body: large attachments are copied once.
+	var b bytes.Buffer
+	b.Grow(size)
+	for _, p := range conv {
 		b.WriteString("--" + nb + "\r\n")
-		writeEntity(&b, hdr, out)
+		writeEntity(&b, p.hdr, p.body)
 		b.WriteString("\r\n")
 	}
 	b.WriteString("--" + nb + "--\r\n")
@@ -278,8 +290,13 @@ func decodeBody(cte string, body []byte) ([]byte, error) {
 		}
 		return dec, nil
 	case cte == "base64":
-		// Line ends and other white space are not data (RFC 2045 §6.8);
-		// padding is accepted but not required, as readers do.
+		// The common case: CRLF lines, padded (the decoder skips CR and LF).
+		dec := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
+		if n, err := base64.StdEncoding.Decode(dec, body); err == nil {
+			return dec[:n], nil
+		}
+		// Other white space is not data either (RFC 2045 §6.8); padding is
+		// accepted but not required, as readers do.
 		clean := make([]byte, 0, len(body))
 		for _, ch := range body {
 			if !isASCIISpace(ch) {
@@ -287,7 +304,6 @@ func decodeBody(cte string, body []byte) ([]byte, error) {
 			}
 		}
 		clean = bytes.TrimRight(clean, "=")
-		dec := make([]byte, base64.RawStdEncoding.DecodedLen(len(clean)))
 		n, err := base64.RawStdEncoding.Decode(dec, clean)
 		if err != nil {
 			return nil, mimeErr("base64: %v", err)
