@@ -329,7 +329,7 @@ func inlineCases() []inlineCase {
 			"--alt\n\ntext part without any header field\n--alt\nContent-Type: text/html; charset=utf-8\n\n"+html+"--alt--\n"+
 			"--rel\nContent-Type: image/png\nContent-ID: <img@x>\nContent-Transfer-Encoding: base64\n\n") + base64Lines(png) +
 			crlfAll("--rel--\n-----BEGIN PGP MESSAGE-----\nContent-Type: text/plain; charset=us-ascii; name=\"notes.txt\"\nContent-Disposition: attachment; filename*=utf-8''K%C3%A4se%20notes.txt\n\n"+
-				"a text file, sent as a file\n-----BEGIN PGP MESSAGE-----\nContent-Type: message/rfc822\n\nFrom: x@example.org\nSubject: forwarded\n\nforwarded body\n"+
+				"a text file, sent as a file\n-----BEGIN PGP MESSAGE-----\nContent-Type: text/plain; name=\"log.txt\"\n\na named text part is a file too\n-----BEGIN PGP MESSAGE-----\nContent-Type: message/rfc822\n\nFrom: x@example.org\nSubject: forwarded\n\nforwarded body\n"+
 				"-----BEGIN PGP MESSAGE-------\n"))},
 		c("html-only", inlineHeader+"MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"+html),
 		{"pdf-only", []byte(crlfAll(inlineHeader+"MIME-Version: 1.0\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=\"../x/report.pdf\"\nContent-Transfer-Encoding: base64\n\n") +
@@ -358,6 +358,10 @@ func TestEncryptInlineRoundTrip(t *testing.T) {
 					// Each recipient alone decrypts every part: one ciphertext for all.
 					checkInline(t, c.raw, msg, goDecrypt(secret))
 					checkInline(t, c.raw, msg, goDecrypt(secret2))
+					// A message of one non-text part gets the clear note first.
+					if got := resultLeaves(t, msg); (c.name == "html-only" || c.name == "pdf-only") != got[0].note {
+						t.Errorf("note: %v", got[0].note)
+					}
 					if bytes.Contains(msg, []byte("description that must not")) || bytes.Contains(msg, []byte("epilogue text")) ||
 						bytes.Contains(msg, []byte("multi-part message in MIME")) {
 						t.Error("clear text of the original survives in the result")
@@ -430,7 +434,7 @@ func TestEncryptInlineErrors(t *testing.T) {
 			fields, body := Split([]byte(c.msg))
 			res, err := EncryptInline(fields, body, []*keys.Key{key}, Options{})
 			if err == nil || res != nil || !errors.Is(err, ErrInlineMIME) || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("EncryptInline = %v, %v; want an ErrInlineMIME error saying %q", res, err, c.want)
+				t.Fatalf("EncryptInline = (result %v), %v; want an ErrInlineMIME error saying %q", res != nil, err, c.want)
 			}
 		})
 	}
