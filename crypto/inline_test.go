@@ -358,6 +358,13 @@ func TestEncryptInlineRoundTrip(t *testing.T) {
 					// Each recipient alone decrypts every part: one ciphertext for all.
 					checkInline(t, c.raw, msg, goDecrypt(secret))
 					checkInline(t, c.raw, msg, goDecrypt(secret2))
+					// A single text part is one armour block: the milter's own
+					// check passes it unchanged if it comes by again.
+					outFields, outBody := Split(msg)
+					single := !bytes.Contains(c.raw, []byte("multipart/")) && !strings.HasSuffix(c.name, "-only")
+					if AlreadyEncrypted(outFields, outBody) != single {
+						t.Errorf("AlreadyEncrypted = %v, want %v", !single, single)
+					}
 					// A message of one non-text part gets the clear note first.
 					if got := resultLeaves(t, msg); (c.name == "html-only" || c.name == "pdf-only") != got[0].note {
 						t.Errorf("note: %v", got[0].note)
