@@ -249,6 +249,12 @@ func (c *inlineConv) multipart(mt string, params map[string]string, body []byte,
 	}
 	b.WriteString("--" + nb + "--\r\n")
 	params["boundary"] = nb
+	if mt == "multipart/signed" {
+		// The parts no longer are what was signed: as multipart/signed
+		// readers would report a bad signature. The signature stays, as a
+		// file.
+		mt, params = "multipart/mixed", map[string]string{"boundary": nb}
+	}
 	ct := mime.FormatMediaType(mt, params)
 	if ct == "" {
 		return nil, nil, mimeErr("the Content-Type of %s cannot be written back", mt)

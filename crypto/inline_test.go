@@ -143,6 +143,9 @@ func resultLeaves(t testing.TB, msg []byte) []inlineLeaf {
 		cte := h.Get("Content-Transfer-Encoding")
 		switch {
 		case strings.HasPrefix(mt, "multipart/"):
+			if mt == "multipart/signed" {
+				t.Errorf("multipart/signed in the result: its parts are no longer what was signed")
+			}
 			if !strings.HasPrefix(params["boundary"], "=_lacre_") {
 				t.Errorf("boundary %q is not a new one", params["boundary"])
 			}
@@ -331,6 +334,9 @@ func inlineCases() []inlineCase {
 			crlfAll("--rel--\n-----BEGIN PGP MESSAGE-----\nContent-Type: text/plain; charset=us-ascii; name=\"notes.txt\"\nContent-Disposition: attachment; filename*=utf-8''K%C3%A4se%20notes.txt\n\n"+
 				"a text file, sent as a file\n-----BEGIN PGP MESSAGE-----\nContent-Type: text/plain; name=\"log.txt\"\n\na named text part is a file too\n-----BEGIN PGP MESSAGE-----\nContent-Type: message/rfc822\n\nFrom: x@example.org\nSubject: forwarded\n\nforwarded body\n"+
 				"-----BEGIN PGP MESSAGE-------\n"))},
+		c("signed", inlineHeader+"MIME-Version: 1.0\nContent-Type: multipart/signed; micalg=pgp-sha256; protocol=\"application/pgp-signature\"; boundary=s\n\n"+
+			"--s\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\nsigned text =E2=9C=93\n"+
+			"--s\nContent-Type: application/pgp-signature; name=\"signature.asc\"\n\n-----BEGIN PGP SIGNATURE-----\n\niQEz\n=abcd\n-----END PGP SIGNATURE-----\n--s--\n"),
 		c("html-only", inlineHeader+"MIME-Version: 1.0\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"+html),
 		{"pdf-only", []byte(crlfAll(inlineHeader+"MIME-Version: 1.0\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=\"../x/report.pdf\"\nContent-Transfer-Encoding: base64\n\n") +
 			base64Lines(pseudoRandom(1000, 9)))},
