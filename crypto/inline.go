@@ -58,7 +58,8 @@ func mimeErr(format string, args ...any) error {
 // preambles and epilogues are dropped. A message whose only leaf is not
 // text/plain becomes multipart/mixed: the InlineNote in clear, then the
 // .pgp attachment. Each part is its own OpenPGP message, encrypted to all
-// keys. opt.ProtectHeaders does not apply: Result.Unprotected says so
+// keys (for SEIPDv1 with one session key for the whole message: see
+// start). opt.ProtectHeaders does not apply: Result.Unprotected says so
 // when it was asked for.
 //
 // Malformed MIME (a Content-Type that does not parse, a multipart without
@@ -70,6 +71,7 @@ func EncryptInline(fields []Field, body []byte, to []*keys.Key, opt Options) (*R
 		return nil, ErrNoKeys
 	}
 	c := &inlineConv{used: distinctKeys(to), hide: opt.HideRecipients, cfg: opt.packetConfig()}
+	defer func() { clear(c.sessionKey) }()
 	if duplicateMIMEField(fields) {
 		return nil, mimeErr("a MIME header field appears twice")
 	}
@@ -94,6 +96,12 @@ type inlineConv struct {
 	hide  bool
 	cfg   *packet.Config
 	parts int
+	// Set by start: whether the parts are SEIPDv2 messages; for SEIPDv1,
+	// the message's session key and its session-key packets.
+	started    bool
+	v2         bool
+	sessionKey []byte
+	pkesk      []byte
 }
 
 // entity converts one entity (the message, or a body part) and returns
@@ -451,13 +459,76 @@ func inlineBase64(b []byte) []byte {
 	return out
 }
 
+// start makes the choices of the whole message once, under the keys'
+// locks: SEIPDv2 when every key advertises it, else SEIPDv1 (as Encrypt
+// chooses). For SEIPDv1 it also makes one session key and its session-key
+// packets, which every part then carries: one public-key operation per
+// key and message, not per part, as for PGP/MIME. Reusing the key across
+// parts is safe: each SEIPDv1 packet starts with its own random prefix,
+// which makes its CFB encryption independent of the others'; and a reader
+// who has one part's session key has every part, as with PGP/MIME's one
+// message. (go-crypto writes SEIPDv2 messages whole, so there each part
+// has its own session key.)
+func (c *inlineConv) start() error {
+	if c.started {
+		return nil
+	}
+	err := keys.WithEntities(c.used, func(entities []*openpgp.Entity) error {
+		v2 := true
+		for i, e := range entities {
+			sig, err := e.PrimarySelfSignature(c.cfg.Now(), c.cfg)
+			if err != nil {
+				return fmt.Errorf("key %s: no valid self-signature: %w", c.used[i].Fingerprint, err)
+			}
+			v2 = v2 && sig.SEIPDv2
+		}
+		if v2 {
+			c.v2 = true
+			return nil
+		}
+		var b bytes.Buffer
+		key, err := writeV1SessionKeys(&b, entities, c.hide, c.cfg)
+		if err != nil {
+			return fmt.Errorf("encrypt: %w", err)
+		}
+		c.sessionKey, c.pkesk = key, b.Bytes()
+		return nil
+	})
+	c.started = err == nil
+	return err
+}
+
 // seal encrypts data to the keys as one OpenPGP message, armoured (CRLF
 // lines, for a text part) or binary.
 func (c *inlineConv) seal(data []byte, armored bool) ([]byte, error) {
+	if err := c.start(); err != nil {
+		return nil, err
+	}
 	var out bytes.Buffer
 	size := len(data) + 600*len(c.used) + 1024
 	if armored {
 		out.Grow(armoredLen(size))
+	} else {
+		out.Grow(size)
+	}
+	if !c.v2 {
+		var w io.Writer = &out
+		var armor *armorWriter
+		if armored {
+			// With the CRC24 line: GnuPG 2.2 rejects v1 armour without it.
+			armor = newArmorWriter(&out, true)
+			w = armor
+		}
+		w.Write(c.pkesk)
+		if err := writeSEIPDv1(w, c.sessionKey, c.cfg.Random(), data); err != nil {
+			return nil, fmt.Errorf("encrypt: %w", err)
+		}
+		if armor != nil {
+			armor.Close()
+		}
+		return out.Bytes(), nil
+	}
+	if armored {
 		armor, finish, err := startMessage(&out, c.used, c.hide, c.cfg)
 		if err != nil {
 			return nil, err
@@ -468,25 +539,10 @@ func (c *inlineConv) seal(data []byte, armored bool) ([]byte, error) {
 		armor.Close()
 		return out.Bytes(), nil
 	}
-	out.Grow(size)
 	var finish func(inner, body []byte) error
-	// As startMessage, without the armour: the key work under the keys' locks.
 	err := keys.WithEntities(c.used, func(entities []*openpgp.Entity) error {
-		seipdV2 := true
-		for i, e := range entities {
-			sig, err := e.PrimarySelfSignature(c.cfg.Now(), c.cfg)
-			if err != nil {
-				return fmt.Errorf("key %s: no valid self-signature: %w", c.used[i].Fingerprint, err)
-			}
-			seipdV2 = seipdV2 && sig.SEIPDv2
-		}
 		var err error
-		if seipdV2 {
-			finish, err = startV2(&out, entities, c.hide, c.cfg)
-		} else {
-			finish, err = startV1(&out, entities, c.hide, c.cfg)
-		}
-		if err != nil {
+		if finish, err = startV2(&out, entities, c.hide, c.cfg); err != nil {
 			return fmt.Errorf("encrypt: %w", err)
 		}
 		return nil
