@@ -305,7 +305,10 @@ func decodeBody(cte string, body []byte) ([]byte, error) {
 		return dec, nil
 	case cte == "base64":
 		// The common case: CRLF lines, padded (the decoder skips CR and LF).
-		dec := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
+		// dec is large enough for both decoders: unpadded input needs more
+		// than StdEncoding.DecodedLen, and Decode panics on a short dst
+		// (found by FuzzEncryptInline with "00").
+		dec := make([]byte, base64.RawStdEncoding.DecodedLen(len(body)))
 		if n, err := base64.StdEncoding.Decode(dec, body); err == nil {
 			return dec[:n], nil
 		}
