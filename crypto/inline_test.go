@@ -536,3 +536,39 @@ func TestEncryptInlineInteropRNP(t *testing.T) {
 		}
 	})
 }
+
+// TestEncryptInlineOneSessionKey: with v4 keys (SEIPDv1) every part of a
+// message carries the same session-key packets, so a message costs one
+// public-key operation per key, not one per part.
+func TestEncryptInlineOneSessionKey(t *testing.T) {
+	key, secret := keystest.Key(t, testkeys.RSA3072, "alice@example.org")
+	var raw []byte
+	for _, c := range inlineCases() {
+		if c.name == "mixed-text-attachment" {
+			raw = c.raw
+		}
+	}
+	fields, body := Split(raw)
+	res, err := EncryptInline(fields, body, []*keys.Key{key}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := delivered(t, fields, res)
+	checkInline(t, raw, msg, goDecrypt(secret))
+	leaves := resultLeaves(t, msg)
+	blk, err := armor.Decode(bytes.NewReader(leaves[0].data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	text, _ := io.ReadAll(blk.Body)
+	att := leaves[1].data
+	n := 0
+	for n < len(text) && n < len(att) && text[n] == att[n] {
+		n++
+	}
+	// An RSA-3072 session-key packet is about 400 bytes; the encrypted
+	// data after it starts with a fresh random prefix.
+	if n < 384 || n > 450 {
+		t.Errorf("the parts share their first %d bytes, want the session-key packet (about 400)", n)
+	}
+}
