@@ -25,8 +25,8 @@ import (
 // is the one place where the design's "never decode" does not hold.
 
 // Bounds of the MIME walk: nesting depth (Postfix's mime_nesting_limit
-// default is 100) and parts in all (each part costs one public-key
-// operation per recipient key).
+// default is 100) and parts in all (each part is an OpenPGP message of
+// its own, and with v6 keys costs a public-key operation per key).
 const (
 	maxInlineDepth = 100
 	maxInlineParts = 1000
