@@ -440,6 +440,19 @@ func startV2(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (
 // The cipher is AES-256 unless a key's preferences exclude it (then
 // AES-128, which every implementation must support, RFC 9580 §9.3).
 func startV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (finish func(inner, body []byte) error, err error) {
+	sessionKey, err := writeV1SessionKeys(w, to, hide, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return func(inner, body []byte) error {
+		defer clear(sessionKey)
+		return writeSEIPDv1(w, sessionKey, cfg.Random(), inner, body)
+	}, nil
+}
+
+// writeV1SessionKeys chooses the cipher, makes a session key and writes
+// one session-key packet per recipient for it; the caller clears the key.
+func writeV1SessionKeys(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (sessionKey []byte, err error) {
 	now := cfg.Now()
 	cipherFunc := packet.CipherAES256
 	for _, e := range to {
@@ -451,7 +464,7 @@ func startV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (
 			cipherFunc = packet.CipherAES128
 		}
 	}
-	sessionKey := make([]byte, cipherFunc.KeySize())
+	sessionKey = make([]byte, cipherFunc.KeySize())
 	if _, err := io.ReadFull(cfg.Random(), sessionKey); err != nil {
 		return nil, err
 	}
@@ -473,10 +486,7 @@ func startV1(w io.Writer, to []*openpgp.Entity, hide bool, cfg *packet.Config) (
 			return nil, err
 		}
 	}
-	return func(inner, body []byte) error {
-		defer clear(sessionKey)
-		return writeSEIPDv1(w, sessionKey, cfg.Random(), inner, body)
-	}, nil
+	return sessionKey, nil
 }
 
 // writeBodyHead writes the preamble, the version part (RFC 3156 §4) and
