@@ -353,14 +353,26 @@ done
 [ "${#busy[@]}" = 0 ] || die "ports in use on 127.0.0.1: ${busy[*]} (choose others with LACRE_*_PORT)"
 STACK_STARTED=1
 compose 300 up -d
+info "compose up returned after $(( $(date +%s) - PHASE_T )) s"
+# cid SERVICE: its container, by compose's labels (the docker CLI answers
+# faster than compose, which matters with a dozen services on a busy machine).
+cid() {
+	local id
+	id=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+		--filter "label=com.docker.compose.service=$1" | head -n 1)
+	[ -n "$id" ] || id=$(compose 60 ps -q "$1")
+	echo "$id"
+}
+# cexec SERVICE COMMAND...: compose exec -T, through the docker CLI.
+cexec() { local id; id=$(cid "$1"); shift; timeout 60 docker exec -i "$id" "$@" </dev/null; }
 deadline=$(( $(date +%s) + 120 ))
 svcs=(dovecot milter postfix web)
 [ -z "$PG" ] || svcs+=(postgres mx1-milter mx1 mx2-milter mx2 pg-web)
 for svc in "${svcs[@]}"; do
-	cid=$(compose 60 ps -q "$svc")
-	[ -n "$cid" ] || die "service $svc has no container"
+	id=$(cid "$svc")
+	[ -n "$id" ] || die "service $svc has no container"
 	while :; do
-		st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid")
+		st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")
 		[ "$st" = "running healthy" ] && break
 		case "$st" in running*) ;; *) die "$svc is $st" ;; esac
 		[ "$(date +%s)" -lt "$deadline" ] || die "$svc not healthy within 120 s ($st)"
@@ -369,8 +381,7 @@ for svc in "${svcs[@]}"; do
 	info "$svc healthy"
 done
 if [ -n "$PG" ]; then
-	cid=$(compose 60 ps -q pg-init)
-	st=$(docker inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$cid")
+	st=$(docker inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$(cid pg-init)")
 	[ "$st" = "exited 0" ] || die "pg-init (store init) is $st"
 fi
 pass "stack up: ${svcs[*]} healthy (${LACRE_DEMO_NETWORK:-host} networking)"
@@ -473,7 +484,7 @@ confirm() {
 	grep -q 'Your key is active' "$TMP/done.html" || die "POST /confirm did not show the done page"
 }
 confirm "$WEB" "$link"
-compose 60 exec -T milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
+cexec milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
 grep -q "$fpr" "$TMP/keys-show.txt" || { cat "$TMP/keys-show.txt"; die "the milter's key store has no key $fpr for alice"; }
 pass "confirmed: the key store has alice's key $fpr"
 # A lookup made before the confirmation ("no key", when the confirmation
@@ -548,7 +559,7 @@ STEP="done"
 phase_start
 say "pg: the milters use the shared PostgreSQL store with the read-only role"
 for m in mx1-milter mx2-milter; do
-	compose 60 exec -T "$m" lacre-milter check-config >"$TMP/$m.check" 2>&1 || { cat "$TMP/$m.check"; die "$m: check-config failed"; }
+	cexec "$m" lacre-milter check-config >"$TMP/$m.check" 2>&1 || { cat "$TMP/$m.check"; die "$m: check-config failed"; }
 	grep -q 'postgres lacre_milter@.*schema version [0-9]* (connected)' "$TMP/$m.check" ||
 		{ cat "$TMP/$m.check"; die "$m: check-config does not report a connected PostgreSQL store"; }
 done
@@ -640,14 +651,14 @@ pg_fetch mx2 after2; pg_encrypted after2
 pass "pg: key confirmed on the web reached both milters within 1 s: carol's mail through MX 1 and MX 2 is PGP/MIME and decrypts to exactly the text sent"
 
 say "pg: the milters' role cannot change the store"
-if compose 60 exec -T mx1-milter lacre-milter keys remove carol@example.org >"$TMP/ro.txt" 2>&1; then
+if cexec mx1-milter lacre-milter keys remove carol@example.org >"$TMP/ro.txt" 2>&1; then
 	die "lacre_milter (mx1-milter) could remove a key"
 fi
 grep -qi 'permission denied' "$TMP/ro.txt" || { cat "$TMP/ro.txt"; die "keys remove as lacre_milter failed, but not with \"permission denied\""; }
 pass "pg: keys remove as lacre_milter: permission denied"
 
 say "pg: remove carol's key with the CLI (read-write role); 1 s later mail through MX 1 and MX 2 is in clear"
-compose 60 exec -T pg-web lacre-milter keys remove carol@example.org >"$TMP/rm.txt" 2>&1 || { cat "$TMP/rm.txt"; die "keys remove carol@example.org failed"; }
+cexec pg-web lacre-milter keys remove carol@example.org >"$TMP/rm.txt" 2>&1 || { cat "$TMP/rm.txt"; die "keys remove carol@example.org failed"; }
 sleep 1
 pg_send mx1 "$LACRE_MX1_SMTP_PORT" removed1
 pg_send mx2 "$LACRE_MX2_SMTP_PORT" removed2

@@ -25,20 +25,12 @@ if [ ! -s "$data/PG_VERSION" ]; then
 	echo "host all all all scram-sha-256" >>"$data/pg_hba.conf"
 fi
 
-postgres -D "$data" -c listen_addresses="$listen" -c port="$port" \
-	-c unix_socket_directories=/var/run/postgresql -c log_destination=stderr &
-pid=$!
-# docker stop: a fast shutdown (roll back open transactions, no waiting
-# for clients).
-trap 'kill -INT "$pid" 2>/dev/null' TERM INT
-
 sql() { psql -X -q -h /var/run/postgresql -p "$port" -U postgres -v ON_ERROR_STOP=1 "$@"; }
-for _ in $(seq 60); do
-	sql -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
-	kill -0 "$pid" 2>/dev/null || exit 1
-	sleep 0.5
-done
 
+# First the roles and the database, with PostgreSQL on its socket only, so
+# that nobody logs in over TCP before the roles have their passwords.
+pg_ctl -D "$data" -w -t 60 -l /dev/stderr \
+	-o "-c listen_addresses='' -c port=$port -c unix_socket_directories=/var/run/postgresql" start >/dev/null
 sql -d postgres \
 	-v owner_pw="${LACRE_PG_OWNER_PASSWORD:?}" \
 	-v milter_pw="${LACRE_PG_MILTER_PASSWORD:?}" \
@@ -54,10 +46,24 @@ SELECT 'CREATE DATABASE lacre OWNER lacre_owner ENCODING ''UTF8'''
 REVOKE ALL ON DATABASE lacre FROM PUBLIC;
 GRANT CONNECT ON DATABASE lacre TO lacre_milter, lacre_web;
 SQL
+pg_ctl -D "$data" -w -t 60 -m fast stop >/dev/null
+
+postgres -D "$data" -c listen_addresses="$listen" -c port="$port" \
+	-c unix_socket_directories=/var/run/postgresql &
+pid=$!
+# docker stop: a fast shutdown (roll back open transactions, no waiting
+# for clients).
+trap 'kill -INT "$pid" 2>/dev/null' TERM INT
+for _ in $(seq 120); do
+	sql -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
+	kill -0 "$pid" 2>/dev/null || exit 1
+	sleep 0.5
+done
 echo "postgres: roles and database lacre ready; waiting for \"store init\" (the pg-init service)"
 
-# The grants of docs/operations.md, once the tables exist.
-until sql -d lacre >/dev/null 2>&1 <<'SQL'
+# The grants of docs/operations.md, once "store init" made the tables.
+tables="SELECT count(to_regclass('public.' || t)) FROM unnest(ARRAY['keys', 'bindings', 'prefs', 'requests', 'schema_version']) AS t"
+until [ "$(sql -d lacre -tA -c "$tables" 2>/dev/null)" = 5 ] && sql -d lacre >/dev/null <<'SQL'
 GRANT USAGE ON SCHEMA public TO lacre_milter, lacre_web;
 GRANT SELECT ON keys, bindings, prefs, schema_version TO lacre_milter;
 GRANT SELECT, INSERT, UPDATE, DELETE ON keys, bindings, prefs, requests TO lacre_web;
