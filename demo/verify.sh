@@ -11,6 +11,18 @@
 #   that it arrived as PGP/MIME and decrypts to exactly what was sent;
 #   send one to bob (no key) and check it arrived in clear.
 #
+# and, with the profile "pg" (LACRE_DEMO_PG=0 leaves it out), the
+# several-hosts setup: PostgreSQL, two MX hosts each with its own milter,
+# and a registration service, on one shared key store:
+#
+#   register a fresh key for carol@example.org through that service; send
+#   carol a mail through MX 1 and one through MX 2 before confirming
+#   (both arrive in clear, and both milters now hold "no key" in their
+#   one-hour cache); confirm, and half a second later send through both
+#   at once: both arrive encrypted and decrypt to what was sent (the
+#   change was pushed to both milters: LISTEN/NOTIFY); remove the key with
+#   the CLI, and half a second later mail through both arrives in clear.
+#
 # Runs as root on Debian 12 with no stdin (CI); installs what it needs
 # (docker.io, docker-compose, debootstrap, swaks, curl, gnupg) if missing.
 # Uses the Docker engine at $DOCKER_HOST (or the default socket) if one
@@ -20,7 +32,12 @@
 # Environment (all optional):
 #   LACRE_SMTP_PORT=12525 LACRE_IMAP_PORT=11143 LACRE_WEB_PORT=18080
 #   LACRE_MILTER_PORT=18891 LACRE_METRICS_PORT=19191 LACRE_LMTP_PORT=12424
+#   LACRE_PG_WEB_PORT=18081 LACRE_MX1_SMTP_PORT=12526 LACRE_MX2_SMTP_PORT=12527
+#   LACRE_MX1_MILTER_PORT=18892 LACRE_MX1_METRICS_PORT=19192
+#   LACRE_MX2_MILTER_PORT=18893 LACRE_MX2_METRICS_PORT=19193
+#   LACRE_PG_PORT=15432
 #                              ports on 127.0.0.1; they must be free
+#   LACRE_DEMO_PG=0            leave out the profile "pg"
 #   LACRE_DEMO_BASE=lacre-demo/base:bookworm   base image: made from
 #                              lacre-demo/rootfs:bookworm (debootstrap) and
 #                              the host's /usr/local/share/ca-certificates
@@ -45,14 +62,26 @@ export LACRE_WEB_PORT="${LACRE_WEB_PORT:-18080}"
 export LACRE_MILTER_PORT="${LACRE_MILTER_PORT:-18891}"
 export LACRE_METRICS_PORT="${LACRE_METRICS_PORT:-19191}"
 export LACRE_LMTP_PORT="${LACRE_LMTP_PORT:-12424}"
+export LACRE_PG_WEB_PORT="${LACRE_PG_WEB_PORT:-18081}"
+export LACRE_MX1_SMTP_PORT="${LACRE_MX1_SMTP_PORT:-12526}"
+export LACRE_MX2_SMTP_PORT="${LACRE_MX2_SMTP_PORT:-12527}"
+export LACRE_MX1_MILTER_PORT="${LACRE_MX1_MILTER_PORT:-18892}"
+export LACRE_MX1_METRICS_PORT="${LACRE_MX1_METRICS_PORT:-19192}"
+export LACRE_MX2_MILTER_PORT="${LACRE_MX2_MILTER_PORT:-18893}"
+export LACRE_MX2_METRICS_PORT="${LACRE_MX2_METRICS_PORT:-19193}"
+export LACRE_PG_PORT="${LACRE_PG_PORT:-15432}"
+PG=1
+[ "${LACRE_DEMO_PG:-1}" != 0 ] || PG=""
 export LACRE_DEMO_BASE="${LACRE_DEMO_BASE:-lacre-demo/base:bookworm}"
 export LACRE_DEMO_GO_IMAGE="${LACRE_DEMO_GO_IMAGE:-lacre-demo/go:local}"
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-lacre-demo-verify}"
 # The web service's links must point where this script reaches it.
 export LACRE_WEB_URL="http://localhost:${LACRE_WEB_PORT}"
+export LACRE_PG_WEB_URL="http://localhost:${LACRE_PG_WEB_PORT}"
 MIRROR="${LACRE_DEMO_MIRROR:-http://deb.debian.org/debian}"
 
 WEB="http://localhost:${LACRE_WEB_PORT}"
+PG_WEB="$LACRE_PG_WEB_URL"
 IMAP="imap://127.0.0.1:${LACRE_IMAP_PORT}"
 
 T0=$(date +%s)
@@ -83,6 +112,10 @@ case "${LACRE_DEMO_NETWORK:-host}" in
 	*) echo "LACRE_DEMO_NETWORK must be host or bridge" >&2; exit 2 ;;
 esac
 BUILD_FILES=(-f docker-compose.yml -f docker-compose.hostnet.yml)
+if [ -n "$PG" ]; then
+	RUN_FILES+=(--profile pg)
+	BUILD_FILES+=(--profile pg)
+fi
 compose() { local t=$1; shift; timeout "$t" "${COMPOSE[@]}" "${RUN_FILES[@]}" "$@"; }
 
 cleanup() {
@@ -107,7 +140,9 @@ cleanup() {
 			done
 		fi
 	fi
-	[ -d "$GNUPGHOME" ] && gpgconf --kill gpg-agent >/dev/null 2>&1
+	for h in "$GNUPGHOME" "$TMP/gnupg-pg"; do
+		[ -d "$h" ] && GNUPGHOME="$h" gpgconf --kill gpg-agent >/dev/null 2>&1
+	done
 	rm -rf "$TMP"
 	printf '\n== summary\n'
 	for c in "${CHECKS[@]}"; do printf '   %s\n' "$c"; done
@@ -290,8 +325,11 @@ phase_start
 # (docker-compose 1.29 would keep the container of a failed step.)
 build_opts=()
 [ "${COMPOSE[0]}" != docker-compose ] || build_opts=(--force-rm)
-info "building lacre-demo/dovecot, lacre-demo/lacre, lacre-demo/postfix"
-timeout 1800 "${COMPOSE[@]}" "${BUILD_FILES[@]}" build "${build_opts[@]}" dovecot milter postfix >"$TMP/compose-build.log" 2>&1 ||
+# The "pg" profile's services use these images too, plus lacre-demo/postgres.
+build_svcs=(dovecot milter postfix)
+[ -z "$PG" ] || build_svcs+=(postgres)
+info "building lacre-demo/dovecot, lacre-demo/lacre, lacre-demo/postfix${PG:+, lacre-demo/postgres}"
+timeout 1800 "${COMPOSE[@]}" "${BUILD_FILES[@]}" build "${build_opts[@]}" "${build_svcs[@]}" >"$TMP/compose-build.log" 2>&1 ||
 	{ tail -n 60 "$TMP/compose-build.log"; die "the build failed"; }
 phase_end "build"
 
@@ -304,18 +342,37 @@ compose 120 down -v --remove-orphans >/dev/null 2>&1 || true
 busy=()
 ports=("$LACRE_SMTP_PORT" "$LACRE_IMAP_PORT" "$LACRE_WEB_PORT")
 [ "${LACRE_DEMO_NETWORK:-host}" = bridge ] || ports+=("$LACRE_MILTER_PORT" "$LACRE_METRICS_PORT" "$LACRE_LMTP_PORT")
+if [ -n "$PG" ]; then
+	ports+=("$LACRE_PG_WEB_PORT" "$LACRE_MX1_SMTP_PORT" "$LACRE_MX2_SMTP_PORT")
+	[ "${LACRE_DEMO_NETWORK:-host}" = bridge ] || ports+=("$LACRE_MX1_MILTER_PORT" "$LACRE_MX1_METRICS_PORT" \
+		"$LACRE_MX2_MILTER_PORT" "$LACRE_MX2_METRICS_PORT" "$LACRE_PG_PORT")
+fi
 for p in "${ports[@]}"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then busy+=("$p"); fi
 done
 [ "${#busy[@]}" = 0 ] || die "ports in use on 127.0.0.1: ${busy[*]} (choose others with LACRE_*_PORT)"
 STACK_STARTED=1
 compose 300 up -d
+info "compose up returned after $(( $(date +%s) - PHASE_T )) s"
+# cid SERVICE: its container, by compose's labels (the docker CLI answers
+# faster than compose, which matters with a dozen services on a busy machine).
+cid() {
+	local id
+	id=$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+		--filter "label=com.docker.compose.service=$1" | head -n 1)
+	[ -n "$id" ] || id=$(compose 60 ps -q "$1")
+	echo "$id"
+}
+# cexec SERVICE COMMAND...: compose exec -T, through the docker CLI.
+cexec() { local id; id=$(cid "$1"); shift; timeout 60 docker exec -i "$id" "$@" </dev/null; }
 deadline=$(( $(date +%s) + 120 ))
-for svc in dovecot milter postfix web; do
-	cid=$(compose 60 ps -q "$svc")
-	[ -n "$cid" ] || die "service $svc has no container"
+svcs=(dovecot milter postfix web)
+[ -z "$PG" ] || svcs+=(postgres mx1-milter mx1 mx2-milter mx2 pg-web)
+for svc in "${svcs[@]}"; do
+	id=$(cid "$svc")
+	[ -n "$id" ] || die "service $svc has no container"
 	while :; do
-		st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$cid")
+		st=$(docker inspect --format '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")
 		[ "$st" = "running healthy" ] && break
 		case "$st" in running*) ;; *) die "$svc is $st" ;; esac
 		[ "$(date +%s)" -lt "$deadline" ] || die "$svc not healthy within 120 s ($st)"
@@ -323,7 +380,11 @@ for svc in dovecot milter postfix web; do
 	done
 	info "$svc healthy"
 done
-pass "stack up: dovecot, milter, postfix, web healthy (${LACRE_DEMO_NETWORK:-host} networking)"
+if [ -n "$PG" ]; then
+	st=$(docker inspect --format '{{.State.Status}} {{.State.ExitCode}}' "$(cid pg-init)")
+	[ "$st" = "exited 0" ] || die "pg-init (store init) is $st"
+fi
+pass "stack up: ${svcs[*]} healthy (${LACRE_DEMO_NETWORK:-host} networking)"
 phase_end "start"
 
 # ---------------------------------------------------------------------------
@@ -340,19 +401,25 @@ jar="$TMP/cookies"
 web() { curl -sS --max-time 30 -b "$jar" -c "$jar" "$@"; }
 field() { sed -n "s/.*name=\"$1\" value=\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1; }
 
-code=$(web -o "$TMP/index.html" -w '%{http_code}' "$WEB/")
-[ "$code" = 200 ] || die "GET / answered $code"
-grep -q 'Register your OpenPGP key' "$TMP/index.html" || die "GET / is not the registration page"
-csrf=$(field csrf "$TMP/index.html")
-[ -n "$csrf" ] || die "no CSRF token in the form"
-grep -q lacre_csrf "$jar" || die "no CSRF cookie"
-# As a browser posts the form: multipart, the key pasted into the text area.
-code=$(web -o "$TMP/pending.html" -w '%{http_code}' \
-	-F "csrf=$csrf" -F "address=alice@example.org" -F "key=<$TMP/alice.asc" \
-	"$WEB/submit")
-[ "$code" = 202 ] || { sed -e 's/<[^>]*>//g' "$TMP/pending.html" | grep -v '^\s*$' | head -n 20; die "POST /submit answered $code"; }
-grep -q 'Check your mailbox' "$TMP/pending.html" || die "POST /submit did not show the pending page"
-grep -q 'encrypted to' "$TMP/pending.html" || die "the pending page does not say the confirmation is encrypted"
+# register BASE ADDRESS KEYFILE: the registration form at BASE, as a browser
+# fills it in.
+register() {
+	local base=$1 addr=$2 keyfile=$3 code csrf
+	code=$(web -o "$TMP/index.html" -w '%{http_code}' "$base/")
+	[ "$code" = 200 ] || die "GET $base/ answered $code"
+	grep -q 'Register your OpenPGP key' "$TMP/index.html" || die "GET $base/ is not the registration page"
+	csrf=$(field csrf "$TMP/index.html")
+	[ -n "$csrf" ] || die "no CSRF token in the form"
+	grep -q lacre_csrf "$jar" || die "no CSRF cookie"
+	# As a browser posts the form: multipart, the key pasted into the text area.
+	code=$(web -o "$TMP/pending.html" -w '%{http_code}' \
+		-F "csrf=$csrf" -F "address=$addr" -F "key=<$keyfile" \
+		"$base/submit")
+	[ "$code" = 202 ] || { sed -e 's/<[^>]*>//g' "$TMP/pending.html" | grep -v '^\s*$' | head -n 20; die "POST $base/submit answered $code"; }
+	grep -q 'Check your mailbox' "$TMP/pending.html" || die "POST /submit did not show the pending page"
+	grep -q 'encrypted to' "$TMP/pending.html" || die "the pending page does not say the confirmation is encrypted"
+}
+register "$WEB" alice@example.org "$TMP/alice.asc"
 pass "web form: key submitted (202, confirmation pending)"
 
 # IMAP helpers: the demo mailboxes' passwords are the local parts.
@@ -404,15 +471,20 @@ decrypt "$TMP/confirm.eml" "$TMP/confirm.txt"
 link=$(grep -o "$WEB/confirm?token=[A-Za-z0-9%_=-]*" "$TMP/confirm.txt" | head -n 1)
 [ -n "$link" ] || { cat "$TMP/confirm.txt"; die "no confirmation link in the decrypted mail"; }
 pass "confirmation mail: in alice's INBOX over IMAP, PGP/MIME, decrypts, has the link"
-code=$(web -o "$TMP/confirm.html" -w '%{http_code}' "$link")
-[ "$code" = 200 ] || die "GET the confirmation link answered $code"
-csrf=$(field csrf "$TMP/confirm.html")
-token=$(field token "$TMP/confirm.html")
-{ [ -n "$csrf" ] && [ -n "$token" ]; } || die "the confirmation page has no form"
-code=$(web -o "$TMP/done.html" -w '%{http_code}' --data-urlencode "csrf=$csrf" --data-urlencode "token=$token" "$WEB/confirm")
-[ "$code" = 200 ] || die "POST /confirm answered $code"
-grep -q 'Your key is active' "$TMP/done.html" || die "POST /confirm did not show the done page"
-compose 60 exec -T milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
+# confirm BASE LINK: open the link and press the button.
+confirm() {
+	local base=$1 link=$2 code csrf token
+	code=$(web -o "$TMP/confirm.html" -w '%{http_code}' "$link")
+	[ "$code" = 200 ] || die "GET the confirmation link answered $code"
+	csrf=$(field csrf "$TMP/confirm.html")
+	token=$(field token "$TMP/confirm.html")
+	{ [ -n "$csrf" ] && [ -n "$token" ]; } || die "the confirmation page has no form"
+	code=$(web -o "$TMP/done.html" -w '%{http_code}' --data-urlencode "csrf=$csrf" --data-urlencode "token=$token" "$base/confirm")
+	[ "$code" = 200 ] || die "POST $base/confirm answered $code"
+	grep -q 'Your key is active' "$TMP/done.html" || die "POST /confirm did not show the done page"
+}
+confirm "$WEB" "$link"
+cexec milter lacre-milter keys show alice@example.org >"$TMP/keys-show.txt" 2>&1 || true
 grep -q "$fpr" "$TMP/keys-show.txt" || { cat "$TMP/keys-show.txt"; die "the milter's key store has no key $fpr for alice"; }
 pass "confirmed: the key store has alice's key $fpr"
 # A lookup made before the confirmation ("no key", when the confirmation
@@ -425,12 +497,13 @@ message() {
 		"$1" "$2" "$3" "$(date -R)" "$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 	cat "$4"
 }
-# send FROM TO FILE: swaks sends FILE as the message. swaks ends the data
-# with CRLF "." CRLF after the text, so the file's last newline is left
-# off: the body on the wire is then exactly the file's.
+# send FROM TO FILE [PORT]: swaks sends FILE as the message to the Postfix
+# at PORT (the demo's). swaks ends the data with CRLF "." CRLF after the
+# text, so the file's last newline is left off: the body on the wire is
+# then exactly the file's.
 send() {
 	printf '%s' "$(cat "$3")" >"$3.data"
-	timeout 60 swaks --server "127.0.0.1:$LACRE_SMTP_PORT" --helo verify.example.org \
+	timeout 60 swaks --server "127.0.0.1:${4:-$LACRE_SMTP_PORT}" --helo verify.example.org \
 		--from "$1" --to "$2" --data "$3.data" --timeout 30 </dev/null >"$3.swaks" 2>&1 ||
 		{ cat "$3.swaks"; die "swaks could not send to $2"; }
 }
@@ -478,4 +551,129 @@ fi
 grep -q '<\*\* *554.*Relay access denied' "$TMP/relay.swaks" || { cat "$TMP/relay.swaks"; die "no \"554 Relay access denied\" for someone@example.net"; }
 pass "someone@example.net: 554 Relay access denied"
 phase_end "scenario"
+STEP="done"
+[ -n "$PG" ] || exit 0
+
+# ---------------------------------------------------------------------------
+# Profile "pg": PostgreSQL, MX 1 and MX 2, the registration service.
+phase_start
+say "pg: the milters use the shared PostgreSQL store with the read-only role"
+for m in mx1-milter mx2-milter; do
+	cexec "$m" lacre-milter check-config >"$TMP/$m.check" 2>&1 || { cat "$TMP/$m.check"; die "$m: check-config failed"; }
+	grep -q 'postgres lacre_milter@.*schema version [0-9]* (connected)' "$TMP/$m.check" ||
+		{ cat "$TMP/$m.check"; die "$m: check-config does not report a connected PostgreSQL store"; }
+done
+info "$(grep -m 1 'postgres lacre_milter@' "$TMP/mx1-milter.check" | sed 's/^[ \t]*//')"
+pass "pg: mx1-milter and mx2-milter: check-config connects to PostgreSQL as lacre_milter"
+
+say "pg: register a fresh key for carol@example.org through the registration service on PostgreSQL"
+PG_GNUPG="$TMP/gnupg-pg"
+mkdir -m 700 "$PG_GNUPG"
+GNUPGHOME="$PG_GNUPG" gpg --batch --quiet --pinentry-mode loopback --passphrase '' \
+	--quick-gen-key 'Carol Demo <carol@example.org>' future-default default never 2>/dev/null
+cfpr=$(GNUPGHOME="$PG_GNUPG" gpg --batch --with-colons --list-keys carol@example.org 2>/dev/null | awk -F: '$1 == "fpr" { print $10; exit }')
+GNUPGHOME="$PG_GNUPG" gpg --batch --armor --export carol@example.org >"$TMP/carol.asc"
+info "key $cfpr (its own GNUPGHOME: only this key decrypts carol's mail)"
+register "$PG_WEB" carol@example.org "$TMP/carol.asc"
+uid=$(wait_mail carol@example.org "Please confirm your request") || die "no confirmation mail in carol's INBOX within 60 s"
+fetch carol@example.org "$uid" "$TMP/carol-confirm.eml" || die "could not fetch carol's confirmation mail"
+check_pgp_mime "$TMP/carol-confirm.eml"
+# headers FILE: the header section, folded lines joined.
+headers() { awk '/^$/ { exit } /^[ \t]/ { sub(/^[ \t]+/, " "); h = h $0; next } { if (h != "") print h; h = $0 } END { if (h != "") print h }' "$1"; }
+headers "$TMP/carol-confirm.eml" | grep -q '^Received: .* by mx1\.example\.org (Postfix)' ||
+	{ headers "$TMP/carol-confirm.eml" | grep '^Received:'; die "carol's confirmation mail did not go through MX 1"; }
+GNUPGHOME="$PG_GNUPG" decrypt "$TMP/carol-confirm.eml" "$TMP/carol-confirm.txt"
+clink=$(grep -o "$PG_WEB/confirm?token=[A-Za-z0-9%_=-]*" "$TMP/carol-confirm.txt" | head -n 1)
+[ -n "$clink" ] || { cat "$TMP/carol-confirm.txt"; die "no confirmation link in carol's decrypted mail"; }
+pass "pg: key submitted; the confirmation mail came through MX 1, decrypts, has the link"
+
+# pg_send MX N TAG: a mail to carol through MX (mx1 or mx2, Postfix on
+# port N) with a fresh body; the files are $TMP/carol-TAG.*.
+pg_send() {
+	local mx=$1 port=$2 tag=$3
+	printf 'Hello Carol,\n\nthrough %s, run %s, %s.\nGrüße — the secret word is %s.\n' "$mx" "$nonce" "$tag" "secret-$tag-$nonce" >"$TMP/carol-$tag.body"
+	message 'Bob <bob@example.org>' 'Carol <carol@example.org>' "lacre demo for carol $tag $nonce" "$TMP/carol-$tag.body" >"$TMP/carol-$tag.eml"
+	send bob@example.org carol@example.org "$TMP/carol-$tag.eml" "$port"
+	date +%s.%N >"$TMP/carol-$tag.sent"
+}
+# pg_send_both TAG: pg_send through MX 1 (TAG1) and MX 2 (TAG2) at once.
+pg_send_both() {
+	local p1 p2
+	pg_send mx1 "$LACRE_MX1_SMTP_PORT" "${1}1" & p1=$!
+	pg_send mx2 "$LACRE_MX2_SMTP_PORT" "${1}2" & p2=$!
+	wait "$p1" || die "could not send carol's mail ${1}1 through MX 1"
+	wait "$p2" || die "could not send carol's mail ${1}2 through MX 2"
+}
+# since T TAG: seconds from T until the mail TAG was accepted.
+since() { awk -v a="$1" -v b="$(cat "$TMP/carol-$2.sent")" 'BEGIN { printf "%.2f", b - a }'; }
+# pg_fetch MX TAG: wait for that mail, fetch it to $TMP/carol-TAG.got, check
+# it went through MX.
+pg_fetch() {
+	local mx=$1 tag=$2 uid
+	uid=$(wait_mail carol@example.org "lacre demo for carol $tag $nonce") || die "carol's mail $tag did not arrive within 60 s"
+	fetch carol@example.org "$uid" "$TMP/carol-$tag.got" || die "could not fetch carol's mail $tag"
+	headers "$TMP/carol-$tag.got" | grep -q "^Received: .* by $mx\.example\.org (Postfix)" ||
+		{ headers "$TMP/carol-$tag.got" | grep '^Received:'; die "carol's mail $tag did not go through $mx"; }
+}
+# pg_clear TAG: the mail arrived unchanged, not encrypted.
+pg_clear() {
+	local f="$TMP/carol-$1.got"
+	[ "$(header "$f" Content-Type)" = "text/plain; charset=utf-8" ] || die "carol's mail $1 has Content-Type \"$(header "$f" Content-Type)\""
+	[ -z "$(header "$f" X-Lacre)" ] || die "carol's mail $1 has an X-Lacre header"
+	if ! body "$f" | cmp -s "$TMP/carol-$1.body" -; then
+		body "$f" | diff -u "$TMP/carol-$1.body" - || true
+		die "carol's mail $1: body is not what was sent"
+	fi
+}
+# pg_encrypted TAG: the mail is PGP/MIME, has no plain text, and decrypts
+# with carol's key to exactly what was sent.
+pg_encrypted() {
+	local f="$TMP/carol-$1.got"
+	check_pgp_mime "$f"
+	[ "$(header "$f" X-Lacre)" = encrypted ] || die "carol's mail $1: no X-Lacre: encrypted header"
+	! grep -q "secret-$1-$nonce" "$f" || die "carol's mail $1: the stored mail contains the plain text"
+	GNUPGHOME="$PG_GNUPG" decrypt "$f" "$TMP/carol-$1.dec"
+	{ printf 'Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n'; cat "$TMP/carol-$1.body"; } >"$TMP/carol-$1.want"
+	if ! cmp -s "$TMP/carol-$1.want" "$TMP/carol-$1.dec"; then
+		diff -u "$TMP/carol-$1.want" "$TMP/carol-$1.dec" || true
+		die "carol's mail $1 does not decrypt to what was sent"
+	fi
+}
+
+say "pg: before the confirmation, mail to carol through MX 1 and MX 2 arrives in clear"
+# Each milter now keeps "no key" for carol for its cache_ttl, one hour.
+pg_send_both before
+pg_fetch mx1 before1; pg_clear before1
+pg_fetch mx2 before2; pg_clear before2
+pass "pg: carol has no key yet: her mail through MX 1 and MX 2 arrived in clear (both milters cache \"no key\" for 1h)"
+
+say "pg: confirm carol's key; within 1 s mail through MX 1 and MX 2 is encrypted"
+confirm "$PG_WEB" "$clink"
+tc=$(date +%s.%N)
+# Half a second after the confirmation page came back, a mail through each
+# MX at once: their recipients are looked up before swaks is done.
+sleep 0.5
+pg_send_both after
+info "accepted by MX 1 $(since "$tc" after1) s and by MX 2 $(since "$tc" after2) s after the confirmation page came back (swaks done)"
+pg_fetch mx1 after1; pg_encrypted after1
+pg_fetch mx2 after2; pg_encrypted after2
+pass "pg: key confirmed on the web reached both milters (cache_ttl 1h) within $(since "$tc" after1) s and $(since "$tc" after2) s: carol's mail through MX 1 and MX 2 is PGP/MIME and decrypts to exactly the text sent"
+
+say "pg: the milters' role cannot change the store"
+if cexec mx1-milter lacre-milter keys remove carol@example.org >"$TMP/ro.txt" 2>&1; then
+	die "lacre_milter (mx1-milter) could remove a key"
+fi
+grep -qi 'permission denied' "$TMP/ro.txt" || { cat "$TMP/ro.txt"; die "keys remove as lacre_milter failed, but not with \"permission denied\""; }
+pass "pg: keys remove as lacre_milter: permission denied"
+
+say "pg: remove carol's key with the CLI (read-write role); within 1 s mail through MX 1 and MX 2 is in clear"
+cexec pg-web lacre-milter keys remove carol@example.org >"$TMP/rm.txt" 2>&1 || { cat "$TMP/rm.txt"; die "keys remove carol@example.org failed"; }
+tc=$(date +%s.%N)
+sleep 0.5
+pg_send_both removed
+info "accepted by MX 1 $(since "$tc" removed1) s and by MX 2 $(since "$tc" removed2) s after keys remove returned (swaks done)"
+pg_fetch mx1 removed1; pg_clear removed1
+pg_fetch mx2 removed2; pg_clear removed2
+pass "pg: key removed with the CLI reached both milters within $(since "$tc" removed1) s and $(since "$tc" removed2) s: carol's mail through MX 1 and MX 2 arrived in clear"
+phase_end "pg scenario"
 STEP="done"
