@@ -58,6 +58,14 @@ type storeDB struct {
 // others at most this long after the last query of an idle process.
 const sqliteConnMaxIdle = 30 * time.Second
 
+// sqliteMaxIdleConns is how many unused connections a pool keeps (until
+// sqliteConnMaxIdle). database/sql keeps two; the milter runs a lookup per
+// concurrent RCPT, and with more sessions than that it closed the extra
+// connections after each query and opened new ones for the next, each
+// running the DSN's pragmas and preparing the read path's statements
+// again (seen in a profile of bench/throughput.sh case h).
+const sqliteMaxIdleConns = 8
+
 // open makes the first connection pool.
 func (d *storeDB) open(ctx context.Context) error {
 	fi, err := d.stat()
@@ -124,6 +132,7 @@ func (d *storeDB) connect(ctx context.Context, fi os.FileInfo) error {
 		return fmt.Errorf("%w: key store %s: %w", ErrUnavailable, d.path, err)
 	}
 	db.SetConnMaxIdleTime(sqliteConnMaxIdle)
+	db.SetMaxIdleConns(sqliteMaxIdleConns)
 	if err := d.verify(ctx, db); err != nil {
 		db.Close()
 		return err
