@@ -146,3 +146,19 @@ func BenchmarkExpandUncachedPattern(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkExpandCachedProbe: the milter's first question on the RCPT
+// path, Cached (no goroutine, no context), for a cached recipient.
+func BenchmarkExpandCachedProbe(b *testing.B) {
+	e := benchEnv(b)
+	p := e.open(PostfixOptions{CacheTTL: time.Hour})
+	if _, err := p.Expand(context.Background(), "user42@example.com"); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := p.Cached("user42@example.com"); !ok {
+			b.Fatal("not cached")
+		}
+	}
+}

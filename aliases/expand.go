@@ -46,6 +46,20 @@ func (p *Postfix) Expand(ctx context.Context, addr string) (Expansion, error) {
 	return e, nil
 }
 
+// Cached is Expand from memory only: the cached expansion of addr and
+// true, or false when only Expand can tell (not cached, expired, or being
+// expanded right now). It never waits for a table or a lock held across
+// I/O, so the milter calls it on the RCPT path before it starts a bounded
+// Expand. The caller gets its own copy of Targets, as from Expand.
+func (p *Postfix) Cached(addr string) (Expansion, bool) {
+	e, ok := p.cache.get(addr)
+	if !ok {
+		return Expansion{}, false
+	}
+	e.Targets = slices.Clone(e.Targets)
+	return e, true
+}
+
 func (p *Postfix) expand(ctx context.Context, addr string) (Expansion, error) {
 	unexpanded := Expansion{Input: addr, Targets: []Target{{Addr: addr, Kind: Mailbox}}}
 	a := p.canon(addr)

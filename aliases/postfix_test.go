@@ -583,3 +583,45 @@ func TestExpandHeedsContext(t *testing.T) {
 		t.Fatal("cancelled context: no error")
 	}
 }
+
+// TestCached: Cached answers from the expansion cache only: nothing
+// before the first Expand, the same expansion as Expand after it (its
+// own copy of Targets), nothing once CacheTTL has passed or with the
+// cache off.
+func TestCached(t *testing.T) {
+	e := newEnv(t, "")
+	now := time.Unix(1_700_000_000, 0)
+	p := e.open(PostfixOptions{CacheTTL: time.Minute, now: func() time.Time { return now }})
+	ctx := context.Background()
+	const addr = "info@example.com"
+	if got, ok := p.Cached(addr); ok {
+		t.Fatalf("Cached before any Expand: %+v", got)
+	}
+	want, err := p.Expand(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := p.Cached(addr)
+	if !ok || !got.Expanded || got.Input != want.Input || !slices.Equal(got.Targets, want.Targets) {
+		t.Fatalf("Cached after Expand: %+v, %v; want %+v", got, ok, want)
+	}
+	got.Targets[0].Addr = "mallory@example.net"
+	if again, _ := p.Cached(addr); !slices.Equal(again.Targets, want.Targets) {
+		t.Fatalf("a caller's change of Targets reached the cache: %+v", again.Targets)
+	}
+	if got, ok := p.Cached("other@example.com"); ok {
+		t.Fatalf("Cached for an address never expanded: %+v", got)
+	}
+	now = now.Add(time.Minute)
+	if got, ok := p.Cached(addr); ok {
+		t.Fatalf("Cached after CacheTTL: %+v", got)
+	}
+
+	off := e.open(PostfixOptions{CacheTTL: -1})
+	if _, err := off.Expand(ctx, addr); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := off.Cached(addr); ok {
+		t.Fatalf("Cached with the cache off: %+v", got)
+	}
+}

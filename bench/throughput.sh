@@ -65,7 +65,13 @@
 # loopback port, stopped at exit) instead of the SQLite file, to compare
 # the two stores (docs/performance.md, "The key store in PostgreSQL").
 #
-# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), STORE (sqlite), N (5000), ROUNDS (5), WARMUP_N (1000),
+# PROFILE=1 records a CPU profile of lacre-milter during every counted run
+# of case h with perf(1) (perf record -g, 999 Hz; Go binaries carry frame
+# pointers and symbols) into $WORK/perf-h-ROUND.data; read it with
+# "perf report -i FILE --no-children". Each results.txt row ends with the
+# 1-minute load average when the run ended.
+#
+# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), PROFILE (0), STORE (sqlite), N (5000), ROUNDS (5), WARMUP_N (1000),
 # MEM_ROUNDS (3), MEM_SESSIONS (16), MEM_SIZE (10485760), RUN_TIMEOUT
 # seconds per run (600), MODE (all|throughput|memory), WORK
 # (/tmp/lacre-bench: binaries, configuration, logs, results.txt),
@@ -76,6 +82,7 @@ set -euo pipefail
 CASES=${CASES:-a b c d e h i}
 ALIASES=${ALIASES:-1}
 COLD=${COLD:-1}
+PROFILE=${PROFILE:-0}
 ALIAS_ENTRIES=10000
 N=${N:-5000}
 ROUNDS=${ROUNDS:-5}
@@ -101,6 +108,7 @@ die() { echo "throughput.sh: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 
 [[ $(id -u) == 0 ]] || die "run as root (Postfix's master must start as root)"
+[[ $PROFILE == 0 ]] || command -v perf >/dev/null || die "PROFILE=1: perf not found (apt-get install linux-perf)"
 for c in go postfix postconf smtp-source smtp-sink gpg gpgconf ss timeout; do
 	command -v "$c" >/dev/null || die "$c not found (apt-get install postfix gnupg; Go at /usr/local/go)"
 done
@@ -403,13 +411,18 @@ cold() {
 	fi
 }
 
-# run CASE COUNT SESSIONS SIZE [OFFSET]: one timed run; prints
-# "CASE COUNT end_to_end_seconds inject_seconds msg/s milter_ticks
-# postfix_ticks".
+# run CASE COUNT SESSIONS SIZE [OFFSET [PROFILE_FILE]]: one timed run;
+# prints "CASE COUNT end_to_end_seconds inject_seconds msg/s milter_ticks
+# postfix_ticks load1".
 run() {
-	local c=$1 n=$2 s=$3 l=$4 off=${5:-0} base t0 t1 t2 rc=0 mpid cpu0=0 cpu1=0 pf0 pf1 got deadline
+	local c=$1 n=$2 s=$3 l=$4 off=${5:-0} prof=${6:-} base t0 t1 t2 rc=0 mpid cpu0=0 cpu1=0 pf0 pf1 got deadline perf_pid=""
 	base=$(sink_count)
 	mpid=$(milter_of "$c")
+	if [[ -n $prof && -n $mpid ]]; then
+		perf record -q -F 999 -g -p "$mpid" -o "$prof" >/dev/null 2>&1 &
+		perf_pid=$!
+		sleep 0.5
+	fi
 	[[ -n $mpid ]] && cpu0=$(cpu_ticks "$mpid")
 	pf0=$(postfix_ticks)
 	source_cmd "$c" "$n" "$s" "$l" "$off"
@@ -423,6 +436,7 @@ run() {
 	while got=$(sink_count); ((got < base + n)); do
 		if (($(now_ns) > deadline)); then
 			echo "case $c: only $((got - base)) of $n messages arrived within ${RUN_TIMEOUT}s" >&2
+			[[ -n $perf_pid ]] && kill -INT "$perf_pid" 2>/dev/null
 			echo "$c $n FAIL FAIL 0 0 0"
 			return
 		fi
@@ -431,8 +445,12 @@ run() {
 	t2=$(now_ns)
 	[[ -n $mpid ]] && cpu1=$(cpu_ticks "$mpid")
 	pf1=$(postfix_ticks)
-	awk -v c="$c" -v n="$n" -v e="$((t2 - t0))" -v i="$((t1 - t0))" -v cpu="$((cpu1 - cpu0))" -v pf="$((pf1 - pf0))" \
-		'BEGIN { printf "%s %d %.3f %.3f %.1f %d %d\n", c, n, e / 1e9, i / 1e9, n / (e / 1e9), cpu, pf }'
+	if [[ -n $perf_pid ]]; then
+		kill -INT "$perf_pid" 2>/dev/null || true
+		wait "$perf_pid" 2>/dev/null || true
+	fi
+	awk -v c="$c" -v n="$n" -v e="$((t2 - t0))" -v i="$((t1 - t0))" -v cpu="$((cpu1 - cpu0))" -v pf="$((pf1 - pf0))" -v ld="$(cut -d' ' -f1 /proc/loadavg)" \
+		'BEGIN { printf "%s %d %.3f %.3f %.1f %d %d %s\n", c, n, e / 1e9, i / 1e9, n / (e / 1e9), cpu, pf, ld }'
 	# Let the last deliveries' bookkeeping (qmgr, log) finish.
 	for _ in $(seq 100); do (($(queue_files) == 0)) && break; sleep 0.05; done
 }
@@ -489,7 +507,9 @@ throughput() {
 			log "round $r/$ROUNDS, case $c: $N messages, $SESSIONS sessions, load $(cut -d' ' -f1 /proc/loadavg)"
 			# h and i: the same recipients, a new stretch of the table each round.
 			cold "$c"
-			echo "$r $(run "$c" "$N" "$SESSIONS" "$SIZE" $(((WARMUP_N + (r - 1) * N) % ALIAS_ENTRIES)))" | tee -a "$RESULTS" >&2
+			local prof=""
+			[[ $PROFILE != 0 && $c == h ]] && prof=$WORK/perf-h-$r.data
+			echo "$r $(run "$c" "$N" "$SESSIONS" "$SIZE" $(((WARMUP_N + (r - 1) * N) % ALIAS_ENTRIES)) "$prof")" | tee -a "$RESULTS" >&2
 		done
 	done
 	echo "# end load: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"

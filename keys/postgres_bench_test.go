@@ -87,6 +87,25 @@ func BenchmarkStoreLookup(b *testing.B) {
 				i++
 			}
 		})
+		// The clear-mail case of bench/throughput.sh: an address with no
+		// key, not cached (one KeysFor query, no key to check).
+		b.Run(name+"/uncached-nokey", func(b *testing.B) {
+			opt := defaultOptions()
+			opt.CacheTTL = 0
+			r, _ := keys.NewResolver(s, opt)
+			b.ReportAllocs()
+			i := 1
+			for b.Loop() {
+				l, err := r.Resolve(ctx, benchAddress(i%benchAddresses))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if l.Encrypt() {
+					b.Fatalf("%s: has a key", benchAddress(i))
+				}
+				i += 2
+			}
+		})
 		b.Run(name+"/parallel-uncached", func(b *testing.B) {
 			opt := defaultOptions()
 			opt.CacheTTL = 0

@@ -292,12 +292,20 @@ func (s *SQLiteStore) parseStored(fingerprint string, material []byte) (*Key, er
 	return ks[0], nil
 }
 
-// KeysFor implements Store.
-func (s *SQLiteStore) KeysFor(ctx context.Context, address string) ([]*Key, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT k.fingerprint, k.material
+// The read path of the milter: every recipient runs these, so they are
+// prepared once per connection pool (storeDB.queryPrepared).
+const (
+	sqlKeysFor = `SELECT k.fingerprint, k.material
 		FROM bindings b JOIN keys k ON k.fingerprint = b.fingerprint
 		WHERE b.address = ?
-		ORDER BY b.added_at, b.rowid`, address)
+		ORDER BY b.added_at, b.rowid`
+	sqlKeyByFingerprint = "SELECT material FROM keys WHERE fingerprint = ?"
+	sqlPrefs            = "SELECT protect_headers FROM prefs WHERE address = ?"
+)
+
+// KeysFor implements Store.
+func (s *SQLiteStore) KeysFor(ctx context.Context, address string) ([]*Key, error) {
+	rows, err := s.db.queryPrepared(ctx, sqlKeysFor, address)
 	if err != nil {
 		return nil, s.unavailable("looking up "+address, err)
 	}
@@ -324,7 +332,7 @@ func (s *SQLiteStore) KeysFor(ctx context.Context, address string) ([]*Key, erro
 // KeyByFingerprint implements Store.
 func (s *SQLiteStore) KeyByFingerprint(ctx context.Context, fingerprint string) (*Key, error) {
 	var material []byte
-	err := s.db.QueryRowContext(ctx, "SELECT material FROM keys WHERE fingerprint = ?", fingerprint).Scan(&material)
+	err := s.db.queryRowPrepared(ctx, sqlKeyByFingerprint, fingerprint).Scan(&material)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("key %s: %w", fingerprint, ErrNotFound)
 	}
@@ -506,7 +514,7 @@ func (s *SQLiteStore) List(ctx context.Context) ([]Binding, error) {
 // Prefs implements Store.
 func (s *SQLiteStore) Prefs(ctx context.Context, address string) (Prefs, error) {
 	var ph sql.NullInt64
-	err := s.db.QueryRowContext(ctx, "SELECT protect_headers FROM prefs WHERE address = ?", address).Scan(&ph)
+	err := s.db.queryRowPrepared(ctx, sqlPrefs, address).Scan(&ph)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Prefs{}, nil
 	}

@@ -45,9 +45,10 @@ type storeDB struct {
 
 	mu       sync.RWMutex
 	db       *sql.DB
-	fi       os.FileInfo // the file db was opened on
-	stale    bool        // drop db and open anew before the next use
-	writeErr error       // the last write failure, until a write works
+	stmts    map[string]*sql.Stmt // the read path's statements, prepared on db
+	fi       os.FileInfo          // the file db was opened on
+	stale    bool                 // drop db and open anew before the next use
+	writeErr error                // the last write failure, until a write works
 	closed   bool
 }
 
@@ -56,6 +57,14 @@ type storeDB struct {
 // write-ahead log, so a store replaced on disk can be reopened by the
 // others at most this long after the last query of an idle process.
 const sqliteConnMaxIdle = 30 * time.Second
+
+// sqliteMaxIdleConns is how many unused connections a pool keeps (until
+// sqliteConnMaxIdle). database/sql keeps two; the milter runs a lookup per
+// concurrent RCPT, and with more sessions than that it closed the extra
+// connections after each query and opened new ones for the next, each
+// running the DSN's pragmas and preparing the read path's statements
+// again (seen in a profile of bench/throughput.sh case h).
+const sqliteMaxIdleConns = 8
 
 // open makes the first connection pool.
 func (d *storeDB) open(ctx context.Context) error {
@@ -101,8 +110,11 @@ func (d *storeDB) connect(ctx context.Context, fi os.FileInfo) error {
 		// new file waits for it to let go (every pool closes idle
 		// connections after sqliteConnMaxIdle).
 		if d.db != nil {
+			for _, st := range d.stmts {
+				st.Close()
+			}
 			d.db.Close()
-			d.db = nil
+			d.db, d.stmts = nil, nil
 		}
 		if err := d.setOrphanedLogAside(); err != nil {
 			return fmt.Errorf("%w: key store %s was replaced, but the write-ahead log of the file it replaced is still in use (%v): the new file is used once the other processes (lacre-milter keys, web) let go of the old one; to restore a store while it is in use, run sqlite3 %s \".restore BACKUP\" instead of moving files", ErrUnavailable, d.path, err, d.path)
@@ -120,6 +132,7 @@ func (d *storeDB) connect(ctx context.Context, fi os.FileInfo) error {
 		return fmt.Errorf("%w: key store %s: %w", ErrUnavailable, d.path, err)
 	}
 	db.SetConnMaxIdleTime(sqliteConnMaxIdle)
+	db.SetMaxIdleConns(sqliteMaxIdleConns)
 	if err := d.verify(ctx, db); err != nil {
 		db.Close()
 		return err
@@ -131,12 +144,17 @@ func (d *storeDB) connect(ctx context.Context, fi os.FileInfo) error {
 		db.Close()
 		return fmt.Errorf("%w: key store %s was replaced while it was being opened", ErrUnavailable, d.path)
 	}
-	old := d.db
-	d.db, d.fi, d.stale = db, fi, false
+	old, oldStmts := d.db, d.stmts
+	d.db, d.fi, d.stale, d.stmts = db, fi, false, nil
 	if old != nil {
 		// Close waits for the queries running on the old pool; do not
 		// hold the lock for that.
-		go old.Close()
+		go func() {
+			for _, st := range oldStmts {
+				st.Close()
+			}
+			old.Close()
+		}()
 	}
 	return nil
 }
@@ -341,6 +359,80 @@ func (r row) Err() error {
 	return r.Row.Err()
 }
 
+// queryPrepared is QueryContext with query prepared once per pool and
+// then reused: the milter's lookups run the same few statements for every
+// recipient, and preparing one costs SQLite more than running it
+// (docs/performance.md). The file check of current() still comes first,
+// on every call; a pool opened anew (a replaced file, a read-only pool)
+// starts with no statements, so a statement never outlives its pool.
+// database/sql prepares the statement again on each connection of the
+// pool it is used on, and forgets it with the connection.
+func (d *storeDB) queryPrepared(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	db, err := d.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := d.prepared(ctx, db, query)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return db.QueryContext(ctx, query, args...)
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// prepared returns the statement for query on db, preparing it the first
+// time. nil (and no error) means db is no longer the store's pool (it was
+// replaced meanwhile): the caller runs the query unprepared, on the pool
+// that current() checked, as an unprepared query would have.
+func (d *storeDB) prepared(ctx context.Context, db *sql.DB, query string) (*sql.Stmt, error) {
+	d.mu.RLock()
+	st, same := d.stmts[query], d.db == db
+	d.mu.RUnlock()
+	if !same {
+		return nil, nil
+	}
+	if st != nil {
+		return st, nil
+	}
+	st, err := db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.db != db || d.closed {
+		st.Close()
+		return nil, nil
+	}
+	if prev := d.stmts[query]; prev != nil {
+		st.Close() // another goroutine prepared it meanwhile
+		return prev, nil
+	}
+	if d.stmts == nil {
+		d.stmts = map[string]*sql.Stmt{}
+	}
+	d.stmts[query] = st
+	return st, nil
+}
+
+// queryRowPrepared is QueryRowContext through queryPrepared.
+func (d *storeDB) queryRowPrepared(ctx context.Context, query string, args ...any) scanner {
+	db, err := d.current(ctx)
+	if err != nil {
+		return row{err: err}
+	}
+	st, err := d.prepared(ctx, db, query)
+	if err != nil {
+		return row{err: err}
+	}
+	if st == nil {
+		return row{Row: db.QueryRowContext(ctx, query, args...)}
+	}
+	return row{Row: st.QueryRowContext(ctx, args...)}
+}
+
 func (d *storeDB) QueryRowContext(ctx context.Context, query string, args ...any) scanner {
 	db, err := d.current(ctx)
 	if err != nil {
@@ -368,5 +460,9 @@ func (d *storeDB) Close() error {
 	if d.db == nil {
 		return nil
 	}
+	for _, st := range d.stmts {
+		st.Close()
+	}
+	d.stmts = nil
 	return d.db.Close()
 }

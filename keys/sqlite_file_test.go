@@ -163,11 +163,18 @@ func TestStoreFileGoneWhileRunning(t *testing.T) {
 	if err := s.Add(ctx, "alice@example.org", []*Key{k}, false); err != nil {
 		t.Fatal(err)
 	}
+	// The read path's statements are prepared now, and must not answer
+	// from the deleted file's pool.
+	readPath(t, s, "alice@example.org", k.Fingerprint, 1)
 	for _, f := range []string{path, path + "-wal", path + "-shm"} {
 		os.Remove(f)
 	}
 	_, err := s.KeysFor(ctx, "alice@example.org")
 	wantUnavailable(t, "KeysFor after the file was deleted", err, "does not exist")
+	_, err = s.KeyByFingerprint(ctx, k.Fingerprint)
+	wantUnavailable(t, "KeyByFingerprint after the file was deleted", err, "does not exist")
+	_, err = s.Prefs(ctx, "alice@example.org")
+	wantUnavailable(t, "Prefs after the file was deleted", err, "does not exist")
 	_, err = s.List(ctx)
 	wantUnavailable(t, "List", err)
 	err = s.Add(ctx, "bob@example.org", []*Key{sqltNewKey(t, "bob@example.org")}, false)
@@ -188,6 +195,7 @@ func TestStoreFileEmptiedWhileRunning(t *testing.T) {
 	if err := s.Add(ctx, "alice@example.org", []*Key{k}, false); err != nil {
 		t.Fatal(err)
 	}
+	readPath(t, s, "alice@example.org", k.Fingerprint, 1)
 	if err := os.Truncate(path, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +232,9 @@ func TestStoreFileReplacedWhileRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Close() // checkpoints the WAL into the file
+	// The old file has no bob; this prepares the read path's statements
+	// on the old file's pool, which must not answer after the restore.
+	readPath(t, s, "bob@example.org", bob.Fingerprint, 0)
 	// Junk first: unavailable, not "no key".
 	junk := filepath.Join(dir, "junk")
 	os.WriteFile(junk, []byte(strings.Repeat("x", 8192)), 0o600)
@@ -241,6 +252,7 @@ func TestStoreFileReplacedWhileRunning(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Fingerprint != bob.Fingerprint {
 		t.Fatalf("KeysFor(bob) after the restore = %v, %v; want bob's key from the new file", got, err)
 	}
+	readPath(t, s, "bob@example.org", bob.Fingerprint, 1)
 	if err := s.Check(ctx); err != nil {
 		t.Fatalf("Check after the restore: %v", err)
 	}
@@ -442,5 +454,26 @@ func TestInitSQLiteConcurrently(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(dir, "*.init-*"))
 	if len(left) != 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// readPath runs the milter's read path (KeysFor, KeyByFingerprint, Prefs)
+// for address, which must have want (0 or 1) keys, fp if 1.
+func readPath(t *testing.T, s *SQLiteStore, address, fp string, want int) {
+	t.Helper()
+	ctx := context.Background()
+	got, err := s.KeysFor(ctx, address)
+	if err != nil || len(got) != want || (want == 1 && got[0].Fingerprint != fp) {
+		t.Fatalf("KeysFor(%s) = %v, %v; want %d key(s)", address, got, err, want)
+	}
+	k, err := s.KeyByFingerprint(ctx, fp)
+	switch {
+	case want == 1 && (err != nil || k.Fingerprint != fp):
+		t.Fatalf("KeyByFingerprint(%s) = %v, %v", fp, k, err)
+	case want == 0 && !errors.Is(err, ErrNotFound):
+		t.Fatalf("KeyByFingerprint(%s) = %v, %v; want ErrNotFound", fp, k, err)
+	}
+	if _, err := s.Prefs(ctx, address); err != nil {
+		t.Fatalf("Prefs(%s): %v", address, err)
 	}
 }

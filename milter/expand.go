@@ -223,3 +223,6 @@ func (s *session) expand(ctx context.Context, rcpt string) (aliases.Expansion, e
 type cachedExpander interface {
 	Cached(addr string) (aliases.Expansion, bool)
 }
+
+// Postfix's expander answers cached expansions without a goroutine.
+var _ cachedExpander = (*aliases.Postfix)(nil)
