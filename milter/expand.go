@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"sync/atomic"
 
 	"lacre.io/milter/aliases"
 	"lacre.io/milter/keys"
@@ -52,163 +51,23 @@ type refusal struct {
 // the expansion and every key lookup together. canSplit says whether the
 // MTA lets the milter change recipients (SMFIF_ADDRCPT, SMFIF_DELRCPT).
 func (s *session) resolve(addr string, canSplit bool) (recipient, *refusal) {
-	lk := s.lookUp(addr)
-	if lk.err != nil || boundAsWritten(lk.l) {
-		c, ref := s.keyClass(addr, "", lk.l, lk.err)
-		return recipient{addr: addr, found: lk.l, class: c}, ref
-	}
-	if lk.expErr != nil {
-		s.srv.log.Warn("recipient expansion failed", "queue_id", s.queueID, "rcpt", addr, "error", lk.expErr)
-		return recipient{addr: addr}, &refusal{reply: ReplyExpandFailed, why: "expansion of " + addr + " failed"}
-	}
-	if !lk.exp.Expanded {
-		c, ref := s.keyClass(addr, "", lk.l, nil)
-		return recipient{addr: addr, found: lk.l, class: c}, ref
-	}
-	return s.resolveExpansion(addr, lk, canSplit)
-}
-
-// lookup is what the key source and the expander say about one
-// recipient: its own keys, and, unless those win, its expansion and each
-// Mailbox target's keys (mailboxes, in the order of exp.Targets' Mailbox
-// targets).
-type lookup struct {
-	l         *keys.Recipient
-	err       error
-	exp       aliases.Expansion
-	expErr    error
-	mailboxes []mailboxLookup
-}
-
-type mailboxLookup struct {
-	l   *keys.Recipient
-	err error
-}
-
-// lookUp gathers the lookup of addr: from the caches alone when they hold
-// every answer it needs (most recipients; no goroutine), else in one
-// goroutine for the whole recipient, bounded by milter.lookup_timeout
-// even when the key source or the expander does not heed its context:
-// SQLite waiting for a lock that another process holds retries for
-// seconds (about 10 s for a WAL read lock) whatever the context says, a
-// table lookup may hang on a remote map, and the MTA must have its reply
-// in time (Sendmail waits 10 s by default). An abandoned lookup finishes
-// in the background. One goroutine per uncached recipient, not one per
-// step: each handoff costs the runtime thread wake-ups, which on a busy
-// two-core MX cost more than the lookups themselves.
-func (s *session) lookUp(addr string) lookup {
-	st := s.st // the goroutine below must not read the session, which may be reset
-	if lk, ok := gather(context.Background(), st, addr, true, nil); ok {
-		return lk
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
 	defer cancel()
-	type answer struct {
-		lk    lookup
-		panic any
+	l, lerr := s.findKeys(ctx, addr)
+	if lerr != nil || boundAsWritten(l) {
+		c, ref := s.keyClass(addr, "", l, lerr)
+		return recipient{addr: addr, found: l, class: c}, ref
 	}
-	done := make(chan answer, 1)
-	var stage atomic.Int32
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				done <- answer{panic: fmt.Sprintf("%v\n%s", v, debug.Stack())}
-			}
-		}()
-		lk, _ := gather(ctx, st, addr, false, &stage)
-		done <- answer{lk: lk}
-	}()
-	select {
-	case a := <-done:
-		if a.panic != nil {
-			panic(a.panic) // for guard: logged with the queue id, a temporary failure
-		}
-		return a.lk
-	case <-ctx.Done():
-		if stage.Load() == stageExpand {
-			return lookup{l: &keys.Recipient{Address: addr, Source: keys.SourceNone},
-				expErr: fmt.Errorf("expansion of %s: %w", addr, context.Cause(ctx))}
-		}
-		return lookup{err: fmt.Errorf("key lookup for %s: %w", addr, context.Cause(ctx))}
+	exp, err := s.expand(ctx, addr)
+	if err != nil {
+		s.srv.log.Warn("recipient expansion failed", "queue_id", s.queueID, "rcpt", addr, "error", err)
+		return recipient{addr: addr}, &refusal{reply: ReplyExpandFailed, why: "expansion of " + addr + " failed"}
 	}
-}
-
-// The stages of gather, for the error of a lookup that timed out.
-const (
-	stageKeys int32 = iota
-	stageExpand
-	stageMailboxes
-)
-
-// gather looks addr up: its keys, then (unless they win or failed) its
-// expansion and its mailboxes' keys. With cachedOnly it asks only the
-// caches (Cached of the key source and of the expander) and reports false
-// as soon as one has no answer. It touches no session state but the
-// the options st (which never change once made), so it may run on
-// another goroutine than the session's, and outlive the message.
-func gather(ctx context.Context, st *Options, addr string, cachedOnly bool, stage *atomic.Int32) (lookup, bool) {
-	var lk lookup
-	var ok bool
-	if lk.l, lk.err, ok = keysOf(ctx, st, addr, cachedOnly); !ok {
-		return lk, false
+	if !exp.Expanded {
+		c, ref := s.keyClass(addr, "", l, nil)
+		return recipient{addr: addr, found: l, class: c}, ref
 	}
-	if lk.err != nil || boundAsWritten(lk.l) {
-		return lk, true
-	}
-	if stage != nil {
-		stage.Store(stageExpand)
-	}
-	switch x := st.Expander.(type) {
-	case aliases.None:
-		lk.exp, lk.expErr = x.Expand(ctx, addr)
-	default:
-		var e aliases.Expansion
-		if c, isCached := x.(cachedExpander); isCached {
-			e, ok = c.Cached(addr)
-		} else {
-			ok = false
-		}
-		switch {
-		case ok:
-			lk.exp = e
-		case cachedOnly:
-			return lk, false
-		default:
-			lk.exp, lk.expErr = x.Expand(ctx, addr)
-		}
-	}
-	if lk.expErr != nil || !lk.exp.Expanded {
-		return lk, true
-	}
-	if stage != nil {
-		stage.Store(stageMailboxes)
-	}
-	for _, t := range lk.exp.Targets {
-		if t.Kind != aliases.Mailbox {
-			continue
-		}
-		l, err, ok := keysOf(ctx, st, t.Addr, cachedOnly)
-		if !ok {
-			return lk, false
-		}
-		lk.mailboxes = append(lk.mailboxes, mailboxLookup{l: l, err: err})
-	}
-	return lk, true
-}
-
-// keysOf asks the key source about addr: its cache alone when cachedOnly
-// (false when it has no answer), else the source itself.
-func keysOf(ctx context.Context, st *Options, addr string, cachedOnly bool) (*keys.Recipient, error, bool) {
-	if c, ok := st.Keys.(cachedKeySource); ok {
-		if l, ok := c.Cached(addr); ok {
-			return l, nil, true
-		}
-	}
-	if cachedOnly {
-		return nil, nil, false
-	}
-	l, err := st.Keys.Resolve(ctx, addr)
-	return l, err, true
+	return s.resolveExpansion(ctx, addr, exp, canSplit)
 }
 
 // boundAsWritten reports whether the address as written has keys (or
@@ -222,21 +81,18 @@ func boundAsWritten(l *keys.Recipient) bool {
 }
 
 // resolveExpansion classifies an expanded recipient by its mailboxes.
-func (s *session) resolveExpansion(addr string, lk lookup, canSplit bool) (recipient, *refusal) {
-	exp := lk.exp
+func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases.Expansion, canSplit bool) (recipient, *refusal) {
 	r := recipient{addr: addr, targets: len(exp.Targets)}
 	var keyed, clear, other []string
 	var ks []*keys.Key
 	seen := map[string]bool{}
 	protect := false
-	mb := 0
 	for _, t := range exp.Targets {
 		if t.Kind != aliases.Mailbox {
 			other = append(other, t.Kind.String()+" "+t.Addr)
 			continue
 		}
-		l, lerr := lk.mailboxes[mb].l, lk.mailboxes[mb].err
-		mb++
+		l, lerr := s.findKeys(ctx, t.Addr)
 		c, ref := s.keyClass(addr, t.Addr, l, lerr)
 		if ref != nil {
 			return r, ref
@@ -321,6 +177,45 @@ func (s *session) keyClass(rcpt, mailbox string, l *keys.Recipient, lerr error) 
 		}
 	}
 	return class{encrypt: l.Encrypt(), protect: l.Encrypt() && l.ProtectHeaders}, nil
+}
+
+// expand asks the expander about rcpt, bounded by ctx even when the
+// expander does not heed it (a table lookup stuck on a lock or a remote
+// map), as findKeys does for the key source.
+func (s *session) expand(ctx context.Context, rcpt string) (aliases.Expansion, error) {
+	if _, ok := s.st.Expander.(aliases.None); ok {
+		return aliases.None{}.Expand(ctx, rcpt)
+	}
+	if c, ok := s.st.Expander.(cachedExpander); ok {
+		if e, ok := c.Cached(rcpt); ok {
+			return e, nil
+		}
+	}
+	type answer struct {
+		e     aliases.Expansion
+		err   error
+		panic any
+	}
+	done := make(chan answer, 1)
+	x := s.st.Expander
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- answer{panic: fmt.Sprintf("%v\n%s", v, debug.Stack())}
+			}
+		}()
+		e, err := x.Expand(ctx, rcpt)
+		done <- answer{e: e, err: err}
+	}()
+	select {
+	case a := <-done:
+		if a.panic != nil {
+			panic(a.panic) // for guard: logged with the queue id, a temporary failure
+		}
+		return a.e, a.err
+	case <-ctx.Done():
+		return aliases.Expansion{}, fmt.Errorf("expansion of %s: %w", rcpt, context.Cause(ctx))
+	}
 }
 
 // cachedExpander is an Expander that can also answer from memory without

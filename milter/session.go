@@ -282,6 +282,49 @@ func plainDomain(d string) bool {
 	return true
 }
 
+// findKeys asks the key source about rcpt, bounded by ctx (the
+// recipient's share of milter.lookup_timeout, see resolve) even when the
+// store does not heed the context: SQLite waiting for a
+// lock that another process holds retries for seconds (about 10 s for a
+// WAL read lock) whatever the context says, and the MTA must have its
+// reply in time (Sendmail waits 10 s by default). An abandoned lookup
+// finishes in the background.
+func (s *session) findKeys(ctx context.Context, rcpt string) (*keys.Recipient, error) {
+	// A cached answer needs no goroutine: most recipients are answered
+	// from the cache, and starting and waiting for a goroutine costs the
+	// runtime thread wake-ups on every RCPT.
+	if c, ok := s.st.Keys.(cachedKeySource); ok {
+		if l, ok := c.Cached(rcpt); ok {
+			return l, nil
+		}
+	}
+	type answer struct {
+		l     *keys.Recipient
+		err   error
+		panic any
+	}
+	done := make(chan answer, 1)
+	res := s.st.Keys
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				done <- answer{panic: fmt.Sprintf("%v\n%s", v, debug.Stack())}
+			}
+		}()
+		l, err := res.Resolve(ctx, rcpt)
+		done <- answer{l: l, err: err}
+	}()
+	select {
+	case a := <-done:
+		if a.panic != nil {
+			panic(a.panic) // for guard: logged with the queue id, a temporary failure
+		}
+		return a.l, a.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("key lookup for %s: %w", rcpt, context.Cause(ctx))
+	}
+}
+
 // needsWork reports whether any accepted recipient needs encryption (or a
 // decision at end of message).
 func (s *session) needsWork() bool {
