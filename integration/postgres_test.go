@@ -2,69 +2,13 @@ package integration
 
 import (
 	"bytes"
-	"io"
-	"net/http"
-	"net/http/cookiejar"
-	"net/url"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
-
-	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
-	"lacre.io/milter/web"
 )
-
-// webRegister submits e's key for address to the registration service at
-// base, takes the confirmation mail from the sink, decrypts it with e and
-// confirms; it returns when the service has answered "Your key is active".
-func webRegister(t *testing.T, base string, s *sink, e *openpgp.Entity, address string) {
-	t.Helper()
-	jar, _ := cookiejar.New(nil)
-	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
-	csrf := formCSRF(t, c, base+"/")
-	resp, err := c.PostForm(base+"/submit", url.Values{"csrf": {csrf}, "address": {address}, "key": {string(testkeys.ArmoredPublic(t, e))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("submit: %d\n%s", resp.StatusCode, page)
-	}
-	var conf []byte
-	deadline := time.Now().Add(deliveryTimeout)
-	for conf == nil {
-		for _, sm := range s.messages() {
-			if bytes.Contains(sm.Data, []byte("Subject: "+web.MailSubject)) && bytes.Contains(sm.Data, []byte("To: "+address)) {
-				conf = sm.Data
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no confirmation mail at the sink")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	_, inner := pgptest.OpenAndDecrypt(t, conf, e)
-	link := linkRE.Find(inner)
-	if link == nil {
-		t.Fatalf("no link in the decrypted confirmation:\n%s", inner)
-	}
-	csrf = formCSRF(t, c, string(link))
-	token := string(link[strings.Index(string(link), "token=")+6:])
-	resp, err = c.PostForm(base+"/confirm", url.Values{"csrf": {csrf}, "token": {token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !bytes.Contains(page, []byte("Your key is active")) {
-		t.Fatalf("confirm: %d\n%s", resp.StatusCode, page)
-	}
-}
 
 // TestPostgresTwoHosts (issue 16): two mail hosts, each a private Postfix
 // with its own lacre-milter (read-only role), share one PostgreSQL with

@@ -106,33 +106,8 @@ func TestWebRegistration(t *testing.T) {
 	}
 	checkRelayed(t, byMessageID(t, s, "web-before").Data, before)
 
-	jar, _ := cookiejar.New(nil)
-	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
-	csrf := formCSRF(t, c, base+"/")
-	resp, err := c.PostForm(base+"/submit", url.Values{"csrf": {csrf}, "address": {"alice@example.org"}, "key": {string(testkeys.ArmoredPublic(t, alice))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("submit: %d\n%s", resp.StatusCode, page)
-	}
-
 	// The confirmation reaches the mailbox (the sink), encrypted.
-	var conf []byte
-	deadline := time.Now().Add(deliveryTimeout)
-	for conf == nil {
-		for _, sm := range s.messages() {
-			if bytes.Contains(sm.Data, []byte("Subject: "+web.MailSubject)) && bytes.Contains(sm.Data, []byte("To: alice@example.org")) {
-				conf = sm.Data
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no confirmation mail at the sink")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	c, conf := webSubmit(t, base, s, alice, "alice@example.org")
 	if linkRE.Match(conf) {
 		t.Fatal("the confirmation link is readable without the key")
 	}
@@ -146,17 +121,7 @@ func TestWebRegistration(t *testing.T) {
 	if out, _ := m.cli(nil, "keys", "show", "alice@example.org"); !strings.Contains(out, "pass unchanged") {
 		t.Fatalf("before confirmation:\n%s", out)
 	}
-	csrf = formCSRF(t, c, string(link))
-	token := string(link[strings.Index(string(link), "token=")+6:])
-	resp, err = c.PostForm(base+"/confirm", url.Values{"csrf": {csrf}, "token": {token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !bytes.Contains(page, []byte("Your key is active")) {
-		t.Fatalf("confirm: %d\n%s", resp.StatusCode, page)
-	}
+	webConfirm(t, c, base, link)
 	if out, _ := m.cli(nil, "keys", "show", "alice@example.org"); !strings.Contains(out, "encrypt to 1 key") {
 		t.Fatalf("after confirmation:\n%s", out)
 	}
@@ -174,7 +139,7 @@ func TestWebRegistration(t *testing.T) {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/.well-known/openpgpkey/hu/kei1q4tipxxu1yj79k9kfukdhfy631xe?l=alice", nil)
 	req.Host = "example.org"
-	resp, err = http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,4 +270,65 @@ func TestWebMultiKeyAttack(t *testing.T) {
 	if _, err := pgptest.DecryptFirstBlock(got, mallory); err == nil {
 		t.Fatal("mallory can read alice's mail")
 	}
+}
+
+// webSubmit submits e's key for address through the registration form at
+// base and returns the form's client (with its cookies) and the
+// confirmation mail as the sink received it.
+func webSubmit(t *testing.T, base string, s *sink, e *openpgp.Entity, address string) (*http.Client, []byte) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	csrf := formCSRF(t, c, base+"/")
+	resp, err := c.PostForm(base+"/submit", url.Values{"csrf": {csrf}, "address": {address}, "key": {string(testkeys.ArmoredPublic(t, e))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %d\n%s", resp.StatusCode, page)
+	}
+	deadline := time.Now().Add(deliveryTimeout)
+	for {
+		for _, sm := range s.messages() {
+			if bytes.Contains(sm.Data, []byte("Subject: "+web.MailSubject)) && bytes.Contains(sm.Data, []byte("To: "+address)) {
+				return c, sm.Data
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no confirmation mail at the sink")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// webConfirm confirms with the link of a decrypted confirmation mail,
+// through the page it opens, and checks that the key is then active.
+func webConfirm(t *testing.T, c *http.Client, base string, link []byte) {
+	t.Helper()
+	csrf := formCSRF(t, c, string(link))
+	token := string(link[strings.Index(string(link), "token=")+6:])
+	resp, err := c.PostForm(base+"/confirm", url.Values{"csrf": {csrf}, "token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(page, []byte("Your key is active")) {
+		t.Fatalf("confirm: %d\n%s", resp.StatusCode, page)
+	}
+}
+
+// webRegister submits e's key for address, decrypts the confirmation mail
+// with e and confirms.
+func webRegister(t *testing.T, base string, s *sink, e *openpgp.Entity, address string) {
+	t.Helper()
+	c, conf := webSubmit(t, base, s, e, address)
+	_, inner := pgptest.OpenAndDecrypt(t, conf, e)
+	link := linkRE.Find(inner)
+	if link == nil {
+		t.Fatalf("no link in the decrypted confirmation:\n%s", inner)
+	}
+	webConfirm(t, c, base, link)
 }
