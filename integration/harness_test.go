@@ -909,6 +909,20 @@ func withTableKey(toml, table, key, value string) string {
 }
 
 // addr is the milter's address in Postfix's notation, for smtpd_milters.
+// logSays reports whether the milter's log contains s within a second: the
+// log reaches the harness through a pipe, so a line the milter wrote
+// before answering the MTA may arrive here just after the answer.
+func (m *milterProc) logSays(s string) bool {
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(m.out.String(), s) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 func (m *milterProc) addr() string { return fmt.Sprintf("inet:127.0.0.1:%d", m.port) }
 
 // start starts the process (again, after stop or kill) on the same port

@@ -62,7 +62,7 @@ func TestStoreIdentity(t *testing.T) {
 		if !errors.As(err, &se) || len(se.Errs) != 1 || se.Errs[0].Stage != "RCPT" || se.Errs[0].Code/100 != 4 {
 			t.Fatalf("%s: mail to alice with the store %s: %v; want a 4xx reply to RCPT", id, why, err)
 		}
-		if !strings.Contains(m.out.String(), why) {
+		if !m.logSays(why) {
 			t.Errorf("%s: the milter's log does not say %q", id, why)
 		}
 		if code := health(); code != http.StatusServiceUnavailable {
