@@ -2,12 +2,14 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
 )
 
 // TestPostgresTwoHosts (issue 16): two mail hosts, each a private Postfix
@@ -36,7 +38,7 @@ func TestPostgresTwoHosts(t *testing.T) {
 		}
 		checkRelayed(t, byMessageID(t, s, id).Data, msg)
 	}
-	if out, err := m1.cli(nil, "check-config"); err != nil || !strings.Contains(out, "schema version 2 (connected)") {
+	if out, err := m1.cli(nil, "check-config"); err != nil || !strings.Contains(out, fmt.Sprintf("schema version %d (connected)", keys.PostgresSchemaVersion)) {
 		t.Fatalf("check-config: %v\n%s", err, out)
 	}
 

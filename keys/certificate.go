@@ -194,6 +194,28 @@ func ParseCertificate(data []byte, address string, n Normalizer) (*Certificate, 
 	}, nil
 }
 
+// parseStoredCertificate reads what Certificate.Raw wrote: DER
+// certificates, the end-entity one first. The order is what the store
+// kept, so no choosing by address is needed (or wanted: a stored
+// certificate read without its address must come back the same).
+func parseStoredCertificate(material []byte) (*Certificate, error) {
+	ders, err := splitDER(material)
+	if err != nil {
+		return nil, err
+	}
+	if len(ders) == 0 || len(ders) > MaxCertificates {
+		return nil, certReject(nil, RuleFormat, "stored material holds %d certificates", len(ders))
+	}
+	certs := make([]*x509.Certificate, len(ders))
+	for i, der := range ders {
+		if certs[i], err = x509.ParseCertificate(der); err != nil {
+			return nil, certReject(nil, RuleFormat, "stored certificate %d does not parse: %v", i+1, err)
+		}
+	}
+	sum := sha256.Sum256(certs[0].Raw)
+	return &Certificate{Cert: certs[0], Chain: certs[1:], Fingerprint: strings.ToUpper(hex.EncodeToString(sum[:]))}, nil
+}
+
 // pickEndEntity returns the index of the end-entity certificate (see
 // ParseCertificate).
 func pickEndEntity(certs []*x509.Certificate, address string, n Normalizer) int {

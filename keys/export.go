@@ -2,6 +2,8 @@ package keys
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"sort"
 
@@ -9,8 +11,16 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 )
 
-// Armored returns the certificate as an ASCII-armoured public key block.
+// Armored returns the certificate as an ASCII-armoured public key block,
+// or an X.509 certificate (with its chain) as PEM.
 func (k *Key) Armored() []byte {
+	if k.cert != nil {
+		var b bytes.Buffer
+		for _, x := range append([]*x509.Certificate{k.cert.Cert}, k.cert.Chain...) {
+			pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: x.Raw})
+		}
+		return b.Bytes()
+	}
 	var b bytes.Buffer
 	w, _ := armor.Encode(&b, openpgp.PublicKeyType, nil)
 	w.Write(k.Raw)
@@ -55,8 +65,12 @@ func serialize(w io.Writer, e *openpgp.Entity) error {
 // address normalises to address (WKD, draft-koch-openpgp-webkey-service
 // §3.1: publish only the User IDs for the address asked for, so a lookup
 // does not reveal the holder's other addresses). It returns nil when no
-// User ID carries the address.
+// User ID carries the address, and for an X.509 certificate (WKD serves
+// OpenPGP keys only).
 func (k *Key) ExportFor(address string, n Normalizer) []byte {
+	if k.cert != nil {
+		return nil
+	}
 	e := *k.entity // a shallow copy: only the Identities map is replaced
 	e.Identities = map[string]*openpgp.Identity{}
 	for name, id := range k.entity.Identities {

@@ -26,7 +26,10 @@ import (
 // signatures stay well below 1 MiB; anything larger is an attack or a mistake.
 const MaxKeyBytes = 1 << 20
 
-// Key is one parsed OpenPGP certificate (a transferable public key).
+// Key is one parsed OpenPGP certificate (a transferable public key), or
+// one S/MIME recipient certificate (X.509, see Certificate): the store,
+// the admission rules and the resolver handle both kinds through Key, and
+// the milter encrypts to each kind in its own format (Kind).
 //
 // One Key may be shared by concurrent sessions (the lookup cache hands the
 // same Key to every message for its address). go-crypto checks a
@@ -42,7 +45,64 @@ type Key struct {
 	Raw []byte
 
 	mu     sync.Mutex      // see above
-	entity *openpgp.Entity // guarded by mu, except for what parsing fixed (packets, maps)
+	entity *openpgp.Entity // guarded by mu, except for what parsing fixed (packets, maps); nil for X.509
+	cert   *Certificate    // the S/MIME certificate; nil for OpenPGP (immutable, no lock needed)
+}
+
+// Kind is what sort of public key a Key holds, and so which formats can
+// encrypt to it.
+type Kind string
+
+const (
+	KindOpenPGP Kind = "openpgp" // PGP/MIME or PGP/inline
+	KindX509    Kind = "x509"    // S/MIME
+)
+
+// Kind returns the key's kind.
+func (k *Key) Kind() Kind {
+	if k.cert != nil {
+		return KindX509
+	}
+	return KindOpenPGP
+}
+
+// Certificate returns the S/MIME certificate of an X.509 key, nil for an
+// OpenPGP key.
+func (k *Key) Certificate() *Certificate { return k.cert }
+
+// FromCertificate wraps a parsed certificate as a Key. Its Raw is what
+// the store keeps (the DER of the end-entity certificate, then its chain).
+func FromCertificate(c *Certificate) *Key {
+	return &Key{Fingerprint: c.Fingerprint, Raw: c.Raw(), cert: c}
+}
+
+// ParseAny reads a submitted key file of either kind, recognised by its
+// framing (IsCertificate): X.509 certificates (PEM, DER, PKCS #7 bundle;
+// address picks the end-entity certificate of a chain, see
+// ParseCertificate) or OpenPGP keys (Parse).
+func ParseAny(data []byte, address string, n Normalizer) ([]*Key, error) {
+	if IsCertificate(data) {
+		c, err := ParseCertificate(data, address, n)
+		if err != nil {
+			return nil, err
+		}
+		return []*Key{FromCertificate(c)}, nil
+	}
+	return Parse(data)
+}
+
+// ParseStored reads a key back from the material a store holds (Key.Raw):
+// DER certificates (end-entity first), or binary OpenPGP. The two cannot
+// be confused: DER starts with 0x30, an OpenPGP packet with bit 7 set.
+func ParseStored(material []byte) ([]*Key, error) {
+	if len(material) > 0 && material[0] == 0x30 {
+		c, err := parseStoredCertificate(material)
+		if err != nil {
+			return nil, err
+		}
+		return []*Key{FromCertificate(c)}, nil
+	}
+	return Parse(material)
 }
 
 // WithEntities runs f with the go-crypto entities of ks, in the order of
@@ -56,6 +116,9 @@ func WithEntities(ks []*Key, f func(entities []*openpgp.Entity) error) error {
 	sorted := slices.Clone(ks)
 	slices.SortFunc(sorted, func(a, b *Key) int { return strings.Compare(a.Fingerprint, b.Fingerprint) })
 	for i, k := range sorted {
+		if k.cert != nil {
+			panic("keys.WithEntities: " + k.Fingerprint + " is an X.509 certificate, not an OpenPGP key")
+		}
 		if i > 0 && sorted[i-1].Fingerprint == k.Fingerprint {
 			panic("keys.WithEntities: two keys with fingerprint " + k.Fingerprint)
 		}
@@ -71,17 +134,39 @@ func WithEntities(ks []*Key, f func(entities []*openpgp.Entity) error) error {
 	return f(es)
 }
 
-// NumSubkeys returns how many subkeys the key has.
-func (k *Key) NumSubkeys() int { return len(k.entity.Subkeys) }
+// NumSubkeys returns how many subkeys the key has (0 for X.509).
+func (k *Key) NumSubkeys() int {
+	if k.cert != nil {
+		return 0
+	}
+	return len(k.entity.Subkeys)
+}
 
-// KeyID returns the 64-bit key ID in the "0x…" form operators know from gpg.
-func (k *Key) KeyID() string { return "0x" + strings.ToUpper(k.entity.PrimaryKey.KeyIdString()) }
+// KeyID returns the 64-bit key ID in the "0x…" form operators know from
+// gpg; for a certificate, "sha256:" and the first 16 digits of its
+// fingerprint (as refusals name it).
+func (k *Key) KeyID() string {
+	if k.cert != nil {
+		return "sha256:" + k.Fingerprint[:16]
+	}
+	return "0x" + strings.ToUpper(k.entity.PrimaryKey.KeyIdString())
+}
 
-// Created returns the primary key's creation time.
-func (k *Key) Created() time.Time { return k.entity.PrimaryKey.CreationTime }
+// Created returns the primary key's creation time (a certificate's
+// notBefore).
+func (k *Key) Created() time.Time {
+	if k.cert != nil {
+		return k.cert.Cert.NotBefore
+	}
+	return k.entity.PrimaryKey.CreationTime
+}
 
-// Expires returns when the primary key expires, or the zero time if never.
+// Expires returns when the primary key expires, or the zero time if never
+// (a certificate's notAfter).
 func (k *Key) Expires() time.Time {
+	if k.cert != nil {
+		return k.cert.Cert.NotAfter
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.expires()
@@ -104,6 +189,9 @@ func (k *Key) expires() time.Time {
 // go-crypto compares whole Unix seconds (expired when now.Unix() >
 // expiry.Unix()), so an expiry takes effect one second after its second.
 func (k *Key) NextChange(now time.Time) time.Time {
+	if k.cert != nil {
+		return k.cert.NextChange(now)
+	}
 	var next time.Time
 	consider := func(t time.Time) {
 		if t.After(now) && (next.IsZero() || t.Before(next)) {
@@ -158,8 +246,12 @@ func (k *Key) NextChange(now time.Time) time.Time {
 	return next
 }
 
-// UserIDs returns the names of the key's User IDs, sorted.
+// UserIDs returns the names of the key's User IDs, sorted; for a
+// certificate, the addresses it is issued to (CertificateAddresses).
 func (k *Key) UserIDs() []string {
+	if k.cert != nil {
+		return CertificateAddresses(k.cert.Cert)
+	}
 	var out []string
 	for name := range k.entity.Identities {
 		out = append(out, name)

@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/mail"
@@ -64,6 +65,14 @@ type Policy struct {
 	MinRSABits int
 	// Normalizer compares a key's User IDs with the address it is for.
 	Normalizer Normalizer
+	// TrustAnchors, when not nil, requires S/MIME certificates to chain to
+	// one of these roots ([smime] trust_anchors; see CertificatePolicy).
+	TrustAnchors *x509.CertPool
+}
+
+// certificates is the policy for X.509 keys.
+func (p Policy) certificates() CertificatePolicy {
+	return CertificatePolicy{Policy: p, TrustAnchors: p.TrustAnchors}
 }
 
 // packetConfig is the go-crypto view of the policy. Key selection for
@@ -81,6 +90,9 @@ func (p Policy) packetConfig(now time.Time) *packet.Config {
 // address must already be normalised with p.Normalizer. The error is a
 // *RejectError naming the first rule that failed.
 func (p Policy) Validate(k *Key, address string, now time.Time) error {
+	if k.cert != nil {
+		return p.certificates().Validate(k.cert, address, now)
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	e := k.entity
@@ -98,6 +110,9 @@ func (p Policy) Validate(k *Key, address string, now time.Time) error {
 // milter calls it before encrypting, because a key that was valid when it
 // was registered may have expired since.
 func (p Policy) Usable(k *Key, now time.Time) error {
+	if k.cert != nil {
+		return p.certificates().Usable(k.cert, now)
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return p.usable(k, now)
@@ -143,6 +158,11 @@ func (p Policy) usable(k *Key, now time.Time) error {
 // export would silently drop a revocation or an extended expiry that the
 // store has: refuse copies that are older or lack a revocation.
 func (p Policy) checkUpdate(stored, submitted *Key, now time.Time) error {
+	if stored.cert != nil || submitted.cert != nil {
+		// A certificate's fingerprint covers all of it: the same
+		// fingerprint is the same certificate, never a newer copy.
+		return nil
+	}
 	// One lock at a time: both keys have the same fingerprint.
 	revoked := func(k *Key) bool {
 		k.mu.Lock()

@@ -248,7 +248,7 @@ func (s *PostgresStore) read(ctx context.Context, f func() error) error {
 // parseStored is SQLiteStore.parseStored: damaged material is
 // ErrUnavailable, never "no key".
 func (s *PostgresStore) parseStored(fingerprint string, material []byte) (*Key, error) {
-	ks, err := Parse(material)
+	ks, err := ParseStored(material)
 	if err != nil {
 		return nil, fmt.Errorf("%w: key store %s: stored key %s does not parse: %v", ErrUnavailable, s.name, fingerprint, err)
 	}
@@ -450,8 +450,9 @@ func (s *PostgresStore) List(ctx context.Context) ([]Binding, error) {
 // Prefs implements Store.
 func (s *PostgresStore) Prefs(ctx context.Context, address string) (Prefs, error) {
 	var ph *bool
+	var format string
 	err := s.read(ctx, func() error {
-		return s.pool.QueryRow(ctx, "SELECT protect_headers FROM prefs WHERE address = $1", address).Scan(&ph)
+		return s.pool.QueryRow(ctx, "SELECT protect_headers, format FROM prefs WHERE address = $1", address).Scan(&ph, &format)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Prefs{}, nil
@@ -459,13 +460,14 @@ func (s *PostgresStore) Prefs(ctx context.Context, address string) (Prefs, error
 	if err != nil {
 		return Prefs{}, s.unavailable("reading preferences of "+address, err)
 	}
-	return Prefs{ProtectHeaders: ph}, nil
+	return Prefs{ProtectHeaders: ph, Format: Format(format)}, nil
 }
 
 // SetPrefs implements Store.
 func (s *PostgresStore) SetPrefs(ctx context.Context, address string, p Prefs) error {
-	if _, err := s.pool.Exec(ctx, `INSERT INTO prefs(address, protect_headers) VALUES ($1, $2)
-		ON CONFLICT (address) DO UPDATE SET protect_headers = excluded.protect_headers`, address, p.ProtectHeaders); err != nil {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO prefs(address, protect_headers, format) VALUES ($1, $2, $3)
+		ON CONFLICT (address) DO UPDATE SET protect_headers = excluded.protect_headers, format = excluded.format`,
+		address, p.ProtectHeaders, string(p.Format)); err != nil {
 		return s.unavailable("storing preferences of "+address, err)
 	}
 	return nil
@@ -480,15 +482,15 @@ func (s *PostgresStore) Close() error {
 
 // AllPrefs returns every address's stored preferences ("store copy").
 func (s *PostgresStore) AllPrefs(ctx context.Context) (map[string]Prefs, error) {
-	rows, err := s.pool.Query(ctx, "SELECT address, protect_headers FROM prefs")
+	rows, err := s.pool.Query(ctx, "SELECT address, protect_headers, format FROM prefs")
 	if err != nil {
 		return nil, s.unavailable("listing preferences", err)
 	}
 	out := map[string]Prefs{}
-	var addr string
+	var addr, format string
 	var ph *bool
-	if _, err := pgx.ForEachRow(rows, []any{&addr, &ph}, func() error {
-		out[addr] = Prefs{ProtectHeaders: ph}
+	if _, err := pgx.ForEachRow(rows, []any{&addr, &ph, &format}, func() error {
+		out[addr] = Prefs{ProtectHeaders: ph, Format: Format(format)}
 		return nil
 	}); err != nil {
 		return nil, s.unavailable("listing preferences", err)

@@ -83,7 +83,7 @@ func (s *PostgresStore) scanRequest(row pgx.Row, now time.Time) (*Request, error
 		return nil, fmt.Errorf("confirmation token for %s: %w", r.Address, ErrExpired)
 	}
 	if r.Action == ActionAdd {
-		ks, err := Parse(material)
+		ks, err := ParseStored(material)
 		if err != nil {
 			return nil, fmt.Errorf("%w: key store %s: stored request for %s does not parse: %w", ErrUnavailable, s.name, r.Address, err)
 		}

@@ -81,10 +81,15 @@ var postgresMigrations = []string{
 		FOR EACH STATEMENT EXECUTE FUNCTION lacre_notify_all();
 	CREATE TRIGGER prefs_truncate_notify AFTER TRUNCATE ON prefs
 		FOR EACH STATEMENT EXECUTE FUNCTION lacre_notify_all();`,
+	// v3: the recipient's message format (issue 18: "keys set ADDRESS
+	// format"); '' is the default choice (see keys.Format). The prefs
+	// trigger of v2 announces changes to it like any other preference.
+	`ALTER TABLE prefs ADD COLUMN format TEXT NOT NULL DEFAULT ''
+		CHECK (format IN ('', 'pgp-mime', 'pgp-inline', 'smime'));`,
 }
 
 // PostgresSchemaVersion is the schema version this binary uses.
-const PostgresSchemaVersion = 2
+const PostgresSchemaVersion = 3
 
 // NotifyChannel is the PostgreSQL channel on which key changes are
 // announced (see postgresMigrations v2).

@@ -50,6 +50,10 @@ type Recipient struct {
 	Unusable []*RejectError
 	// ProtectHeaders is the recipient's choice, or the operator's default.
 	ProtectHeaders bool
+	// Format is how the mail is encrypted when Keys is not empty, and Keys
+	// are of its kind (Format.Kind): never FormatDefault then. See
+	// chooseFormat for the rule.
+	Format Format
 }
 
 // Encrypt reports whether mail to the address must be encrypted.
@@ -92,6 +96,14 @@ type ResolverOptions struct {
 	// ProtectHeaders is Recipient.ProtectHeaders for a recipient who has
 	// not chosen ([encryption] protect_headers).
 	ProtectHeaders bool
+	// PGPFormat is the format for OpenPGP keys of a recipient who has not
+	// chosen one ([encryption] pgp_format): FormatPGPMIME (also for the
+	// zero value) or FormatPGPInline.
+	PGPFormat Format
+	// Formats maps an address to the format the operator chose for it
+	// ([static.formats]); a format stored for the address ("keys set
+	// ADDRESS format") overrides it.
+	Formats map[string]Format
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -105,6 +117,8 @@ type Resolver struct {
 	norm       Normalizer
 	policy     Policy
 	protect    bool
+	pgpFormat  Format
+	formats    map[string]Format
 	never      map[string]bool
 	addresses  map[string][]string
 	domains    map[string][]string
@@ -141,14 +155,52 @@ func NewResolver(store Store, opt ResolverOptions) (*Resolver, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.pgpFormat, r.formats, err = opt.formats(); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// formats checks and normalises PGPFormat and Formats.
+func (opt ResolverOptions) formats() (Format, map[string]Format, error) {
+	def := opt.PGPFormat
+	switch def {
+	case FormatDefault:
+		def = FormatPGPMIME
+	case FormatPGPMIME, FormatPGPInline:
+	default:
+		return "", nil, fmt.Errorf("encryption.pgp_format: %q is not an OpenPGP format (want pgp-mime or pgp-inline)", def)
+	}
+	out := map[string]Format{}
+	origin := map[string]string{}
+	for _, a := range slices.Sorted(maps.Keys(opt.Formats)) {
+		n, err := opt.Policy.Normalizer.Normalize(a)
+		if err != nil {
+			return "", nil, fmt.Errorf("static.formats: %v", err)
+		}
+		if prev, dup := origin[n]; dup {
+			return "", nil, fmt.Errorf("static.formats: %q and %q are the same address (%s)", prev, a, n)
+		}
+		f, err := ParseFormat(string(opt.Formats[a]))
+		if err != nil {
+			return "", nil, fmt.Errorf("static.formats: %s: %v", a, err)
+		}
+		origin[n] = a
+		if f != FormatDefault {
+			out[n] = f
+		}
+	}
+	return def, out, nil
 }
 
 // Check reports what NewResolver would refuse in the static rules (an
 // entry that does not normalise, two entries that normalise alike, an
 // address both mapped and never encrypted) without a store.
 func (opt ResolverOptions) Check() error {
-	_, _, _, err := opt.static()
+	if _, _, _, err := opt.static(); err != nil {
+		return err
+	}
+	_, _, err := opt.formats()
 	return err
 }
 
@@ -332,6 +384,10 @@ func (r *Resolver) byFingerprint(ctx context.Context, entry string, fprs []strin
 // fill sorts the keys into usable and unusable ones and applies the
 // recipient's preferences (prefsFor "" means none apply, e.g. a domain).
 func (r *Resolver) fill(ctx context.Context, l *Recipient, prefsFor string, get func() ([]*Key, error), now time.Time) error {
+	var want Format
+	if prefsFor != "" {
+		want = r.formats[prefsFor]
+	}
 	ks, err := get()
 	if err != nil {
 		return err
@@ -355,8 +411,42 @@ func (r *Resolver) fill(ctx context.Context, l *Recipient, prefsFor string, get 
 		if p.ProtectHeaders != nil {
 			l.ProtectHeaders = *p.ProtectHeaders
 		}
+		if p.Format != FormatDefault {
+			want = p.Format
+		}
 	}
+	l.Format, l.Keys = r.chooseFormat(want, l.Keys)
 	return nil
+}
+
+// chooseFormat decides a recipient's format from its usable keys and the
+// format it asked for (want: stored, else [static.formats], else none),
+// and returns the keys of that format's kind. Mail is never left in clear
+// because the asked-for kind has no usable key while the other has: an
+// address asking for S/MIME whose certificate expired still gets
+// OpenPGP, and the other way round. Without a choice, OpenPGP keys win
+// over certificates (an address with both reads OpenPGP unless its
+// format is set to smime), in the operator's PGPFormat.
+func (r *Resolver) chooseFormat(want Format, ks []*Key) (Format, []*Key) {
+	var pgp, x509 []*Key
+	for _, k := range ks {
+		if k.Kind() == KindX509 {
+			x509 = append(x509, k)
+		} else {
+			pgp = append(pgp, k)
+		}
+	}
+	pgpFormat := r.pgpFormat
+	if want == FormatPGPMIME || want == FormatPGPInline {
+		pgpFormat = want
+	}
+	switch {
+	case want == FormatSMIME && len(x509) > 0, len(pgp) == 0 && len(x509) > 0:
+		return FormatSMIME, x509
+	case len(pgp) > 0:
+		return pgpFormat, pgp
+	}
+	return FormatDefault, nil
 }
 
 // Invalidate drops the cached answers for address (and for its

@@ -54,4 +54,8 @@ var sqliteMigrations = []string{
 	ALTER TABLE requests ADD COLUMN limit_address TEXT NOT NULL DEFAULT '';
 	CREATE INDEX requests_limit ON requests(limit_address, client_ip);
 	CREATE INDEX requests_bound ON requests(address, submission);`,
+	// v4: the recipient's message format (issue 18: "keys set ADDRESS
+	// format"); '' is the default choice (see keys.Format).
+	`ALTER TABLE prefs ADD COLUMN format TEXT NOT NULL DEFAULT ''
+		CHECK (format IN ('', 'pgp-mime', 'pgp-inline', 'smime'));`,
 }

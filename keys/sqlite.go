@@ -280,7 +280,7 @@ func (s *SQLiteStore) unavailable(op string, err error) error {
 // parse, or parses to another key, means a damaged database: that is
 // ErrUnavailable (try later, repair), not "this address has no key".
 func (s *SQLiteStore) parseStored(fingerprint string, material []byte) (*Key, error) {
-	ks, err := Parse(material)
+	ks, err := ParseStored(material)
 	if err != nil {
 		// %v, not %w: the *RejectError of Parse is about the stored
 		// material, and must not read as a refusal of a submitted key.
@@ -300,7 +300,7 @@ const (
 		WHERE b.address = ?
 		ORDER BY b.added_at, b.rowid`
 	sqlKeyByFingerprint = "SELECT material FROM keys WHERE fingerprint = ?"
-	sqlPrefs            = "SELECT protect_headers FROM prefs WHERE address = ?"
+	sqlPrefs            = "SELECT protect_headers, format FROM prefs WHERE address = ?"
 )
 
 // KeysFor implements Store.
@@ -514,19 +514,25 @@ func (s *SQLiteStore) List(ctx context.Context) ([]Binding, error) {
 // Prefs implements Store.
 func (s *SQLiteStore) Prefs(ctx context.Context, address string) (Prefs, error) {
 	var ph sql.NullInt64
-	err := s.db.queryRowPrepared(ctx, sqlPrefs, address).Scan(&ph)
+	var format string
+	err := s.db.queryRowPrepared(ctx, sqlPrefs, address).Scan(&ph, &format)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Prefs{}, nil
 	}
 	if err != nil {
 		return Prefs{}, s.unavailable("reading preferences of "+address, err)
 	}
-	var p Prefs
+	return sqlitePrefs(ph, format), nil
+}
+
+// sqlitePrefs turns a prefs row into Prefs.
+func sqlitePrefs(ph sql.NullInt64, format string) Prefs {
+	p := Prefs{Format: Format(format)}
 	if ph.Valid {
 		b := ph.Int64 != 0
 		p.ProtectHeaders = &b
 	}
-	return p, nil
+	return p
 }
 
 // SetPrefs implements Store.
@@ -538,8 +544,9 @@ func (s *SQLiteStore) SetPrefs(ctx context.Context, address string, p Prefs) err
 			ph.Int64 = 1
 		}
 	}
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO prefs(address, protect_headers) VALUES (?, ?)
-		ON CONFLICT(address) DO UPDATE SET protect_headers = excluded.protect_headers`, address, ph); err != nil {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO prefs(address, protect_headers, format) VALUES (?, ?, ?)
+		ON CONFLICT(address) DO UPDATE SET protect_headers = excluded.protect_headers, format = excluded.format`,
+		address, ph, string(p.Format)); err != nil {
 		return s.unavailable("storing preferences of "+address, err)
 	}
 	s.db.wrote()
@@ -573,24 +580,19 @@ func (s *SQLiteStore) Backup(ctx context.Context, dst string) error {
 
 // AllPrefs returns every address's stored preferences ("store copy").
 func (s *SQLiteStore) AllPrefs(ctx context.Context) (map[string]Prefs, error) {
-	rows, err := s.db.QueryContext(ctx, "SELECT address, protect_headers FROM prefs")
+	rows, err := s.db.QueryContext(ctx, "SELECT address, protect_headers, format FROM prefs")
 	if err != nil {
 		return nil, s.unavailable("listing preferences", err)
 	}
 	defer rows.Close()
 	out := map[string]Prefs{}
 	for rows.Next() {
-		var addr string
+		var addr, format string
 		var ph sql.NullInt64
-		if err := rows.Scan(&addr, &ph); err != nil {
+		if err := rows.Scan(&addr, &ph, &format); err != nil {
 			return nil, s.unavailable("listing preferences", err)
 		}
-		var p Prefs
-		if ph.Valid {
-			b := ph.Int64 != 0
-			p.ProtectHeaders = &b
-		}
-		out[addr] = p
+		out[addr] = sqlitePrefs(ph, format)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, s.unavailable("listing preferences", err)

@@ -119,7 +119,7 @@ func TestOlderSchemaNeedsExplicitMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Back to version 1: as written by the first release.
-	if _, err := db.Exec("DROP TABLE requests; DELETE FROM schema_version WHERE version > 1"); err != nil {
+	if _, err := db.Exec("DROP TABLE requests; ALTER TABLE prefs DROP COLUMN format; DELETE FROM schema_version WHERE version > 1"); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

@@ -3,6 +3,7 @@ package keys
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -51,6 +52,49 @@ type Binding struct {
 type Prefs struct {
 	// ProtectHeaders overrides [encryption] protect_headers when not nil.
 	ProtectHeaders *bool
+	// Format is the message format the recipient reads ("keys set ADDRESS
+	// format"); FormatDefault leaves the choice to the resolver (see
+	// Resolver and docs/keys.md).
+	Format Format
+}
+
+// Format is how mail to a recipient is encrypted.
+type Format string
+
+// The formats. FormatDefault is stored as the empty string.
+const (
+	FormatDefault   Format = ""
+	FormatPGPMIME   Format = "pgp-mime"   // RFC 3156, the default for OpenPGP keys
+	FormatPGPInline Format = "pgp-inline" // each text part armoured, other parts .pgp attachments
+	FormatSMIME     Format = "smime"      // RFC 8551 enveloped-data, for X.509 certificates
+)
+
+// ParseFormat reads a format as operators write it: "pgp-mime",
+// "pgp-inline", "smime", or "default" (and "") for FormatDefault.
+func ParseFormat(s string) (Format, error) {
+	switch f := Format(s); f {
+	case FormatPGPMIME, FormatPGPInline, FormatSMIME:
+		return f, nil
+	case "default", "":
+		return FormatDefault, nil
+	}
+	return "", fmt.Errorf("unknown format %q (want pgp-mime, pgp-inline, smime or default)", s)
+}
+
+// Kind is the key kind the format encrypts to.
+func (f Format) Kind() Kind {
+	if f == FormatSMIME {
+		return KindX509
+	}
+	return KindOpenPGP
+}
+
+// String is the name operators write ("default" for FormatDefault).
+func (f Format) String() string {
+	if f == FormatDefault {
+		return "default"
+	}
+	return string(f)
 }
 
 // ErrNotFound is returned when a fingerprint or binding does not exist.

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"lacre.io/milter/aliases"
+	"lacre.io/milter/crypto/smime"
 	"lacre.io/milter/keys"
 )
 
@@ -134,6 +135,10 @@ type Options struct {
 	Keys KeySource
 	// HideRecipients leaves the key IDs out of the encrypted message.
 	HideRecipients bool
+	// SMIME are the S/MIME choices ([smime] cipher, rsa_padding,
+	// subject_key_id); the zero value is AES-256-CBC with RSA PKCS #1
+	// v1.5, what every S/MIME reader opens.
+	SMIME smime.Options
 	// MinRSABits is the smallest RSA modulus encrypted to; zero means
 	// crypto's floor (2048).
 	MinRSABits int

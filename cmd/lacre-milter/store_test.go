@@ -94,7 +94,7 @@ func TestStoreMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec("DROP TABLE requests; DELETE FROM schema_version WHERE version > 1"); err != nil {
+	if _, err := db.Exec("DROP TABLE requests; ALTER TABLE prefs DROP COLUMN format; DELETE FROM schema_version WHERE version > 1"); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

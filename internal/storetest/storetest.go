@@ -17,6 +17,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -41,6 +42,8 @@ func Run(t *testing.T, newStore New) {
 	t.Run("AddRefusesNoKeys", func(t *testing.T) { testAddRefusesNoKeys(t, newStore) })
 	t.Run("List", func(t *testing.T) { testList(t, newStore) })
 	t.Run("Prefs", func(t *testing.T) { testPrefs(t, newStore) })
+	t.Run("PrefsFormat", func(t *testing.T) { testPrefsFormat(t, newStore) })
+	t.Run("Certificates", func(t *testing.T) { testCertificates(t, newStore) })
 	t.Run("Closed", func(t *testing.T) { testClosed(t, newStore) })
 	t.Run("CanceledContext", func(t *testing.T) { testCanceled(t, newStore) })
 	t.Run("ConcurrentReaders", func(t *testing.T) { testConcurrentReaders(t, newStore) })
@@ -396,6 +399,31 @@ func testPrefs(t *testing.T, newStore New) {
 	}
 }
 
+// testPrefsFormat: the format and header protection are stored
+// independently of each other, and an unknown format is refused by the
+// store itself (its CHECK constraint), not stored for the milter to meet.
+func testPrefsFormat(t *testing.T, newStore New) {
+	ctx := context.Background()
+	s, other := newStore(t)
+	const addr = "alice@example.org"
+	yes := true
+	for _, f := range []keys.Format{keys.FormatSMIME, keys.FormatPGPInline, keys.FormatPGPMIME, keys.FormatDefault} {
+		if err := s.SetPrefs(ctx, addr, keys.Prefs{ProtectHeaders: &yes, Format: f}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := other.Prefs(ctx, addr)
+		if err != nil || p.Format != f || p.ProtectHeaders == nil || !*p.ProtectHeaders {
+			t.Fatalf("after SetPrefs(format %s) Prefs = %+v, %v", f, p, err)
+		}
+	}
+	if err := s.SetPrefs(ctx, addr, keys.Prefs{Format: "pgp-mime; DROP TABLE keys"}); err == nil {
+		t.Fatal("SetPrefs stored an unknown format")
+	}
+	if p, err := other.Prefs(ctx, addr); err != nil || p.Format != keys.FormatDefault {
+		t.Fatalf("after a refused format Prefs = %+v, %v", p, err)
+	}
+}
+
 func testClosed(t *testing.T, newStore New) {
 	ctx := context.Background()
 	s, _ := newStore(t)
@@ -736,5 +764,57 @@ func testRequestLimits(t *testing.T, s keys.Requests) {
 		if (err == nil) != want || (!want && (!errors.As(err, &le) || le.PerAddress)) {
 			t.Errorf("client request %d: %v", i, err)
 		}
+	}
+}
+
+// testCertificates: an S/MIME certificate (with its issuer, as a chain)
+// is stored beside an OpenPGP key of the same address and comes back as
+// the same certificate, end-entity first, whichever handle reads it.
+func testCertificates(t *testing.T, newStore New) {
+	ctx := context.Background()
+	s, other := newStore(t)
+	const addr = "alice@example.org"
+	ca := smimetest.New(t, smimetest.Spec{Key: smimetest.P256, CommonName: "Test CA", CA: true})
+	leaf := smimetest.New(t, smimetest.Spec{Key: smimetest.RSA2048, Addresses: []string{addr}, Parent: ca})
+	// The chain file lists the CA first: the store must keep the
+	// end-entity certificate first all the same.
+	pemFile := append(ca.PEM(), leaf.PEM()...)
+	parsed, err := keys.ParseAny(pemFile, addr, keys.Normalizer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := parsed[0]
+	pgp := newKey(t, testkeys.Curve25519, addr)
+	if err := s.Add(ctx, addr, []*keys.Key{pgp, cert}, false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := other.KeysFor(ctx, addr)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("KeysFor = %v, %v; want 2 keys", got, err)
+	}
+	var c *keys.Key
+	for _, k := range got {
+		if k.Kind() == keys.KindX509 {
+			c = k
+		}
+	}
+	if c == nil {
+		t.Fatalf("KeysFor kinds = %v %v; want an x509 key", got[0].Kind(), got[1].Kind())
+	}
+	if c.Fingerprint != cert.Fingerprint || !bytes.Equal(c.Raw, cert.Raw) {
+		t.Fatalf("stored certificate %s came back as %s", cert.Fingerprint, c.Fingerprint)
+	}
+	if cc := c.Certificate(); !bytes.Equal(cc.Cert.Raw, leaf.Cert.Raw) || len(cc.Chain) != 1 || !bytes.Equal(cc.Chain[0].Raw, ca.Cert.Raw) {
+		t.Fatalf("stored certificate came back with the wrong end entity or chain")
+	}
+	byFpr, err := other.KeyByFingerprint(ctx, cert.Fingerprint)
+	if err != nil || byFpr.Kind() != keys.KindX509 || byFpr.Fingerprint != cert.Fingerprint {
+		t.Fatalf("KeyByFingerprint = %v, %v", byFpr, err)
+	}
+	if n, err := s.Remove(ctx, addr, cert.Fingerprint); err != nil || n != 1 {
+		t.Fatalf("Remove of the certificate = %d, %v", n, err)
+	}
+	if got, err := other.KeysFor(ctx, addr); err != nil || len(got) != 1 || got[0].Kind() != keys.KindOpenPGP {
+		t.Fatalf("after removing the certificate KeysFor = %v, %v; want the OpenPGP key alone", got, err)
 	}
 }
