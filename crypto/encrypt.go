@@ -20,6 +20,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/crypto/smime"
 	"lacre.io/milter/keys"
 )
 
@@ -37,8 +38,13 @@ type Options struct {
 	MinRSABits int
 	// Now selects which (sub)keys are valid; the zero time means time.Now().
 	Now time.Time
-	// Rand is the randomness source; nil means crypto/rand.
+	// Rand is the randomness source; nil means crypto/rand. S/MIME
+	// (EncryptSMIME) always uses crypto/rand.
 	Rand io.Reader
+	// SMIME is the content cipher, RSA padding and recipient naming for
+	// S/MIME (EncryptSMIME); the zero value is AES-256-CBC with RSA
+	// PKCS #1 v1.5, what every S/MIME reader opens.
+	SMIME smime.Options
 }
 
 // Result is an encrypted message: edits to the outer header section, to
@@ -363,21 +369,42 @@ func protectedContentType(v string) string {
 // (they now live inside the ciphertext), MIME-Version added when absent,
 // and the Subject obscured when headers are protected.
 func outerChanges(fields []Field, boundary string, protect bool) []Change {
-	var changes []Change
-	seen := map[string]int{}
-	var deletes []Change
-	hasType, hasVersion := false, false
 	// One line (about 100 characters, well under RFC 5322's 998): MTAs
 	// differ in how they take folded values through the milter protocol.
 	newType := `multipart/encrypted; protocol="application/pgp-encrypted"; boundary="` + boundary + `"`
+	return replaceContent(fields, []Field{{Name: "Content-Type", Value: newType}}, protect)
+}
+
+// replaceContent returns the changes that make the original header the
+// outer header of an encrypted message whose own MIME fields are content
+// (PGP/MIME: a Content-Type; S/MIME: smime.Fields). The first field of
+// each name in content is set to its new value in place, every other
+// Content-* field is removed (they now live inside the ciphertext), the
+// fields of content the message lacked and MIME-Version are added, and
+// when headers are protected the Subject is obscured and the
+// concealedFields removed.
+func replaceContent(fields []Field, content []Field, protect bool) []Change {
+	var changes []Change
+	seen := map[string]int{}
+	var deletes []Change
+	hasVersion := false
+	set := make([]bool, len(content))
+	newValue := func(name string) int {
+		for i, c := range content {
+			if !set[i] && strings.EqualFold(c.Name, name) {
+				return i
+			}
+		}
+		return -1
+	}
 	for _, f := range fields {
 		key := strings.ToLower(f.Name)
 		seen[key]++
 		idx := seen[key]
-		switch {
-		case key == "content-type" && !hasType:
-			hasType = true
-			changes = append(changes, Change{Op: Set, Name: f.Name, Index: idx, Value: newType})
+		switch i := newValue(f.Name); {
+		case i >= 0 && isContentField(f.Name):
+			set[i] = true
+			changes = append(changes, Change{Op: Set, Name: f.Name, Index: idx, Value: content[i].Value})
 		case isContentField(f.Name):
 			deletes = append(deletes, Change{Op: Delete, Name: f.Name, Index: idx})
 		case key == "mime-version":
@@ -396,8 +423,10 @@ func outerChanges(fields []Field, boundary string, protect bool) []Change {
 	if !hasVersion {
 		changes = append(changes, Change{Op: Add, Name: "MIME-Version", Value: "1.0"})
 	}
-	if !hasType {
-		changes = append(changes, Change{Op: Add, Name: "Content-Type", Value: newType})
+	for i, c := range content {
+		if !set[i] {
+			changes = append(changes, Change{Op: Add, Name: c.Name, Value: c.Value})
+		}
 	}
 	return changes
 }

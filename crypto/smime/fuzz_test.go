@@ -47,7 +47,7 @@ func FuzzEncrypt(f *testing.F) {
 				return
 			}
 			for _, k := range []*smimetest.Cert{r, e} {
-				got, _, err := decrypt(der, k.Cert, k.Key)
+				got, _, err := smimetest.Decrypt(der, k.Cert, k.Key)
 				if err != nil || !bytes.Equal(got, inner) {
 					t.Errorf("%s: %v, got %q", opts.name(), err, got)
 				}
@@ -77,6 +77,6 @@ func FuzzDecrypt(f *testing.F) {
 		if ec {
 			k = e
 		}
-		withTimeout(t, func() { decrypt(der, k.Cert, k.Key) })
+		withTimeout(t, func() { smimetest.Decrypt(der, k.Cert, k.Key) })
 	})
 }

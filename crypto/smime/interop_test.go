@@ -17,9 +17,6 @@ import (
 	"bytes"
 	"crypto/x509"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -54,75 +51,21 @@ func interopOptions(kind smimetest.KeyKind) []Options {
 	return out
 }
 
-// party is a recipient's certificate and key written to a directory.
-type party struct {
-	c                 *smimetest.Cert
-	certPath, keyPath string
-}
-
-func newParty(t *testing.T, dir string, kind smimetest.KeyKind) party {
-	t.Helper()
-	name := strings.ToLower(strings.ReplaceAll(kind.String(), "-", ""))
-	c := smimetest.New(t, smimetest.Spec{Key: kind, Addresses: []string{name + "@example.org"}, CommonName: "Interop " + kind.String(),
-		SubjectKeyID: []byte("ski-" + name)})
-	p := party{c: c, certPath: filepath.Join(dir, name+".crt"), keyPath: filepath.Join(dir, name+".key")}
-	if err := os.WriteFile(p.certPath, c.PEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p.keyPath, c.KeyPEM(t), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func writeFile(t *testing.T, dir, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func logTool(t *testing.T, path string, args ...string) string {
-	t.Helper()
-	out, stderr, err := smimetest.Run(t.TempDir(), nil, nil, path, args...)
-	if err != nil {
-		t.Fatalf("%s %v: %v\n%s", path, args, err, stderr)
-	}
-	line, _, _ := strings.Cut(string(append(out, stderr...)), "\n")
-	t.Logf("%s: %s", filepath.Base(path), line)
-	return line
-}
-
-// opensslDecrypt decrypts a DER CMS object (or, with smimeFormat, an
-// S/MIME entity) with openssl cms.
-func opensslDecrypt(t *testing.T, openssl, dir string, p party, in []byte, smimeFormat bool) ([]byte, []byte, error) {
-	t.Helper()
-	inform := "DER"
-	if smimeFormat {
-		inform = "SMIME"
-	}
-	f := writeFile(t, dir, "msg", in)
-	return smimetest.Run(dir, nil, nil, openssl, "cms", "-decrypt", "-binary", "-inform", inform, "-in", f,
-		"-recip", p.certPath, "-inkey", p.keyPath)
-}
-
 // TestInteropOpenSSL: every option, for RSA-2048, RSA-4096 and P-256
 // (and P-384, P-521, which the certificate rules also admit), alone and
 // all recipients in one message, decrypts with openssl cms to the
 // identical entity.
 func TestInteropOpenSSL(t *testing.T) {
 	openssl := smimetest.Tool(t, "openssl")
-	logTool(t, openssl, "version")
+	smimetest.LogTool(t, openssl, "version")
 	dir := t.TempDir()
-	var parties []party
+	var parties []smimetest.Party
 	var all []*x509.Certificate
 	kinds := append(slices.Clone(interopKinds), smimetest.P384, smimetest.P521)
 	for _, kind := range kinds {
-		p := newParty(t, dir, kind)
+		p := smimetest.NewParty(t, dir, kind)
 		parties = append(parties, p)
-		all = append(all, p.c.Cert)
+		all = append(all, p.C.Cert)
 	}
 	for i, kind := range kinds {
 		for _, opts := range interopOptions(kind) {
@@ -132,7 +75,7 @@ func TestInteropOpenSSL(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					out, stderr, err := opensslDecrypt(t, openssl, t.TempDir(), parties[i], der, false)
+					out, stderr, err := smimetest.OpenSSLDecrypt(t, openssl, t.TempDir(), parties[i], der, false)
 					if err != nil {
 						t.Fatalf("openssl cms -decrypt (%d recipients): %v\n%s", len(to), err, stderr)
 					}
@@ -152,78 +95,11 @@ func TestInteropOpenSSL(t *testing.T) {
 		}
 		msg := append([]byte("MIME-Version: 1.0\r\n"), ent...)
 		for _, p := range parties {
-			out, stderr, err := opensslDecrypt(t, openssl, t.TempDir(), p, msg, true)
+			out, stderr, err := smimetest.OpenSSLDecrypt(t, openssl, t.TempDir(), p, msg, true)
 			if err != nil || string(out) != interopInner {
-				t.Errorf("%v entity, %s: %v %q\n%s", opts.Cipher, p.c.Cert.Subject.CommonName, err, out, stderr)
+				t.Errorf("%v entity, %s: %v %q\n%s", opts.Cipher, p.C.Cert.Subject.CommonName, err, out, stderr)
 			}
 		}
-	}
-}
-
-// gpgsmHome makes a GnuPG home with p's PKCS #12 imported (empty
-// passphrase, loopback pinentry, no dirmngr) and returns it with a
-// decrypt function. The home has a short path because gpg-agent's socket
-// lives in it; the agent is killed at cleanup.
-func gpgsmHome(t *testing.T, gpgsm string, p party) func(der []byte) ([]byte, []byte, error) {
-	t.Helper()
-	gpgconf := smimetest.Tool(t, "gpgconf")
-	home, err := os.MkdirTemp("", "s")
-	if err == nil && len(home) > 64 {
-		os.Remove(home)
-		home, err = os.MkdirTemp("/tmp", "s")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, stderr, err := smimetest.Run(home, nil, nil, gpgconf, "--homedir", home, "--kill", "all"); err != nil {
-			t.Errorf("gpgconf --kill all: %v\n%s", err, stderr)
-		}
-		os.RemoveAll(home)
-	})
-	if err := os.Chmod(home, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, home, "gpg-agent.conf", []byte("allow-loopback-pinentry\n"))
-	writeFile(t, home, "gpgsm.conf", []byte("disable-dirmngr\ndisable-crl-checks\n"))
-	env := []string{"GNUPGHOME=" + home}
-	p12 := smimetest.PKCS12(t, p.c, home, "recipient", true)
-	base := []string{"--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0"}
-	if _, stderr, err := smimetest.Run(home, []byte("\n\n\n"), env, gpgsm, append(base, "--import", p12)...); err != nil {
-		t.Fatalf("gpgsm --import: %v\n%s", err, stderr)
-	}
-	out, stderr, err := smimetest.Run(home, nil, env, gpgsm, "--homedir", home, "--batch", "--list-secret-keys")
-	if err != nil || !bytes.Contains(out, []byte(p.c.Cert.Subject.CommonName)) {
-		t.Fatalf("gpgsm holds no secret key after the import: %v\n%s%s", err, out, stderr)
-	}
-	return func(der []byte) ([]byte, []byte, error) {
-		f := writeFile(t, home, "msg.p7m", der)
-		return smimetest.Run(home, []byte("\n"), env, gpgsm, append(base, "--decrypt", f)...)
-	}
-}
-
-// nssDB makes an NSS database with an empty password holding p's PKCS #12
-// and returns a decrypt function using cmsutil -D.
-func nssDB(t *testing.T, p party) func(der []byte) ([]byte, []byte, error) {
-	t.Helper()
-	certutil := smimetest.Tool(t, "certutil")
-	pk12util := smimetest.Tool(t, "pk12util")
-	cmsutil := smimetest.Tool(t, "cmsutil")
-	dir := t.TempDir()
-	db := "sql:" + filepath.Join(dir, "db")
-	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if _, stderr, err := smimetest.Run(dir, nil, nil, certutil, "-N", "-d", db, "--empty-password"); err != nil {
-		t.Fatalf("certutil -N: %v\n%s", err, stderr)
-	}
-	p12 := smimetest.PKCS12(t, p.c, dir, "recipient", false)
-	if out, stderr, err := smimetest.Run(dir, nil, nil, pk12util, "-i", p12, "-d", db, "-W", "", "-K", ""); err != nil {
-		t.Fatalf("pk12util -i: %v\n%s%s", err, out, stderr)
-	}
-	return func(der []byte) ([]byte, []byte, error) {
-		f := writeFile(t, dir, "msg.p7m", der)
-		return smimetest.Run(dir, nil, nil, cmsutil, "-D", "-d", db, "-p", "", "-i", f)
 	}
 }
 
@@ -231,8 +107,10 @@ func nssDB(t *testing.T, p party) func(der []byte) ([]byte, []byte, error) {
 // sizes, alone and with an EC recipient in the same message.
 func TestInteropGpgsm(t *testing.T) {
 	gpgsm := smimetest.Tool(t, "gpgsm")
-	logTool(t, gpgsm, "--version")
-	interopDefault(t, true, func(t *testing.T, p party) func([]byte) ([]byte, []byte, error) { return gpgsmHome(t, gpgsm, p) })
+	smimetest.LogTool(t, gpgsm, "--version")
+	interopDefault(t, true, func(t *testing.T, p smimetest.Party) func([]byte) ([]byte, []byte, error) {
+		return smimetest.GpgsmReader(t, gpgsm, p)
+	})
 }
 
 // TestInteropNSS: the default options decrypt with NSS's cmsutil, to one
@@ -240,22 +118,22 @@ func TestInteropGpgsm(t *testing.T) {
 // also has an ECDH recipient: TestInteropReaderClaims.)
 func TestInteropNSS(t *testing.T) {
 	smimetest.Tool(t, "cmsutil")
-	interopDefault(t, false, nssDB)
+	interopDefault(t, false, smimetest.NSSReader)
 }
 
 // interopDefault encrypts with the default options to an RSA-2048 and an
 // RSA-4096 recipient, alone and together with another recipient (a P-256
 // one when mixedEC, else an RSA-2048 one), and decrypts with reader.
-func interopDefault(t *testing.T, mixedEC bool, reader func(*testing.T, party) func([]byte) ([]byte, []byte, error)) {
+func interopDefault(t *testing.T, mixedEC bool, reader func(*testing.T, smimetest.Party) func([]byte) ([]byte, []byte, error)) {
 	other := smimetest.New(t, smimetest.Spec{Key: smimetest.RSA2048, Addresses: []string{"other@example.org"}})
 	if mixedEC {
 		other = smimetest.New(t, smimetest.Spec{Key: smimetest.P256, Addresses: []string{"other@example.org"}})
 	}
 	for _, kind := range []smimetest.KeyKind{smimetest.RSA2048, smimetest.RSA4096} {
 		t.Run(kind.String(), func(t *testing.T) {
-			p := newParty(t, t.TempDir(), kind)
+			p := smimetest.NewParty(t, t.TempDir(), kind)
 			decrypt := reader(t, p)
-			for _, to := range [][]*x509.Certificate{{p.c.Cert}, {other.Cert, p.c.Cert}} {
+			for _, to := range [][]*x509.Certificate{{p.C.Cert}, {other.Cert, p.C.Cert}} {
 				der, err := Encrypt([]byte(interopInner), to, Options{})
 				if err != nil {
 					t.Fatal(err)
@@ -305,13 +183,13 @@ var readerClaims = map[string]struct {
 
 // readerMatrix tries every option with one recipient of each kind and
 // returns which a reader opened to the identical entity.
-func readerMatrix(t *testing.T, kinds []smimetest.KeyKind, reader func(*testing.T, party) func([]byte) ([]byte, []byte, error)) map[string]bool {
+func readerMatrix(t *testing.T, kinds []smimetest.KeyKind, reader func(*testing.T, smimetest.Party) func([]byte) ([]byte, []byte, error)) map[string]bool {
 	got := map[string]bool{}
 	for _, kind := range kinds {
-		p := newParty(t, t.TempDir(), kind)
+		p := smimetest.NewParty(t, t.TempDir(), kind)
 		decrypt := reader(t, p)
 		for _, opts := range interopOptions(kind) {
-			der, err := Encrypt([]byte(interopInner), []*x509.Certificate{p.c.Cert}, opts)
+			der, err := Encrypt([]byte(interopInner), []*x509.Certificate{p.C.Cert}, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -354,46 +232,29 @@ func TestInteropReaderClaims(t *testing.T) {
 	gpgsm := smimetest.Tool(t, "gpgsm")
 	smimetest.Tool(t, "cmsutil")
 	t.Run("gpgsm", func(t *testing.T) {
-		v := logTool(t, gpgsm, "--version")
+		v := smimetest.LogTool(t, gpgsm, "--version")
 		v = v[strings.LastIndexByte(v, ' ')+1:]
-		got := readerMatrix(t, readerClaims["gpgsm"].kinds, func(t *testing.T, p party) func([]byte) ([]byte, []byte, error) { return gpgsmHome(t, gpgsm, p) })
+		got := readerMatrix(t, readerClaims["gpgsm"].kinds, func(t *testing.T, p smimetest.Party) func([]byte) ([]byte, []byte, error) {
+			return smimetest.GpgsmReader(t, gpgsm, p)
+		})
 		checkClaims(t, "gpgsm", v, got)
 	})
 	t.Run("nss", func(t *testing.T) {
-		v := nssVersion(t)
-		got := readerMatrix(t, readerClaims["nss"].kinds, nssDB)
+		v := smimetest.NSSVersion(t)
+		got := readerMatrix(t, readerClaims["nss"].kinds, smimetest.NSSReader)
 		checkClaims(t, "nss", v, got)
 		// An RSA recipient of a message that also has an ECDH recipient.
-		p := newParty(t, t.TempDir(), smimetest.RSA2048)
+		p := smimetest.NewParty(t, t.TempDir(), smimetest.RSA2048)
 		ec := smimetest.New(t, smimetest.Spec{Key: smimetest.P256, Addresses: []string{"ec@example.org"}})
-		der, err := Encrypt([]byte(interopInner), []*x509.Certificate{p.c.Cert, ec.Cert}, Options{})
+		der, err := Encrypt([]byte(interopInner), []*x509.Certificate{p.C.Cert, ec.Cert}, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, stderr, err := nssDB(t, p)(der)
+		out, stderr, err := smimetest.NSSReader(t, p)(der)
 		mixed := err == nil && string(out) == interopInner
 		t.Logf("RSA recipient of a message with an ECDH recipient: reads=%v %s", mixed, bytes.TrimSpace(stderr))
 		if strings.HasPrefix(v, readerClaims["nss"].version) && mixed {
 			t.Errorf("NSS %s now reads a message with an ECDH recipient: update docs/smime.md", v)
 		}
 	})
-}
-
-// nssVersion asks dpkg for the version of libnss3 (NSS's tools print
-// none); "" when that cannot be known.
-func nssVersion(t *testing.T) string {
-	dpkg, err := exec.LookPath("dpkg-query")
-	if err != nil {
-		return ""
-	}
-	out, _, err := smimetest.Run(t.TempDir(), nil, nil, dpkg, "-W", "-f", "${Version}", "libnss3")
-	if err != nil {
-		return ""
-	}
-	v := string(out)
-	if _, after, ok := strings.Cut(v, ":"); ok {
-		v = after // the Debian epoch, "2:3.87.1-1+deb12u4"
-	}
-	t.Logf("libnss3 %s", v)
-	return v
 }

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"lacre.io/milter/crypto"
 	"lacre.io/milter/crypto/smime/smimetest"
 )
 
@@ -62,32 +61,32 @@ func TestEncryptRoundTrip(t *testing.T) {
 					t.Fatal(err)
 				}
 				for i, r := range recips[:n] {
-					got, p, err := decrypt(der, r.Cert, r.Key)
+					got, p, err := smimetest.Decrypt(der, r.Cert, r.Key)
 					if err != nil {
 						t.Fatalf("recipient %d (%v): %v", i, kinds[i], err)
 					}
 					if string(got) != testInner {
 						t.Fatalf("recipient %d decrypted %q", i, got)
 					}
-					if p.riCount != n {
-						t.Fatalf("%d RecipientInfos, want %d", p.riCount, n)
+					if p.RICount != n {
+						t.Fatalf("%d RecipientInfos, want %d", p.RICount, n)
 					}
-					if p.auth != (opts.Cipher == AES256GCM) {
-						t.Fatalf("AuthEnvelopedData %v for %v", p.auth, opts.Cipher)
+					if p.Auth != (opts.Cipher == AES256GCM) {
+						t.Fatalf("AuthEnvelopedData %v for %v", p.Auth, opts.Cipher)
 					}
 					wantVersion := int64(0)
-					if !p.auth && (n > 2 || opts.SubjectKeyID) {
+					if !p.Auth && (n > 2 || opts.SubjectKeyID) {
 						wantVersion = 2
 					}
-					if p.version != wantVersion {
-						t.Fatalf("version %d, want %d", p.version, wantVersion)
+					if p.Version != wantVersion {
+						t.Fatalf("version %d, want %d", p.Version, wantVersion)
 					}
-					for j, v := range p.riVersion {
-						if v != 0 && v != 2 && v != 3 || (v == 2) != (opts.SubjectKeyID && p.keyAlg[j].Equal(keyTransportOID(opts))) {
-							t.Fatalf("RecipientInfo %d version %d (%v)", j, v, p.keyAlg[j])
+					for j, v := range p.RIVersion {
+						if v != 0 && v != 2 && v != 3 || (v == 2) != (opts.SubjectKeyID && p.KeyAlg[j].Equal(keyTransportOID(opts))) {
+							t.Fatalf("RecipientInfo %d version %d (%v)", j, v, p.KeyAlg[j])
 						}
 					}
-					for _, a := range p.keyAlg {
+					for _, a := range p.KeyAlg {
 						if !a.Equal(keyTransportOID(opts)) && !a.Equal(oidStdDHSHA256KDFScheme) {
 							t.Fatalf("key algorithm %v with %v", a, opts.RSAPadding)
 						}
@@ -118,7 +117,7 @@ func TestEncryptSizes(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, k := range []*smimetest.Cert{r, e} {
-				got, _, err := decrypt(der, k.Cert, k.Key)
+				got, _, err := smimetest.Decrypt(der, k.Cert, k.Key)
 				if err != nil || !bytes.Equal(got, in) {
 					t.Fatalf("%v, %d bytes: %v (got %d bytes)", c, n, err, len(got))
 				}
@@ -138,7 +137,7 @@ func TestEncryptTamper(t *testing.T) {
 	for _, off := range []int{len(der) - 1, len(der) - 20, len(der) - 40} {
 		bad := bytes.Clone(der)
 		bad[off] ^= 1
-		if got, _, err := decrypt(bad, r.Cert, r.Key); err == nil {
+		if got, _, err := smimetest.Decrypt(bad, r.Cert, r.Key); err == nil {
 			t.Errorf("byte %d changed and still decrypted: %q", off, got)
 		}
 	}
@@ -185,7 +184,7 @@ func TestEncryptFresh(t *testing.T) {
 	if bytes.Equal(a[len(a)-48:], b[len(b)-48:]) {
 		t.Error("two encryptions of the same entity end alike")
 	}
-	if _, p, err := decrypt(a, r.Cert, r.Key); err != nil || p.riCount != 1 {
+	if _, p, err := smimetest.Decrypt(a, r.Cert, r.Key); err != nil || p.RICount != 1 {
 		t.Errorf("duplicate certificate: %v, %+v", err, p)
 	}
 }
@@ -207,19 +206,20 @@ func TestKeyWrapRFC3394(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("keyWrap = %X, %v; want %X", got, err, want)
 	}
-	back, err := keyUnwrap(kek, got)
+	back, err := smimetest.KeyUnwrap(kek, got)
 	if err != nil || !bytes.Equal(back, key) {
 		t.Fatalf("keyUnwrap = %X, %v", back, err)
 	}
 	got[3] ^= 1
-	if _, err := keyUnwrap(kek, got); err == nil {
+	if _, err := smimetest.KeyUnwrap(kek, got); err == nil {
 		t.Fatal("a changed wrapped key unwrapped")
 	}
 }
 
-// TestEntity checks the MIME entity (RFC 8551 §3.2) and that the milter's
-// own detector sees it as already encrypted, so it is never encrypted
-// twice.
+// TestEntity checks the MIME entity (RFC 8551 §3.2). That the milter's
+// own detector sees it as already encrypted, so that it is never
+// encrypted twice, is checked in package crypto
+// (TestEncryptSMIMEAlreadyEncrypted): package crypto imports this one.
 func TestEntity(t *testing.T) {
 	r := recipient(t, smimetest.RSA2048, "a@example.org")
 	for _, opts := range []Options{{}, {Cipher: AES256GCM}} {
@@ -256,15 +256,8 @@ func TestEntity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, _, err := decrypt(der, r.Cert, r.Key); err != nil || !bytes.Equal(got, bytes.Repeat([]byte(testInner), 20)) {
+		if got, _, err := smimetest.Decrypt(der, r.Cert, r.Key); err != nil || !bytes.Equal(got, bytes.Repeat([]byte(testInner), 20)) {
 			t.Fatalf("entity does not decrypt: %v", err)
-		}
-		var fields []crypto.Field
-		for _, f := range Fields(opts) {
-			fields = append(fields, crypto.Field{Name: f.Name, Value: f.Value})
-		}
-		if !crypto.AlreadyEncrypted(fields, body) {
-			t.Errorf("%v: crypto.AlreadyEncrypted does not recognise the entity", opts.Cipher)
 		}
 	}
 	if got := Body(nil); len(got) != 0 {
@@ -287,13 +280,13 @@ func TestEncryptConcurrentOptions(t *testing.T) {
 				errs <- err
 				return
 			}
-			_, p, err := decrypt(der, r.Cert, r.Key)
+			_, p, err := smimetest.Decrypt(der, r.Cert, r.Key)
 			if err != nil {
 				errs <- err
 				return
 			}
-			if p.auth != (opts.Cipher == AES256GCM) || !p.keyAlg[0].Equal(keyTransportOID(opts)) || (p.riVersion[0] == 2) != opts.SubjectKeyID {
-				errs <- fmt.Errorf("options %s produced auth=%v alg=%v version=%d", opts.name(), p.auth, p.keyAlg[0], p.riVersion[0])
+			if p.Auth != (opts.Cipher == AES256GCM) || !p.KeyAlg[0].Equal(keyTransportOID(opts)) || (p.RIVersion[0] == 2) != opts.SubjectKeyID {
+				errs <- fmt.Errorf("options %s produced auth=%v alg=%v version=%d", opts.name(), p.Auth, p.KeyAlg[0], p.RIVersion[0])
 			}
 		})
 	}

@@ -1,11 +1,14 @@
-package smime
+package smimetest
 
-// decrypt is a small CMS reader for the tests: it reads exactly what
-// Encrypt writes (and what RFC 5652/5083/5753 allow of it) and decrypts it
-// with a recipient's private key, so that the unit tests and the fuzz
-// target check the structure without an external tool. It is not a
-// general CMS parser: the interoperability tests leave that to OpenSSL,
-// GnuPG and NSS.
+// Decrypt is a small CMS reader for the tests: it reads exactly what
+// smime.Encrypt writes (and what RFC 5652/5083/5753 allow of it) and
+// decrypts it with a recipient's private key, so that the unit tests and
+// the fuzz targets (of crypto/smime and of package crypto's EncryptSMIME)
+// check the structure without an external tool. It is not a general CMS
+// parser: the interoperability tests leave that to OpenSSL, GnuPG and
+// NSS. It shares no code with package smime (which cannot be imported
+// here: smime's own tests import this package), so the X9.63 KDF and the
+// key unwrap below are written again, from the RFCs.
 
 import (
 	"bytes"
@@ -31,17 +34,33 @@ import (
 
 var errCMS = errors.New("malformed CMS")
 
-// parsed is what decrypt found, for the tests to check.
-type parsed struct {
-	auth      bool // AuthEnvelopedData
-	version   int64
-	riCount   int
-	riVersion []int64
-	keyAlg    []asn1.ObjectIdentifier
+// Parsed is what Decrypt found, for the tests to check.
+type Parsed struct {
+	Auth      bool // AuthEnvelopedData
+	Version   int64
+	RICount   int
+	RIVersion []int64                 // of each RecipientInfo, in order
+	KeyAlg    []asn1.ObjectIdentifier // key transport or agreement algorithm of each RecipientInfo
 }
 
-func decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte, *parsed, error) {
-	p := &parsed{}
+// Object identifiers (the same as package smime's, written again).
+var (
+	oidData                 = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 1}
+	oidEnvelopedData        = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 7, 3}
+	oidAuthEnvelopedData    = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 16, 1, 23}
+	oidAES256CBC            = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 42}
+	oidAES256Wrap           = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 45}
+	oidAES256GCM            = asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 1, 46}
+	oidRSAEncryption        = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 1}
+	oidRSAESOAEP            = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 7}
+	oidStdDHSHA256KDFScheme = asn1.ObjectIdentifier{1, 3, 132, 1, 11, 1}
+)
+
+// Decrypt decrypts a DER CMS ContentInfo (EnvelopedData or
+// AuthEnvelopedData) with cert's private key and returns the content and
+// what it found on the way.
+func Decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte, *Parsed, error) {
+	p := &Parsed{}
 	in := cryptobyte.String(der)
 	var ci, content cryptobyte.String
 	var ctype asn1.ObjectIdentifier
@@ -53,18 +72,18 @@ func decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte,
 	switch {
 	case ctype.Equal(oidEnvelopedData):
 	case ctype.Equal(oidAuthEnvelopedData):
-		p.auth = true
+		p.Auth = true
 	default:
 		return nil, nil, fmt.Errorf("%w: content type %v", errCMS, ctype)
 	}
 	var ed, ris, eci cryptobyte.String
 	if !content.ReadASN1(&ed, cbasn1.SEQUENCE) || !content.Empty() ||
-		!ed.ReadASN1Int64WithTag(&p.version, cbasn1.INTEGER) ||
+		!ed.ReadASN1Int64WithTag(&p.Version, cbasn1.INTEGER) ||
 		!ed.ReadASN1(&ris, cbasn1.SET) || !ed.ReadASN1(&eci, cbasn1.SEQUENCE) {
 		return nil, nil, fmt.Errorf("%w: EnvelopedData", errCMS)
 	}
 	var mac []byte
-	if p.auth {
+	if p.Auth {
 		var m cryptobyte.String
 		if !ed.ReadASN1(&m, cbasn1.OCTET_STRING) {
 			return nil, nil, fmt.Errorf("%w: mac", errCMS)
@@ -86,7 +105,7 @@ func decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte,
 			return nil, nil, fmt.Errorf("%w: SET OF RecipientInfo not in DER order", errCMS)
 		}
 		prev = ri
-		p.riCount++
+		p.RICount++
 		var k []byte
 		var err error
 		switch tag {
@@ -123,7 +142,7 @@ func decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte,
 	}
 	block, _ := aes.NewCipher(cek)
 	switch {
-	case !p.auth && encAlg.Equal(oidAES256CBC):
+	case !p.Auth && encAlg.Equal(oidAES256CBC):
 		var iv cryptobyte.String
 		if !alg.ReadASN1(&iv, cbasn1.OCTET_STRING) || !alg.Empty() || len(iv) != 16 {
 			return nil, nil, fmt.Errorf("%w: CBC IV", errCMS)
@@ -143,7 +162,7 @@ func decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte,
 			}
 		}
 		return pt[:len(pt)-pad], p, nil
-	case p.auth && encAlg.Equal(oidAES256GCM):
+	case p.Auth && encAlg.Equal(oidAES256GCM):
 		var params, nonce cryptobyte.String
 		var icv int64 = 12
 		if !alg.ReadASN1(&params, cbasn1.SEQUENCE) || !alg.Empty() || !params.ReadASN1(&nonce, cbasn1.OCTET_STRING) {
@@ -162,7 +181,7 @@ func decrypt(der []byte, cert *x509.Certificate, key crypto.PrivateKey) ([]byte,
 		pt, err := aead.Open(nil, nonce, append(slices.Clone([]byte(ct)), mac...), nil)
 		return pt, p, err
 	}
-	return nil, nil, fmt.Errorf("unexpected content algorithm %v (auth %v)", encAlg, p.auth)
+	return nil, nil, fmt.Errorf("unexpected content algorithm %v (auth %v)", encAlg, p.Auth)
 }
 
 // readRID reads an IssuerAndSerialNumber or a [0] subject key identifier
@@ -192,14 +211,14 @@ func readRID(s *cryptobyte.String, cert *x509.Certificate, skiTag cbasn1.Tag) (b
 	return len(cert.SubjectKeyId) > 0 && bytes.Equal(ski, cert.SubjectKeyId), nil
 }
 
-func readKTRI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKey, p *parsed) ([]byte, error) {
+func readKTRI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKey, p *Parsed) ([]byte, error) {
 	var body, alg, ek cryptobyte.String
 	var v int64
 	var oid asn1.ObjectIdentifier
 	if !ri.ReadASN1(&body, cbasn1.SEQUENCE) || !body.ReadASN1Int64WithTag(&v, cbasn1.INTEGER) {
 		return nil, fmt.Errorf("%w: KeyTransRecipientInfo", errCMS)
 	}
-	p.riVersion = append(p.riVersion, v)
+	p.RIVersion = append(p.RIVersion, v)
 	mine, err := readRID(&body, cert, cbasn1.Tag(0).ContextSpecific())
 	if err != nil {
 		return nil, err
@@ -208,7 +227,7 @@ func readKTRI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKe
 		!body.ReadASN1(&ek, cbasn1.OCTET_STRING) || !body.Empty() {
 		return nil, fmt.Errorf("%w: KeyTransRecipientInfo fields", errCMS)
 	}
-	p.keyAlg = append(p.keyAlg, oid)
+	p.KeyAlg = append(p.KeyAlg, oid)
 	if !mine {
 		return nil, nil
 	}
@@ -235,7 +254,7 @@ func readKTRI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKe
 	return nil, fmt.Errorf("unexpected key transport algorithm %v", oid)
 }
 
-func readKARI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKey, p *parsed) ([]byte, error) {
+func readKARI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKey, p *Parsed) ([]byte, error) {
 	var body, orig, origKey, origAlg, kea, reks cryptobyte.String
 	var v int64
 	var pubBits asn1.BitString
@@ -246,14 +265,14 @@ func readKARI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKe
 		!origKey.ReadASN1(&origAlg, cbasn1.SEQUENCE) || !origKey.ReadASN1BitString(&pubBits) || !origKey.Empty() {
 		return nil, fmt.Errorf("%w: KeyAgreeRecipientInfo originator", errCMS)
 	}
-	p.riVersion = append(p.riVersion, v)
+	p.RIVersion = append(p.RIVersion, v)
 	var kea2 cryptobyte.String
 	if !body.ReadASN1(&kea, cbasn1.SEQUENCE) || !kea.ReadASN1ObjectIdentifier(&oid) ||
 		!kea.ReadASN1(&kea2, cbasn1.SEQUENCE) || !kea.Empty() || !kea2.ReadASN1ObjectIdentifier(&wrapOID) || !kea2.Empty() ||
 		!body.ReadASN1(&reks, cbasn1.SEQUENCE) || !body.Empty() {
 		return nil, fmt.Errorf("%w: KeyAgreeRecipientInfo fields", errCMS)
 	}
-	p.keyAlg = append(p.keyAlg, oid)
+	p.KeyAlg = append(p.KeyAlg, oid)
 	if !oid.Equal(oidStdDHSHA256KDFScheme) || !wrapOID.Equal(oidAES256Wrap) {
 		return nil, fmt.Errorf("unexpected key agreement %v / %v", oid, wrapOID)
 	}
@@ -293,18 +312,32 @@ func readKARI(ri cryptobyte.String, cert *x509.Certificate, key crypto.PrivateKe
 	if err != nil {
 		return nil, err
 	}
-	kek, err := x963KDF(z, nil)
-	if err != nil {
-		return nil, err
-	}
-	return keyUnwrap(kek, found)
+	return KeyUnwrap(x963KDF(z), found)
 }
 
-// keyUnwrap undoes keyWrap (RFC 3394 §2.2.2) and checks the integrity
-// value.
-func keyUnwrap(kek, wrapped []byte) ([]byte, error) {
+// x963KDF is the ANSI X9.63 KDF with SHA-256 for a 256-bit AES key wrap
+// key and no ukm (RFC 5753 §7.2): SHA-256(Z || counter 1 ||
+// ECC-CMS-SharedInfo), the SharedInfo being SEQUENCE { keyInfo
+// id-aes256-wrap, suppPubInfo [2] OCTET STRING 00 00 01 00 }.
+func x963KDF(z []byte) []byte {
+	sharedInfo := []byte{0x30, 0x15,
+		0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2d, // id-aes256-wrap
+		0xa2, 0x06, 0x04, 0x04, 0x00, 0x00, 0x01, 0x00} // [2] 256 bits
+	h := sha256.New()
+	h.Write(z)
+	h.Write([]byte{0, 0, 0, 1})
+	h.Write(sharedInfo)
+	return h.Sum(nil)
+}
+
+// kwIV is the default initial value of RFC 3394 §2.2.3.1.
+var kwIV = [8]byte{0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6, 0xa6}
+
+// KeyUnwrap undoes the AES key wrap of RFC 3394 (§2.2.2) and checks the
+// integrity value.
+func KeyUnwrap(kek, wrapped []byte) ([]byte, error) {
 	if len(wrapped)%8 != 0 || len(wrapped) < 24 {
-		return nil, errors.New("smime: wrapped key must be a multiple of 8 bytes, at least 24")
+		return nil, errors.New("wrapped key must be a multiple of 8 bytes, at least 24")
 	}
 	block, err := aes.NewCipher(kek)
 	if err != nil {
@@ -326,7 +359,7 @@ func keyUnwrap(kek, wrapped []byte) ([]byte, error) {
 		}
 	}
 	if subtle.ConstantTimeCompare(a[:], kwIV[:]) != 1 {
-		return nil, errors.New("smime: key unwrap integrity check failed")
+		return nil, errors.New("key unwrap integrity check failed")
 	}
 	return r, nil
 }
