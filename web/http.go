@@ -23,7 +23,7 @@ import (
 	"lacre.io/milter/keys"
 )
 
-// maxBody bounds every request body: a key file is at most 1 MiB
+// maxBody bounds every request body: a key or certificate file is at most 1 MiB
 // (keys.MaxKeyBytes), plus the form's own fields.
 const maxBody = 1<<20 + 64<<10
 
@@ -312,7 +312,7 @@ func (s *Service) formSubmit(w http.ResponseWriter, r *http.Request) {
 		}
 		if len(bytes.TrimSpace(b)) > 0 {
 			key = b
-			if utf8.Valid(b) && bytes.Contains(b, []byte("-----BEGIN PGP")) {
+			if utf8.Valid(b) && (bytes.Contains(b, []byte("-----BEGIN PGP")) || bytes.Contains(b, []byte("-----BEGIN CERTIFICATE"))) {
 				d.Key = string(b) // shown again if the submission fails
 			}
 		}
@@ -323,6 +323,11 @@ func (s *Service) formSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := s.Submit(r.Context(), d.Address, key, client)
 	if err != nil {
+		if ue := (*Error)(nil); errors.As(err, &ue) && ue.Rule == keys.RuleSecret {
+			// Never send private key material back: the page would hold
+			// it (in the browser's memory, maybe its session store).
+			d.Key = ""
+		}
 		s.fail(w, r, "index.html", d, err)
 		return
 	}
@@ -373,7 +378,7 @@ func (s *Service) confirmPage(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		d.Action, d.Address = string(req.Action), req.Address
 		for _, k := range req.Keys {
-			d.Keys = append(d.Keys, PendingKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs()})
+			d.Keys = append(d.Keys, pendingKey(k))
 		}
 	}
 	s.render(w, http.StatusOK, "confirm.html", d)
@@ -400,7 +405,7 @@ func (s *Service) formConfirm(w http.ResponseWriter, r *http.Request) {
 func donePage(req *keys.Request) pageData {
 	d := pageData{Address: req.Address, Action: string(req.Action)}
 	for _, k := range req.Keys {
-		d.Keys = append(d.Keys, PendingKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs()})
+		d.Keys = append(d.Keys, pendingKey(k))
 	}
 	return d
 }
@@ -451,9 +456,16 @@ func decodeJSON(r *http.Request, v any) error {
 	return nil
 }
 
+// apiKey is a key in the API's answers. For a certificate, UserIDs are
+// the addresses it is issued to, and Subject, Issuer, Serial are set.
 type apiKey struct {
-	Fingerprint string   `json:"fingerprint"`
-	UserIDs     []string `json:"user_ids"`
+	Fingerprint string     `json:"fingerprint"`
+	UserIDs     []string   `json:"user_ids"`
+	Kind        keys.Kind  `json:"kind"`              // "openpgp" or "x509"
+	Expires     *time.Time `json:"expires,omitempty"` // absent: never
+	Subject     string     `json:"subject,omitempty"`
+	Issuer      string     `json:"issuer,omitempty"`
+	Serial      string     `json:"serial,omitempty"`
 }
 
 type apiPending struct {
@@ -468,7 +480,12 @@ type apiPending struct {
 func apiKeys(ks []PendingKey) []apiKey {
 	var out []apiKey
 	for _, k := range ks {
-		out = append(out, apiKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs})
+		a := apiKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs, Kind: k.Kind, Subject: k.Subject, Issuer: k.Issuer, Serial: k.Serial}
+		if !k.Expires.IsZero() {
+			e := k.Expires.UTC()
+			a.Expires = &e
+		}
+		out = append(out, a)
 	}
 	return out
 }

@@ -24,6 +24,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -182,10 +183,41 @@ func userError(status int, code, format string, args ...any) *Error {
 // count, so it tells nothing about other people's requests.
 var errLimited = userError(429, "rate_limited", "too many requests; use the link in the mail already sent, or try again later")
 
-// PendingKey is one key of a submission, as named in its mail.
+// PendingKey is one key of a submission, as named in its mail and on
+// the pages: an OpenPGP key by its fingerprint and User IDs, an S/MIME
+// certificate by its SHA-256 fingerprint, the addresses it is issued to
+// (UserIDs), its subject, issuer, serial number and expiry.
 type PendingKey struct {
 	Fingerprint string
 	UserIDs     []string
+	Kind        keys.Kind
+	// Expires is the key's expiry (a certificate's notAfter); zero if never.
+	Expires time.Time
+	// Subject, Issuer and Serial are set for certificates (see
+	// keys.CertificateSummary).
+	Subject, Issuer, Serial string
+}
+
+// Certificate reports whether the key is an S/MIME certificate (for the
+// templates).
+func (k PendingKey) Certificate() bool { return k.Kind == keys.KindX509 }
+
+// ExpiryDate is Expires as the pages and mails show it, "" for never.
+func (k PendingKey) ExpiryDate() string {
+	if k.Expires.IsZero() {
+		return ""
+	}
+	return k.Expires.UTC().Format("2006-01-02 15:04 MST")
+}
+
+// pendingKey describes k for the pages, mails and the JSON API.
+func pendingKey(k *keys.Key) PendingKey {
+	p := PendingKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs(), Kind: k.Kind(), Expires: k.Expires()}
+	if c := k.Certificate(); c != nil {
+		sum := c.Summary()
+		p.Subject, p.Issuer, p.Serial = sum.Subject, sum.Issuer, sum.Serial
+	}
+	return p
 }
 
 // Pending describes a request waiting for confirmation.
@@ -263,7 +295,7 @@ func (s *Service) parseKeys(ctx context.Context, addr string, keyData []byte) ([
 		return nil, userError(503, "busy", "the service is busy; try again in a minute")
 	}
 	defer func() { <-s.parse }()
-	ks, err := keys.Parse(keyData)
+	ks, err := s.parseSubmission(keyData, addr)
 	var out []*keys.Key
 	if err == nil {
 		for _, k := range ks {
@@ -333,8 +365,8 @@ func (s *Service) Submit(ctx context.Context, addr string, keyData []byte, clien
 	var unsent [][]byte
 	var mailErr error
 	for i, k := range ks {
-		p.Keys = append(p.Keys, PendingKey{Fingerprint: k.Fingerprint, UserIDs: k.UserIDs()})
-		// To this key alone, naming it: holding another key of the
+		p.Keys = append(p.Keys, pendingKey(k))
+		// To this key alone (a certificate: S/MIME to it alone), naming it: holding another key of the
 		// submission must not be enough to confirm this one.
 		if err := s.mail(ctx, "mail_confirm_add.txt", a, tokens[i], []*keys.Key{k}, []*keys.Key{k}); err != nil {
 			unsent, mailErr = append(unsent, hashToken(tokens[i])), err
@@ -576,16 +608,55 @@ const MailSubject = "Please confirm your request"
 
 // mail sends the confirmation mail for token to addr, encrypted to to
 // (unencrypted when to is empty); about names the keys the request is
-// about.
+// about. OpenPGP keys get a PGP/MIME message (one ciphertext for all of
+// them), certificates an S/MIME one (one RecipientInfo each) with the
+// default options, which every S/MIME reader opens. When to holds both
+// kinds (a removal for an address with a key and a certificate), each
+// kind gets its own message with the same link: either proves possession
+// of a current key, as one message encrypted to all of them would.
 func (s *Service) mail(ctx context.Context, template, addr, token string, to, about []*keys.Key) error {
+	var pgp, certs []*keys.Key
+	for _, k := range to {
+		if k.Kind() == keys.KindX509 {
+			certs = append(certs, k)
+		} else {
+			pgp = append(pgp, k)
+		}
+	}
+	if len(to) == 0 {
+		return s.mailTo(ctx, template, addr, token, nil, about)
+	}
+	for _, group := range [][]*keys.Key{pgp, certs} {
+		if len(group) == 0 {
+			continue
+		}
+		if err := s.mailTo(ctx, template, addr, token, group, about); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mailTo is mail for keys of one kind.
+func (s *Service) mailTo(ctx context.Context, template, addr, token string, to, about []*keys.Key) error {
 	link := strings.TrimRight(s.opt.BaseURL, "/") + "/confirm?token=" + url.QueryEscape(token)
 	var named []map[string]any
 	for _, k := range about {
-		named = append(named, map[string]any{"Fingerprint": k.Fingerprint, "UserIDs": k.UserIDs()})
+		p := pendingKey(k)
+		named = append(named, map[string]any{"Fingerprint": p.Fingerprint, "UserIDs": p.UserIDs, "Certificate": p.Certificate(),
+			"Subject": p.Subject, "Issuer": p.Issuer, "Serial": p.Serial, "Expires": p.ExpiryDate()})
+	}
+	format := ""
+	switch {
+	case len(to) == 0:
+	case to[0].Kind() == keys.KindX509:
+		format = "S/MIME"
+	default:
+		format = "OpenPGP"
 	}
 	var body bytes.Buffer
 	data := map[string]any{"Address": addr, "Link": link, "Expires": s.opt.Now().Add(s.opt.TokenTTL).UTC().Format("2006-01-02 15:04 MST"),
-		"BaseURL": s.opt.BaseURL, "Keys": named}
+		"BaseURL": s.opt.BaseURL, "Keys": named, "Format": format}
 	if err := s.opt.Templates.Mail(&body, template, data); err != nil {
 		return err
 	}
@@ -606,7 +677,19 @@ func (s *Service) mail(ctx context.Context, template, addr, token string, to, ab
 	}
 	raw := bytes.ReplaceAll(bytes.ReplaceAll(body.Bytes(), []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
 	if len(to) > 0 {
-		res, err := crypto.Encrypt(fields, raw, to, crypto.Options{MinRSABits: s.opt.Policy.MinRSABits, Now: s.opt.Now()})
+		var res *crypto.Result
+		var err error
+		if format == "S/MIME" {
+			certs := make([]*x509.Certificate, len(to))
+			for i, k := range to {
+				certs[i] = k.Certificate().Cert
+			}
+			// The zero crypto.Options: AES-256-CBC with RSA PKCS #1 v1.5
+			// (ECDH for EC certificates), what every S/MIME reader opens.
+			res, err = crypto.EncryptSMIME(fields, raw, certs, crypto.Options{})
+		} else {
+			res, err = crypto.Encrypt(fields, raw, to, crypto.Options{MinRSABits: s.opt.Policy.MinRSABits, Now: s.opt.Now()})
+		}
 		if err != nil {
 			return fmt.Errorf("encrypting the confirmation mail: %w", err)
 		}
