@@ -11,8 +11,10 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
+	"lacre.io/milter/keys"
 )
 
 // chromium finds Debian's headless browser. Without it the browser test
@@ -33,7 +35,8 @@ func chromium(t *testing.T) string {
 
 // TestBrowserSubmitAndConfirm fills in the form in a real (headless)
 // browser, as a user would: without JavaScript on the page, labelled
-// fields, a submit button. It then follows the confirmation link.
+// fields, a submit button. It then follows the confirmation link; then
+// does the same with an S/MIME certificate chosen as a file.
 // With LACRE_SCREENSHOTS=DIR it saves a screenshot of each page there
 // (docs/screenshots is made that way).
 func TestBrowserSubmitAndConfirm(t *testing.T) {
@@ -137,5 +140,50 @@ func TestBrowserSubmitAndConfirm(t *testing.T) {
 	}
 	if !strings.Contains(errText, "no User ID carries the address bob@example.org") {
 		t.Fatalf("error shown: %q", errText)
+	}
+
+	// An S/MIME certificate, chosen as a DER file in the file field: the
+	// confirmation mail is S/MIME, and confirming binds the certificate
+	// in place of the key.
+	cert := smimetest.New(t, smimetest.Spec{Addresses: []string{"alice@example.org"}, CommonName: "Alice Browser"})
+	cerFile := smimetest.WriteFile(t, t.TempDir(), "alice.cer", cert.Cert.Raw)
+	err = chromedp.Run(ctx,
+		chromedp.Navigate(f.srv.URL+"/"),
+		chromedp.WaitVisible(`#address`),
+		chromedp.SendKeys(`#address`, "alice@example.org"),
+		chromedp.SetUploadFiles(`#keyfile`, []string{cerFile}),
+		shot("6-register-certificate.png"),
+		chromedp.Click(`button[type="submit"]`),
+		chromedp.WaitVisible(`p.ok`),
+		chromedp.Text(`p.ok`, &status),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(status, "encrypted to this certificate alone") {
+		t.Fatalf("after submitting a certificate: %q", status)
+	}
+	token = smimeToken(t, f.mailer.last(t).msg, cert)
+	err = chromedp.Run(ctx,
+		chromedp.Navigate(f.srv.URL+"/confirm?token="+token),
+		chromedp.WaitVisible(`button[type="submit"]`),
+		chromedp.Text(`li`, &shown),
+		shot("7-confirm-certificate.png"),
+		chromedp.Click(`button[type="submit"]`),
+		chromedp.WaitVisible(`p.ok`),
+		chromedp.Text(`p.ok`, &status),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(shown, "CN=Alice Browser") || !strings.Contains(shown, "expires "+cert.Cert.NotAfter.UTC().Format("2006-01-02")) {
+		t.Errorf("the confirmation page shows %q, want the certificate's subject and expiry", shown)
+	}
+	if !strings.Contains(status, "Your certificate is active") {
+		t.Fatalf("after confirming the certificate: %q", status)
+	}
+	ks, _ = f.store.KeysFor(context.Background(), "alice@example.org")
+	if len(ks) != 1 || ks[0].Kind() != keys.KindX509 {
+		t.Fatalf("the store has %v after the certificate was confirmed", ks)
 	}
 }
