@@ -1,8 +1,9 @@
 // Package web is the key-registration service (lacre-milter web): users
-// submit a public key for their address, and it becomes active only after
-// they follow a link from a confirmation mail that was encrypted to that
-// key, proving both control of the mailbox and possession of the private
-// key. Until then nothing changes. Removal is confirmed the same way. The
+// submit a public OpenPGP key or an S/MIME certificate for their address,
+// and it becomes active only after they follow a link from a confirmation
+// mail that was encrypted to that key (PGP/MIME) or certificate (S/MIME,
+// see certificate.go), proving both control of the mailbox and
+// possession of the private key. Until then nothing changes. Removal is confirmed the same way. The
 // package also mounts the Web Key Directory (package wkd).
 //
 // gpg-mailgate's web page let anybody switch a user's encryption off: its
