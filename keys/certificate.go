@@ -115,6 +115,15 @@ func IsCertificate(data []byte) bool {
 			cert = i
 		}
 	}
+	// A PEM private key ("PRIVATE KEY", "RSA PRIVATE KEY", "ENCRYPTED
+	// PRIVATE KEY", …) is X.509 framing too: ParseCertificate refuses it
+	// as secret material, where the OpenPGP parser could only call it
+	// malformed. (OpenPGP's own is "PGP PRIVATE KEY BLOCK".)
+	if i := bytes.Index(data, []byte("PRIVATE KEY-----")); i >= 0 {
+		if b := bytes.LastIndex(data[:i], []byte("-----BEGIN ")); b >= 0 && !bytes.ContainsAny(data[b:i], "\r\n") && (cert < 0 || b < cert) {
+			cert = b
+		}
+	}
 	if cert < 0 {
 		return false
 	}

@@ -84,10 +84,20 @@ func TestIsCertificate(t *testing.T) {
 		{"certificate first, then OpenPGP armour", append(c.PEM(), pgpArmored...), true},
 		{"empty", nil, false},
 		{"text", []byte("hello"), false},
+		{"PEM private key alone", c.KeyPEM(t), true},
+		{"PEM RSA private key alone", []byte("-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"), true},
+		{"OpenPGP secret key armour", []byte("-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nxcA\n-----END PGP PRIVATE KEY BLOCK-----\n"), false},
 	} {
 		if got := IsCertificate(tc.data); got != tc.want {
 			t.Errorf("%s: IsCertificate = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+	// A lone PEM private key is refused as secret material by ParseAny,
+	// not as a malformed OpenPGP key.
+	if _, err := ParseAny(c.KeyPEM(t), certAddr, Normalizer{}); err == nil {
+		t.Error("ParseAny accepted a PEM private key")
+	} else {
+		wantRule(t, err, RuleSecret)
 	}
 	// Every OpenPGP kind the key tests use is told apart.
 	for _, kind := range []testkeys.Kind{testkeys.RSA3072, testkeys.V6, testkeys.Revoked} {
