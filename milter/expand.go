@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 
 	"lacre.io/milter/aliases"
 	"lacre.io/milter/keys"
@@ -87,6 +88,8 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 	var ks []*keys.Key
 	seen := map[string]bool{}
 	protect := false
+	var format keys.Format // of the first keyed mailbox
+	var conflict []string  // "mailbox is format" for each mailbox of another format
 	for _, t := range exp.Targets {
 		if t.Kind != aliases.Mailbox {
 			other = append(other, t.Kind.String()+" "+t.Addr)
@@ -102,6 +105,15 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 			continue
 		}
 		keyed = append(keyed, t.Addr)
+		switch {
+		case len(keyed) == 1:
+			format = c.format
+		case c.format != format:
+			if len(conflict) == 0 {
+				conflict = append(conflict, keyed[0]+" is "+format.String())
+			}
+			conflict = append(conflict, t.Addr+" is "+c.format.String())
+		}
 		// Header protection if any keyed mailbox wants it: it hides
 		// the subject from the servers in between, and every client
 		// still reads the message.
@@ -122,8 +134,18 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 		r.found = &keys.Recipient{Address: addr, Source: keys.SourceNone}
 		return r, nil
 	}
-	r.class = class{encrypt: true, protect: protect}
-	r.found = &keys.Recipient{Address: addr, Source: keys.SourceStore, Keys: ks, ProtectHeaders: protect}
+	if len(conflict) > 0 {
+		// One body cannot serve readers of different formats, and no
+		// format is read by all of them (an S/MIME client cannot open
+		// OpenPGP; a reader that asked for PGP/inline may not open
+		// PGP/MIME): nobody gets a copy it might not read, nobody gets
+		// clear text. The sender's MTA retries until the formats agree.
+		s.srv.log.Warn("recipient expands to keyed mailboxes that need different formats, which cannot share one message: deferred; give them one format (keys set ADDRESS format), or split the alias by format",
+			"queue_id", s.queueID, "rcpt", addr, "conflict", strings.Join(conflict, ", "))
+		return r, &refusal{reply: ReplyMixedAlias, why: addr + " expands to keyed mailboxes of different formats (" + strings.Join(conflict, ", ") + ")"}
+	}
+	r.class = encryptClass(format, protect)
+	r.found = &keys.Recipient{Address: addr, Source: keys.SourceStore, Keys: ks, ProtectHeaders: protect, Format: r.class.format}
 	if len(clear) == 0 {
 		return r, nil
 	}
@@ -176,7 +198,10 @@ func (s *session) keyClass(rcpt, mailbox string, l *keys.Recipient, lerr error) 
 			return class{}, &refusal{reply: ReplyKeyUnusableTemp, why: "every key of " + addr + " is unusable"}
 		}
 	}
-	return class{encrypt: l.Encrypt(), protect: l.Encrypt() && l.ProtectHeaders}, nil
+	if !l.Encrypt() {
+		return class{}, nil
+	}
+	return encryptClass(l.Format, l.ProtectHeaders), nil
 }
 
 // expand asks the expander about rcpt, bounded by ctx even when the
