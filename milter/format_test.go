@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -396,13 +397,14 @@ func TestFormatKindMismatchFailsClosed(t *testing.T) {
 	pgp, _ := f.store.KeysFor(context.Background(), "alice@example.org")
 	for i, kr := range []kindResolver{{cert, keys.FormatPGPMIME}, {cert, keys.FormatPGPInline}, {cert, keys.FormatDefault}, {pgp, keys.FormatSMIME}} {
 		f.srv.Reload(Options{Keys: kr, LookupTimeout: time.Second, MaxMessageSize: 1 << 20})
-		r := f.connect(t, false).send("K", []string{"x@example.org"}, []byte(plainMsg))
+		id := fmt.Sprintf("K%d", i)
+		r := f.connect(t, false).send(id, []string{"x@example.org"}, []byte(plainMsg))
 		if r.endedAt != "eom" || r.final.Code != actReplyCode || r.final.SMTPCode != 451 || len(r.mods) != 0 {
 			t.Errorf("case %d (%s): ended at %s with %+v, %d mods; want 451 and nothing changed", i, kr.format, r.endedAt, r.final, len(r.mods))
 		}
-	}
-	if !strings.Contains(f.logs.String(), "does not fit the transaction's format") {
-		t.Errorf("no log line for the mismatch:\n%s", f.logs.String())
+		if !regexp.MustCompile(`queue_id=` + id + ` action=tempfail .*does not fit the transaction's format`).MatchString(f.logs.String()) {
+			t.Errorf("case %d (%s): no log line for the mismatch:\n%s", i, kr.format, f.logs.String())
+		}
 	}
 }
 
