@@ -30,7 +30,9 @@ import (
 //     ciphertext; the envelope is left alone and the MTA expands it as
 //     usual); all clear → clear; a lookup failure or an unusable key of
 //     any of them → that mailbox's reply for the recipient; keyed and
-//     clear mixed → Options.MixedAlias.
+//     clear mixed → Options.MixedAlias; keyed mailboxes of different
+//     formats (PGP/MIME, PGP/inline, S/MIME) → deferred, since one body
+//     cannot serve them all (docs/aliases.md).
 //
 // Command, file and :include: targets are no mailboxes: they have no keys
 // and get the copy this transaction carries (the ciphertext if any
@@ -89,7 +91,8 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 	seen := map[string]bool{}
 	protect := false
 	var format keys.Format // of the first keyed mailbox
-	var conflict []string  // "mailbox is format" for each mailbox of another format
+	var conflict []string  // "mailbox is format": the first keyed mailbox, then mailboxes of other formats
+	conflicts := 0         // mailboxes of another format than the first
 	for _, t := range exp.Targets {
 		if t.Kind != aliases.Mailbox {
 			other = append(other, t.Kind.String()+" "+t.Addr)
@@ -112,7 +115,10 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 			if len(conflict) == 0 {
 				conflict = append(conflict, keyed[0]+" is "+format.String())
 			}
-			conflict = append(conflict, t.Addr+" is "+c.format.String())
+			conflicts++
+			if len(conflict) < maxConflictsLogged {
+				conflict = append(conflict, t.Addr+" is "+c.format.String())
+			}
 		}
 		// Header protection if any keyed mailbox wants it: it hides
 		// the subject from the servers in between, and every client
@@ -134,7 +140,10 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 		r.found = &keys.Recipient{Address: addr, Source: keys.SourceNone}
 		return r, nil
 	}
-	if len(conflict) > 0 {
+	if conflicts > 0 {
+		if more := conflicts + 1 - len(conflict); more > 0 {
+			conflict = append(conflict, fmt.Sprintf("and %d more", more))
+		}
 		// One body cannot serve readers of different formats, and no
 		// format is read by all of them (an S/MIME client cannot open
 		// OpenPGP; a reader that asked for PGP/inline may not open
@@ -165,6 +174,10 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 	}
 	return r, &refusal{reply: ReplyMixedAlias, why: addr + " expands to keyed and unkeyed mailboxes", keep: true}
 }
+
+// maxConflictsLogged bounds the mailboxes a format conflict names (an
+// expansion may have up to virtual_alias_expansion_limit, 1000).
+const maxConflictsLogged = 4
 
 // keyClass is the class of one looked-up address, or why it cannot be
 // served. mailbox is the expansion target looked up for rcpt ("" when

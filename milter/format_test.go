@@ -333,10 +333,12 @@ func TestAliasFormatConflict(t *testing.T) {
 		"mixed@example.org":  {"alice@example.org", "dan@example.org"},
 		"inline@example.org": {"ivy@example.org", "alice@example.org"},
 		"smime@example.org":  {"dan@example.org", "frank@example.org"},
+		"big@example.org": {"alice@example.org", "dan@example.org", "frank@example.org", "erin@example.org",
+			"both@example.org", "ivy@example.org", "carol@example.org"},
 	}}
 	f := newFormatFixture(t, func(o *Options) { o.Expander = x })
 	m := f.connect(t, false)
-	for _, a := range []string{"mixed@example.org", "inline@example.org"} {
+	for _, a := range []string{"mixed@example.org", "inline@example.org", "big@example.org"} {
 		r := m.send("A1", []string{a}, []byte(plainMsg))
 		if r := r.rcptReplies[a]; r == nil || r.SMTPCode != 451 || !strings.HasPrefix(r.SMTPText, "4.3.0 ") {
 			t.Errorf("%s: reply %+v, want 451 4.3.0", a, r)
@@ -346,6 +348,8 @@ func TestAliasFormatConflict(t *testing.T) {
 	for _, want := range []string{
 		`rcpt=mixed@example.org conflict="alice@example.org is pgp-mime, dan@example.org is smime"`,
 		`rcpt=inline@example.org conflict="ivy@example.org is pgp-inline, alice@example.org is pgp-mime"`,
+		// At most four mailboxes named: five differ from alice@.
+		`rcpt=big@example.org conflict="alice@example.org is pgp-mime, dan@example.org is smime, frank@example.org is smime, erin@example.org is smime, and 2 more"`,
 	} {
 		if !strings.Contains(logs, "recipient expands to keyed mailboxes that need different formats") || !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q:\n%s", want, logs)
