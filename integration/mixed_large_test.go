@@ -3,7 +3,14 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +21,7 @@ import (
 
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -72,14 +80,17 @@ func mxErrorLimits(t testing.TB) map[string]string {
 
 // TestMixedLargeTransaction: a Postfix sender with
 // smtp_destination_recipient_limit = 1000 relays one message to 1,000
-// recipients, alternately with and without a key, to the MX (Postfix with
-// lacre-milter, configured with the README's error limits). The MX answers
-// "452 4.5.3" to every recipient of the other class than the first; the
-// sender delivers those in a later transaction. Every recipient must
-// receive exactly one copy, each keyed recipient an encrypted one that
-// its own key decrypts to the original body, each other recipient the
-// message unchanged, and the MX must not have dropped the sender for too
-// many errors.
+// recipients of three classes in turn (an OpenPGP key, an S/MIME
+// certificate, neither) to the MX (Postfix with lacre-milter, configured
+// with the README's error limits). The MX answers "452 4.5.3" to every
+// recipient of another class than the first; the sender delivers those
+// in later transactions. Every recipient must receive exactly one copy,
+// each keyed recipient a PGP/MIME one that its own key decrypts to the
+// original body, each certificate holder an S/MIME one that its own key
+// decrypts to the original MIME fields and body (and openssl too, for
+// one recipient of each copy), each other recipient the message
+// unchanged, and the MX must not have dropped the sender for too many
+// errors.
 //
 // With Postfix's default error limits (10/20), or 50/100, the MX drops
 // the sender in the middle of the first transaction, every time, and
@@ -96,16 +107,22 @@ func TestMixedLargeTransaction(t *testing.T) {
 	}
 	start := time.Now()
 
-	// Even-numbered recipients have a key each, odd ones none; in one
+	// Recipients i%3 == 0 have an OpenPGP key each, i%3 == 1 an S/MIME
+	// certificate (P-256, each its own key), the others neither; in one
 	// domain, so that nothing but the key tells them apart.
+	openssl := smimetest.Tool(t, "openssl")
 	rcpts := make([]string, mixedRecipients)
 	secret := map[string]*openpgp.Entity{}
+	certs := map[string]*smimetest.Cert{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 2)
 	for i := range rcpts {
 		rcpts[i] = fmt.Sprintf("r%04d@example.org", i)
-		if i%2 != 0 {
+		if i%3 == 1 {
+			certs[rcpts[i]] = ownKeyCert(t, rcpts[i])
+		}
+		if i%3 != 0 {
 			continue
 		}
 		wg.Add(1)
@@ -120,11 +137,16 @@ func TestMixedLargeTransaction(t *testing.T) {
 		}(rcpts[i])
 	}
 	wg.Wait()
-	t.Logf("%d keys generated in %v", len(secret), time.Since(start).Round(time.Millisecond))
+	t.Logf("%d keys and %d certificates generated in %v", len(secret), len(certs), time.Since(start).Round(time.Millisecond))
 
 	s := startSink(t)
 	m := startMilter(t, "[store]\ncache_ttl = \"5m\"\n")
 	addKeys(t, m, secret)
+	withStore(t, m, func(ctx context.Context, st *keys.SQLiteStore) {
+		for addr, c := range certs {
+			bindCert(t, ctx, st, addr, c.PEM())
+		}
+	})
 
 	mxMain := mxErrorLimits(t)
 	t.Logf("MX settings: %v", mxMain)
@@ -160,16 +182,18 @@ func TestMixedLargeTransaction(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			keyed, clear := 0, 0
+			keyed, smime, clear := 0, 0, 0
 			for r := range n {
 				if _, ok := secret[r]; ok {
 					keyed++
+				} else if _, ok := certs[r]; ok {
+					smime++
 				} else {
 					clear++
 				}
 			}
-			t.Fatalf("after %v: %d of %d recipients delivered (%d keyed, %d not) in %d messages; MX dropped the sender %d time(s) for too many errors\nsender queue: %d message(s)\nsender log:\n%s",
-				mixedDeadline, len(n), len(rcpts), keyed, clear, msgs, strings.Count(mx.log(), "too many errors"),
+			t.Fatalf("after %v: %d of %d recipients delivered (%d OpenPGP, %d S/MIME, %d neither) in %d messages; MX dropped the sender %d time(s) for too many errors\nsender queue: %d message(s)\nsender log:\n%s",
+				mixedDeadline, len(n), len(rcpts), keyed, smime, clear, msgs, strings.Count(mx.log(), "too many errors"),
 				len(sender.queue(t)), tail(sender.log(), 20))
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -184,30 +208,65 @@ func TestMixedLargeTransaction(t *testing.T) {
 		}
 	}
 	_, sentBody := splitMessage(msg)
-	var encMsgs, clearMsgs, decrypted int
+	var encMsgs, smimeMsgs, clearMsgs, decrypted, smimeDecrypted int
 	for _, sm := range s.messages() {
 		if !bytes.Contains(sm.Data, []byte("<mixed-large@example.com>")) {
 			t.Fatalf("an unexpected message at the sink: %.200q", sm.Data)
 		}
-		var keyed, unkeyed int
+		var keyed, smime, unkeyed int
 		for _, r := range sm.To {
 			if _, ok := secret[strings.ToLower(r)]; ok {
 				keyed++
+			} else if _, ok := certs[strings.ToLower(r)]; ok {
+				smime++
 			} else {
 				unkeyed++
 			}
 		}
+		if classes := min(keyed, 1) + min(smime, 1) + min(unkeyed, 1); classes != 1 {
+			t.Fatalf("one copy went to %d OpenPGP, %d S/MIME and %d unkeyed recipients together", keyed, smime, unkeyed)
+		}
+		if keyed+smime > 0 && bytes.Contains(sm.Data, []byte("plaintext-marker-7f3a")) {
+			t.Fatalf("cleartext in the copy for %v", sm.To)
+		}
 		switch {
-		case keyed > 0 && unkeyed > 0:
-			t.Fatalf("one copy went to %d keyed and %d unkeyed recipients together", keyed, unkeyed)
 		case unkeyed > 0:
 			clearMsgs++
 			checkRelayed(t, sm.Data, msg)
+		case smime > 0:
+			smimeMsgs++
+			// One ciphertext with a RecipientInfo for each recipient,
+			// which its own key opens.
+			_, body := splitMessage(sm.Data)
+			der, err := base64.StdEncoding.DecodeString(strings.ReplaceAll(string(body), "\r\n", ""))
+			if err != nil {
+				t.Fatalf("S/MIME copy for %d recipients: %v", len(sm.To), err)
+			}
+			for _, r := range sm.To {
+				c := certs[strings.ToLower(r)]
+				inner, p, err := smimetest.Decrypt(der, c.Cert, c.Key)
+				if err != nil {
+					t.Fatalf("%s cannot decrypt its S/MIME copy: %v", r, err)
+				}
+				// The MX relays a copy to at most 50 recipients
+				// (smtp_destination_recipient_limit), a ciphertext made
+				// for the whole transaction's S/MIME recipients.
+				if p.RICount < len(sm.To) || p.RICount > len(certs) {
+					t.Fatalf("S/MIME copy for %d recipients has %d RecipientInfos", len(sm.To), p.RICount)
+				}
+				if _, innerBody := splitMessage(inner); !bytes.Equal(innerBody, sentBody) {
+					t.Fatalf("%s: decrypted S/MIME body differs: %q", r, innerBody)
+				}
+				smimeDecrypted++
+			}
+			// And openssl, for the first recipient of the copy.
+			first := strings.ToLower(sm.To[0])
+			dir := t.TempDir()
+			party := smimetest.Party{C: certs[first], CertPath: smimetest.WriteFile(t, dir, "c.pem", certs[first].PEM()),
+				KeyPath: smimetest.WriteFile(t, dir, "k.pem", certs[first].KeyPEM(t))}
+			checkSMIMEWithOpenSSL(t, openssl, party, sm.Data, msg)
 		default:
 			encMsgs++
-			if bytes.Contains(sm.Data, []byte("plaintext-marker-7f3a")) {
-				t.Fatalf("cleartext in the copy for %v", sm.To)
-			}
 			_, armored := pgptest.Open(t, sm.Data)
 			// Every keyed recipient's own key must open its copy.
 			for _, r := range sm.To {
@@ -219,7 +278,11 @@ func TestMixedLargeTransaction(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d encrypted copies (decrypted for %d recipients, each with its own key), %d clear copies", encMsgs, decrypted, clearMsgs)
+	t.Logf("%d PGP/MIME copies (decrypted for %d recipients, each with its own key), %d S/MIME copies (decrypted for %d recipients, each with its own key), %d clear copies",
+		encMsgs, decrypted, smimeMsgs, smimeDecrypted, clearMsgs)
+	if decrypted != len(secret) || smimeDecrypted != len(certs) {
+		t.Errorf("decrypted for %d of %d OpenPGP and %d of %d S/MIME recipients", decrypted, len(secret), smimeDecrypted, len(certs))
+	}
 
 	mxLog, senderLog := mx.log(), sender.log()
 	if k := strings.Count(mxLog, "too many errors"); k > 0 {
@@ -227,8 +290,10 @@ func TestMixedLargeTransaction(t *testing.T) {
 	}
 	split := strings.Count(mxLog, "milter-reject: RCPT")
 	t.Logf("MX: %d RCPT replies 452 4.5.3 from the milter; sender: %d deferrals logged", split, strings.Count(senderLog, "status=deferred"))
-	if split < mixedRecipients/2 || !strings.Contains(mxLog, "452 4.5.3") {
-		t.Errorf("the MX split the transaction %d times, want at least %d", split, mixedRecipients/2)
+	// The first transaction defers the two classes that are not first
+	// (two thirds), the next one of them the other.
+	if want := mixedRecipients * 2 / 3; split < want || !strings.Contains(mxLog, "452 4.5.3") {
+		t.Errorf("the MX split the transaction %d times, want at least %d", split, want)
 	}
 	t.Logf("whole test: %v", time.Since(start).Round(time.Millisecond))
 }
@@ -253,4 +318,38 @@ func addKeys(t testing.TB, m *milterProc, secret map[string]*openpgp.Entity) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// ownKeyCert makes a self-signed S/MIME certificate for addr with a P-256
+// key of its own (smimetest.New shares one key per kind; the large test
+// checks that each recipient's own key opens its copy).
+func ownKeyCert(t testing.TB, addr string) *smimetest.Cert {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:   serial,
+		Subject:        pkix.Name{CommonName: addr},
+		NotBefore:      now.Add(-time.Hour),
+		NotAfter:       now.Add(24 * time.Hour),
+		KeyUsage:       x509.KeyUsageDigitalSignature | x509.KeyUsageKeyAgreement,
+		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageEmailProtection},
+		EmailAddresses: []string{addr},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &smimetest.Cert{Cert: c, Key: key}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 
 	"lacre.io/milter/aliases"
 	"lacre.io/milter/keys"
@@ -29,7 +30,9 @@ import (
 //     ciphertext; the envelope is left alone and the MTA expands it as
 //     usual); all clear → clear; a lookup failure or an unusable key of
 //     any of them → that mailbox's reply for the recipient; keyed and
-//     clear mixed → Options.MixedAlias.
+//     clear mixed → Options.MixedAlias; keyed mailboxes of different
+//     formats (PGP/MIME, PGP/inline, S/MIME) → deferred, since one body
+//     cannot serve them all (docs/aliases.md).
 //
 // Command, file and :include: targets are no mailboxes: they have no keys
 // and get the copy this transaction carries (the ciphertext if any
@@ -87,6 +90,9 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 	var ks []*keys.Key
 	seen := map[string]bool{}
 	protect := false
+	var format keys.Format // of the first keyed mailbox
+	var conflict []string  // "mailbox is format": the first keyed mailbox, then mailboxes of other formats
+	conflicts := 0         // mailboxes of another format than the first
 	for _, t := range exp.Targets {
 		if t.Kind != aliases.Mailbox {
 			other = append(other, t.Kind.String()+" "+t.Addr)
@@ -102,6 +108,18 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 			continue
 		}
 		keyed = append(keyed, t.Addr)
+		switch {
+		case len(keyed) == 1:
+			format = c.format
+		case c.format != format:
+			if len(conflict) == 0 {
+				conflict = append(conflict, keyed[0]+" is "+format.String())
+			}
+			conflicts++
+			if len(conflict) < maxConflictsLogged {
+				conflict = append(conflict, t.Addr+" is "+c.format.String())
+			}
+		}
 		// Header protection if any keyed mailbox wants it: it hides
 		// the subject from the servers in between, and every client
 		// still reads the message.
@@ -122,8 +140,21 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 		r.found = &keys.Recipient{Address: addr, Source: keys.SourceNone}
 		return r, nil
 	}
-	r.class = class{encrypt: true, protect: protect}
-	r.found = &keys.Recipient{Address: addr, Source: keys.SourceStore, Keys: ks, ProtectHeaders: protect}
+	if conflicts > 0 {
+		if more := conflicts + 1 - len(conflict); more > 0 {
+			conflict = append(conflict, fmt.Sprintf("and %d more", more))
+		}
+		// One body cannot serve readers of different formats, and no
+		// format is read by all of them (an S/MIME client cannot open
+		// OpenPGP; a reader that asked for PGP/inline may not open
+		// PGP/MIME): nobody gets a copy it might not read, nobody gets
+		// clear text. The sender's MTA retries until the formats agree.
+		s.srv.log.Warn("recipient expands to keyed mailboxes that need different formats, which cannot share one message: deferred; give them one format (keys set ADDRESS format), or split the alias by format",
+			"queue_id", s.queueID, "rcpt", addr, "conflict", strings.Join(conflict, ", "))
+		return r, &refusal{reply: ReplyMixedAlias, why: addr + " expands to keyed mailboxes of different formats (" + strings.Join(conflict, ", ") + ")"}
+	}
+	r.class = encryptClass(format, protect)
+	r.found = &keys.Recipient{Address: addr, Source: keys.SourceStore, Keys: ks, ProtectHeaders: protect, Format: r.class.format}
 	if len(clear) == 0 {
 		return r, nil
 	}
@@ -143,6 +174,10 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 	}
 	return r, &refusal{reply: ReplyMixedAlias, why: addr + " expands to keyed and unkeyed mailboxes", keep: true}
 }
+
+// maxConflictsLogged bounds the mailboxes a format conflict names (an
+// expansion may have up to virtual_alias_expansion_limit, 1000).
+const maxConflictsLogged = 4
 
 // keyClass is the class of one looked-up address, or why it cannot be
 // served. mailbox is the expansion target looked up for rcpt ("" when
@@ -176,7 +211,10 @@ func (s *session) keyClass(rcpt, mailbox string, l *keys.Recipient, lerr error) 
 			return class{}, &refusal{reply: ReplyKeyUnusableTemp, why: "every key of " + addr + " is unusable"}
 		}
 	}
-	return class{encrypt: l.Encrypt(), protect: l.Encrypt() && l.ProtectHeaders}, nil
+	if !l.Encrypt() {
+		return class{}, nil
+	}
+	return encryptClass(l.Format, l.ProtectHeaders), nil
 }
 
 // expand asks the expander about rcpt, bounded by ctx even when the

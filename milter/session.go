@@ -3,6 +3,7 @@ package milter
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,21 +21,51 @@ import (
 
 // class is how a recipient's copy of a message must look. Recipients of
 // one class share one message body; one transaction carries one class.
+// The format is part of it: PGP/MIME, PGP/inline and S/MIME readers each
+// need their own body (docs/encryption.md, "Per-recipient formats").
 type class struct {
 	encrypt bool
-	protect bool // header protection (RFC 9788)
+	protect bool        // header protection (RFC 9788); never with PGP/inline
+	format  keys.Format // when encrypt: FormatPGPMIME, FormatPGPInline or FormatSMIME
 }
 
-func (c class) String() string {
+// The classes as logged and counted (classList, the metrics' class
+// label), in the order of class.index.
+var classNames = [...]string{"clear", "pgp-mime", "pgp-mime+hp", "pgp-inline", "smime", "smime+hp"}
+
+// encryptClass is the class of a recipient encrypted in format with
+// header protection as asked. FormatDefault (a key source that does not
+// choose) is PGP/MIME; PGP/inline has no header protection
+// (crypto.EncryptInline), so asking for it does not split inline
+// recipients into two classes.
+func encryptClass(format keys.Format, protect bool) class {
+	switch format {
+	case keys.FormatDefault:
+		format = keys.FormatPGPMIME
+	case keys.FormatPGPInline:
+		protect = false
+	}
+	return class{encrypt: true, protect: protect, format: format}
+}
+
+func (c class) index() int {
 	switch {
 	case !c.encrypt:
-		return "clear"
+		return 0
+	case c.format == keys.FormatPGPInline:
+		return 3
+	case c.format == keys.FormatSMIME && c.protect:
+		return 5
+	case c.format == keys.FormatSMIME:
+		return 4
 	case c.protect:
-		return "pgp-mime+hp"
+		return 2
 	default:
-		return "pgp-mime"
+		return 1
 	}
 }
+
+func (c class) String() string { return classNames[c.index()] }
 
 // recipient is one accepted envelope recipient and its keys.
 type recipient struct {
@@ -436,15 +467,38 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (resp *gomilter.Response, er
 	if crypto.AlreadyEncrypted(s.fields, s.body) {
 		return s.accept("already-encrypted", "eom", nil), nil
 	}
-	return s.encrypt(m, s.rcpts[0].class.protect)
+	return s.encrypt(m, s.rcpts[0].class)
 }
 
 // decideLocalMix applies milter.mixed_local to non-SMTP mail whose
-// recipients could not all be served with one body.
+// recipients could not all be served with one body. "encrypt" needs one
+// format for every keyed recipient: a PGP/MIME body is no use to an
+// S/MIME reader, and the other way round, so recipients of different
+// formats are held like any other problem.
 func (s *session) decideLocalMix(m gomilter.Modifier) (*gomilter.Response, error) {
 	reason := strings.Join(s.localMix, "; ")
 	if !s.localFailed && s.st.MixedLocal == MixedLocalEncrypt {
-		return s.encrypt(m, false)
+		var c *class
+		same := true
+		for _, r := range s.rcpts {
+			if !r.class.encrypt {
+				continue
+			}
+			if c == nil {
+				// Header protection off: the clear recipients get the
+				// ciphertext too, and it is not theirs to choose.
+				c = &class{encrypt: true, format: r.class.format}
+			} else if c.format != r.class.format {
+				same = false
+			}
+		}
+		if c == nil {
+			return s.encrypt(m, class{})
+		}
+		if same {
+			return s.encrypt(m, *c)
+		}
+		reason += "; the keyed recipients need different formats, so mixed_local = \"encrypt\" cannot apply"
 	}
 	// SMFIR_QUARANTINE: Postfix puts the message in its hold queue.
 	if err := m.Quarantine("lacre: " + reason); err != nil {
@@ -453,19 +507,25 @@ func (s *session) decideLocalMix(m gomilter.Modifier) (*gomilter.Response, error
 	return s.accept("held", "eom", fmt.Errorf("%s", reason)), nil
 }
 
-// encrypt encrypts the message to every keyed recipient and applies the
-// result: header changes first, then the body in packets of at most 64 KiB
-// (consecutive SMFIR_REPLBODY packets append; nothing may come between).
-// Recipients split by [aliases] mixed = "reinject" first get their clear
-// copy handed back to the MTA, then are replaced in the envelope by their
-// keyed mailboxes.
-func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response, error) {
+// errKind: a key of another kind than the transaction's format reached
+// encrypt (a KeySource that breaks keys.Recipient's promise).
+var errKind = errors.New("a recipient's key does not fit the transaction's format")
+
+// encrypt encrypts the message to every keyed recipient in the format of
+// class c and applies the result: header changes first, then the body in
+// packets of at most 64 KiB (consecutive SMFIR_REPLBODY packets append;
+// nothing may come between). Recipients split by [aliases] mixed =
+// "reinject" first get their clear copy handed back to the MTA, then are
+// replaced in the envelope by their keyed mailboxes.
+func (s *session) encrypt(m gomilter.Modifier, c class) (*gomilter.Response, error) {
 	var to []*keys.Key
 	seen := map[string]bool{}
+	headersAsked := false
 	for _, r := range s.rcpts {
 		if !r.class.encrypt {
 			continue
 		}
+		headersAsked = headersAsked || r.found.ProtectHeaders
 		for _, k := range r.found.Keys {
 			if !seen[k.Fingerprint] {
 				seen[k.Fingerprint] = true
@@ -477,12 +537,47 @@ func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response
 		return s.accept("clear", "eom", nil), nil
 	}
 	encStart := time.Now()
-	res, err := crypto.Encrypt(s.fields, s.body, to, crypto.Options{
+	opt := crypto.Options{
 		HideRecipients: s.st.HideRecipients,
-		ProtectHeaders: protect,
+		ProtectHeaders: c.protect,
 		MinRSABits:     s.st.MinRSABits,
 		Now:            s.srv.now(),
-	})
+	}
+	var res *crypto.Result
+	var err error
+	switch c.format {
+	case keys.FormatSMIME:
+		// One ciphertext with a RecipientInfo per certificate.
+		certs := make([]*x509.Certificate, 0, len(to))
+		for _, k := range to {
+			if k.Kind() != keys.KindX509 {
+				err = fmt.Errorf("%w: %s key %s in an S/MIME transaction", errKind, k.Kind(), k.Fingerprint)
+				break
+			}
+			certs = append(certs, k.Certificate().Cert)
+		}
+		if err == nil {
+			opt.SMIME = s.st.SMIME
+			res, err = crypto.EncryptSMIME(s.fields, s.body, certs, opt)
+		}
+	default:
+		for _, k := range to {
+			if k.Kind() != keys.KindOpenPGP {
+				err = fmt.Errorf("%w: %s key %s in a %s transaction", errKind, k.Kind(), k.Fingerprint, c)
+				break
+			}
+		}
+		switch {
+		case err != nil:
+		case c.format == keys.FormatPGPInline:
+			// Asked for header protection, which inline cannot give:
+			// Result.Unprotected says so in the log.
+			opt.ProtectHeaders = headersAsked
+			res, err = crypto.EncryptInline(s.fields, s.body, to, opt)
+		default:
+			res, err = crypto.Encrypt(s.fields, s.body, to, opt)
+		}
+	}
 	if err != nil {
 		err = withReply(ReplyEncryptFailed, err)
 		s.logResult("tempfail", ReplyFor(err), err)
@@ -523,9 +618,9 @@ func (s *session) encrypt(m gomilter.Modifier, protect bool) (*gomilter.Response
 	s.sizeOut = outLen
 	extra = append([]any{"keys", len(to), "size_out", outLen}, extra...)
 	if res.Unprotected != "" {
-		// Header protection was asked for but would have hidden the
-		// Subject from readers (mail already signed by its sender): the
-		// operator should see why the Subject stayed readable outside.
+		// Header protection was asked for but not applied (mail already
+		// signed by its sender, or PGP/inline): the operator should see
+		// why the Subject stayed readable outside.
 		extra = append(extra, "headers_unprotected", res.Unprotected)
 	}
 	s.logResult("encrypted", Reply{}, nil, extra...)
@@ -659,21 +754,14 @@ func expandedCounts(rcpts []recipient) (expanded, split, other int) {
 	return
 }
 
-// classList summarises the recipients' classes, e.g. "pgp-mime:2".
+// classList summarises the recipients' classes, e.g. "pgp-mime:2,smime:1".
 func classList(rcpts []recipient) string {
-	var n [3]int // clear, pgp-mime, pgp-mime+hp
+	var n [len(classNames)]int
 	for _, r := range rcpts {
-		switch {
-		case !r.class.encrypt:
-			n[0]++
-		case r.class.protect:
-			n[2]++
-		default:
-			n[1]++
-		}
+		n[r.class.index()]++
 	}
 	var b []byte
-	for i, name := range [3]string{"clear", "pgp-mime", "pgp-mime+hp"} {
+	for i, name := range classNames {
 		if n[i] > 0 {
 			if len(b) > 0 {
 				b = append(b, ',')
