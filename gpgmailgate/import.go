@@ -249,10 +249,8 @@ func (im *Importer) Run(ctx context.Context, entries []Entry) (*Report, error) {
 		}
 		for _, k := range ks {
 			origin := e.Origin
-			switch {
-			case k.Kind() == keys.KindX509:
-				origin += " certificate " + k.KeyID()
-			case len(ks) > 1 || !strings.Contains(origin, k.KeyID()):
+			// A certificate is one per entry, and its refusals name it.
+			if k.Kind() != keys.KindX509 && (len(ks) > 1 || !strings.Contains(origin, k.KeyID())) {
 				origin += " key " + k.KeyID()
 			}
 			addrs := []string{addr}
