@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
+	"io"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +14,7 @@ import (
 	"time"
 
 	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/pgptest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
@@ -352,4 +356,69 @@ func TestStaticFormats(t *testing.T) {
 	r := f.must(nil, "check-config")
 	wantContains(t, "check-config", r.stdout, "pgp_format      pgp-inline ([static.formats] sets 2 address(es))\n",
 		"smime           aes-256-cbc, RSA pkcs1v15, recipients by issuer and serial\n", "trust_anchors   none")
+}
+
+// TestEncryptFormats: "encrypt" writes each recipient's format as the
+// milter would: S/MIME for a certificate (decrypted here with the
+// certificate's key), PGP/inline for a recipient who chose it, and
+// refuses recipients of different formats in one message.
+func TestEncryptFormats(t *testing.T) {
+	carol := cert(t, "carol@example.org", smimetest.Spec{})
+	dave := cert(t, "dave@example.org", smimetest.Spec{Key: smimetest.P256})
+	bob := testkeys.Generate(t, testkeys.Curve25519, "bob@example.org")
+	f := newFixture(t, false, "[smime]\ncipher = \"aes-256-gcm\"\n")
+	f.must(nil, "keys", "add", "carol@example.org", f.file("carol.pem", carol.PEM()))
+	f.must(nil, "keys", "add", "dave@example.org", f.file("dave.pem", dave.PEM()))
+	f.add("bob@example.org", bob)
+	f.must(nil, "keys", "set", "bob@example.org", "format", "pgp-inline")
+	msg := []byte("From: a@example.net\r\nTo: carol@example.org\r\nSubject: hi\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsecret text\r\n")
+
+	r := f.must(msg, "encrypt", "carol@example.org", "dave@example.org")
+	hdr, body := bodyParts(t, r.stdout)
+	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "application/pkcs7-mime") || !strings.Contains(ct, "authEnveloped-data") {
+		t.Fatalf("S/MIME Content-Type %q (cipher = aes-256-gcm)", ct)
+	}
+	der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(body)), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*smimetest.Cert{carol, dave} {
+		inner, p, err := smimetest.Decrypt(der, c.Cert, c.Key)
+		if err != nil || !p.Auth || p.RICount != 2 || !bytes.Contains(inner, []byte("\r\n\r\nsecret text\r\n")) {
+			t.Errorf("%s: %v %+v\n%s", c.Cert.EmailAddresses, err, p, inner)
+		}
+	}
+	if strings.Contains(r.stdout, "secret text") {
+		t.Error("the S/MIME output holds the text in clear")
+	}
+
+	r = f.must(msg, "encrypt", "bob@example.org")
+	_, body = bodyParts(t, r.stdout)
+	if !bytes.HasPrefix(bytes.TrimSpace(body), []byte("-----BEGIN PGP MESSAGE-----")) || strings.Contains(r.stdout, "multipart/encrypted") {
+		t.Fatalf("not PGP/inline:\n%s", r.stdout)
+	}
+	if got, _ := pgptest.Decrypt(t, body, bob); !bytes.Equal(got, []byte("secret text\r\n")) {
+		t.Errorf("inline decrypts to %q", got)
+	}
+
+	r = f.run(msg, "encrypt", "carol@example.org", "bob@example.org")
+	wantCode(t, r, 1)
+	wantContains(t, "mixed formats", r.stderr, "carol@example.org reads smime and bob@example.org reads pgp-inline: the milter would split them")
+	if r.stdout != "" {
+		t.Errorf("output for mixed formats:\n%s", r.stdout)
+	}
+}
+
+// bodyParts splits a message the CLI wrote.
+func bodyParts(t *testing.T, s string) (mail.Header, []byte) {
+	t.Helper()
+	m, err := mail.ReadMessage(strings.NewReader(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(m.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Header, b
 }
