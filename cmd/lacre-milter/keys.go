@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -77,6 +78,14 @@ func keysAdd(e *env, args []string) error {
 	}
 	// An OpenPGP key or an X.509 certificate, told apart by its framing;
 	// the address picks the end-entity certificate of a chain.
+	if !keys.IsCertificate(data) && !bytes.Contains(data, []byte("-----BEGIN PGP ")) && bytes.Contains(data, []byte("PRIVATE KEY-----")) {
+		// A PEM private key alone (the .key file beside a certificate)
+		// has neither kind's framing: say what it is, in the
+		// certificate's terms (RuleSecret), not "not OpenPGP data".
+		if _, err := keys.ParseCertificate(data, addr, r.Policy().Normalizer); err != nil {
+			return fmt.Errorf("nothing changed: %w", err)
+		}
+	}
 	ks, err := keys.ParseAny(data, addr, r.Policy().Normalizer)
 	if err != nil {
 		return fmt.Errorf("nothing changed: %w", err)

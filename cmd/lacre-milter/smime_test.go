@@ -161,6 +161,8 @@ func TestKeysAddCertificate(t *testing.T) {
 			[]string{"(it names: no e-mail address at all)"}},
 		{"certificate with its private key", "", func(t *testing.T) []byte { return concat(rsa.PEM(), key(rsa)) },
 			[]string{"the file contains a private key (PRIVATE KEY); submit only the certificate"}},
+		{"a private key alone", "", func(t *testing.T) []byte { return key(rsa) },
+			[]string{"the file contains a private key (PRIVATE KEY); submit only the certificate"}},
 		{"PKCS #12 file", "", func(t *testing.T) []byte {
 			data, err := os.ReadFile(smimetest.PKCS12(t, rsa, t.TempDir(), "alice", false))
 			if err != nil {
