@@ -38,13 +38,14 @@ func certFpr(t *testing.T, c *smimetest.Cert) string {
 	return kc.Fingerprint
 }
 
-func summary(t *testing.T, c *smimetest.Cert) keys.CertificateSummary {
+// displayed is what the CLI shows of a certificate (summary).
+func displayed(t *testing.T, c *smimetest.Cert) keys.CertificateSummary {
 	t.Helper()
 	kc, err := keys.ParseCertificate(c.Cert.Raw, "", keys.Normalizer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kc.Summary()
+	return summary(kc)
 }
 
 // p7b bundles certificates as a PKCS #7 file, as Windows exports them.
@@ -108,7 +109,7 @@ func TestKeysAddCertificate(t *testing.T) {
 				r = f.run(nil, "keys", "add", "<"+strings.ToUpper(addr)+">", f.file("alice.crt", data))
 			}
 			wantCode(t, r, 0)
-			sum := summary(t, tc.want)
+			sum := displayed(t, tc.want)
 			fp := certFpr(t, tc.want)
 			wantContains(t, "stdout", r.stdout, addr+": added certificate "+fp+" (subject "+sum.Subject+", issuer "+sum.Issuer+
 				", serial "+sum.Serial+", expires "+tc.want.Cert.NotAfter.UTC().Format("2006-01-02")+")\n")
@@ -120,6 +121,10 @@ func TestKeysAddCertificate(t *testing.T) {
 				`subject "` + sum.Subject + `", issuer "` + sum.Issuer + `", serial ` + sum.Serial}
 			if rows[0] != want {
 				t.Errorf("keys list:\n got %+v\nwant %+v", rows[0], want)
+			}
+			// A subject emailAddress is shown by name, not as an OID.
+			if tc.name == "address only in the subject" && (!strings.Contains(rows[0].detail, "emailAddress=Alice@Example.org") || strings.Contains(r.stdout+rows[0].detail, "1.2.840.113549")) {
+				t.Errorf("subject e-mail shown as %q", rows[0].detail)
 			}
 		})
 	}
@@ -292,7 +297,7 @@ func TestCertificateAndOpenPGPKey(t *testing.T) {
 		t.Errorf("after keys set format smime: %q %q %q", got, m["headers"], m["key"])
 	}
 	_, full := f.show(addr)
-	sum := summary(t, c1)
+	sum := displayed(t, c1)
 	wantContains(t, "keys show", full.stdout, "X.509 certificate, RSA 2048, valid ", "subject "+sum.Subject+"\n", "issuer  "+sum.Issuer+"\n",
 		"serial  "+sum.Serial+"\n", "address "+addr+"\n")
 	f.must(nil, "keys", "set", addr, "protect-headers", "off")
