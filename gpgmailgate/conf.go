@@ -208,7 +208,10 @@ func Translate(c *Conf, opt TranslateOptions) *Translation {
 	} else if o != nil {
 		t.put("encryption.pgp_format", tomlString("pgp-inline"), src("default", o)+notYes(o)+": gpg-mailgate wrote PGP/inline, so recipients keep getting it. \"pgp-mime\" protects more (attachments' names and the MIME structure): switch when their clients read it, or per address with [static.formats] or \"lacre-milter keys set ADDRESS format pgp-mime\"")
 	} else {
-		t.put("encryption.pgp_format", tomlString("pgp-inline"), "[default] mime_conversion is not set: gpg-mailgate then wrote PGP/inline (it wrote PGP/MIME only for \"yes\"), so recipients keep getting it. \"pgp-mime\" protects more: switch when their clients read it")
+		// Not set: gpg-mailgate wrote PGP/inline then, but nobody chose
+		// it; lacre-milter's default, PGP/MIME, protects more (as for
+		// mail_case_insensitive, the stronger behaviour, explained).
+		t.note("[default] mime_conversion (not set)", "not mapped: gpg-mailgate wrote PGP/inline when it was not \"yes\", lacre-milter writes PGP/MIME by default, which protects more (attachments' names and the MIME structure) and every OpenPGP client reads. For recipients whose client reads only PGP/inline, set [static.formats] or \"lacre-milter keys set ADDRESS format pgp-inline\", or pgp_format = \"pgp-inline\" for everyone")
 	}
 	handle("default", "mail_case_insensitive", func(o *Option) {
 		if yes(o) {

@@ -238,10 +238,10 @@ func TestResolveKeyIDAmbiguous(t *testing.T) {
 	}
 }
 
-// TestTranslateFormats: [default] mime_conversion becomes pgp_format (not
-// set, or anything but "yes", was PGP/inline in gpg-mailgate) and
-// [pgp_style] becomes [static.formats]; what gpg-mailgate ignored is a
-// note, not a problem.
+// TestTranslateFormats: [default] mime_conversion becomes pgp_format
+// (anything but "yes" was PGP/inline in gpg-mailgate; not set, it stays
+// PGP/MIME, with a note) and [pgp_style] becomes [static.formats]; what
+// gpg-mailgate ignored is a note, not a problem.
 func TestTranslateFormats(t *testing.T) {
 	for _, tc := range []struct {
 		conf    string
@@ -252,7 +252,7 @@ func TestTranslateFormats(t *testing.T) {
 		{"[default]\nmime_conversion = yes\n", "pgp-mime", nil, nil},
 		{"[default]\nmime_conversion = no\n", "pgp-inline", nil, []string{"gpg-mailgate wrote PGP/inline, so recipients keep getting it"}},
 		{"[default]\nmime_conversion = Yes\n", "pgp-inline", nil, []string{`gpg-mailgate reads "Yes" as "no"`}},
-		{"[default]\nadd_header = yes\n", "pgp-inline", nil, []string{"[default] mime_conversion is not set: gpg-mailgate then wrote PGP/inline"}},
+		{"[default]\nadd_header = yes\n", "pgp-mime", nil, []string{"[default] mime_conversion (not set): not mapped: gpg-mailgate wrote PGP/inline when it was not \"yes\", lacre-milter writes PGP/MIME by default"}},
 		{"[default]\nmime_conversion = no\n\n[pgp_style]\nAlice@Example.org = mime\nbob@example.org = inline\ncarol@example.org = html\nnobody = mime\n",
 			"pgp-inline", map[string]string{"alice@example.org": "pgp-mime", "bob@example.org": "pgp-inline"},
 			[]string{`gpg-mailgate did not know the style "html"`, "[pgp_style] nobody = mime (line 8): not mapped: not an address"}},
