@@ -124,8 +124,8 @@ func keysAdd(e *env, args []string) error {
 	case *replace && len(keep) == 0:
 		fmt.Fprintf(e.stdout, "%s: other keys removed\n", addr)
 	case *replace:
-		fmt.Fprintf(e.stdout, "%s: other %s removed; its %d %s stay bound (\"keys remove ADDRESS FINGERPRINT\" removes one)\n",
-			addr, kindNoun(ks[0].Kind()), len(keep), kindNoun(keep[0].Kind()))
+		fmt.Fprintf(e.stdout, "%s: other %s removed; its %s (%d) stay bound (\"keys remove ADDRESS FINGERPRINT\" removes one)\n",
+			addr, kindNoun(ks[0].Kind()), kindNoun(keep[0].Kind()), len(keep))
 	}
 	return nil
 }

@@ -314,7 +314,7 @@ func TestCertificateAndOpenPGPKey(t *testing.T) {
 
 	// -replace with a certificate keeps the OpenPGP key.
 	r = f.must(nil, "keys", "add", "-replace", addr, f.file("c2.pem", c2.PEM()))
-	wantContains(t, "keys add -replace", r.stdout, addr+": other certificates removed; its 1 OpenPGP keys stay bound")
+	wantContains(t, "keys add -replace", r.stdout, addr+": other certificates removed; its OpenPGP keys (1) stay bound")
 	rows, _ = f.listFull()
 	if len(rows) != 2 || rows[0].fingerprint != fpr(pgp) || rows[1].fingerprint != certFpr(t, c2) {
 		t.Fatalf("after -replace: %+v", rows)
