@@ -8,6 +8,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
@@ -45,11 +47,42 @@ type Config struct {
 	Static     Static     `toml:"static"`
 	Aliases    Aliases    `toml:"aliases"`
 	Web        Web        `toml:"web"`
+	SMIME      SMIME      `toml:"smime"`
 
 	// Path is the file the configuration was read from ("" for defaults).
 	// Relative paths inside the file are resolved against its folder.
 	Path string `toml:"-"`
+
+	// anchors are the certificates of smime.trust_anchors, read by
+	// Validate from anchorsFrom (see TrustAnchorPool).
+	anchors     *x509.CertPool
+	anchorsFrom string
 }
+
+// SMIME holds the options of S/MIME (issue 18): which recipient
+// certificates are admitted, and how mail is encrypted to them.
+type SMIME struct {
+	// TrustAnchors is a PEM file of root certificates, relative to the
+	// config file; when set, a certificate is admitted (and used) only
+	// with a chain to one of them. "" requires no chain.
+	TrustAnchors string `toml:"trust_anchors"`
+	// Cipher is the content encryption: "aes-256-cbc" (EnvelopedData) or
+	// "aes-256-gcm" (AuthEnvelopedData, RFC 5083).
+	Cipher string `toml:"cipher"`
+	// RSAPadding is the RSA key transport: "pkcs1v15" or "oaep".
+	RSAPadding string `toml:"rsa_padding"`
+	// SubjectKeyID names recipients by subject key identifier instead of
+	// issuer and serial number.
+	SubjectKeyID bool `toml:"subject_key_id"`
+}
+
+// The values of SMIME.Cipher and SMIME.RSAPadding.
+const (
+	CipherAES256CBC = "aes-256-cbc"
+	CipherAES256GCM = "aes-256-gcm"
+	PaddingPKCS1v15 = "pkcs1v15"
+	PaddingOAEP     = "oaep"
+)
 
 // Milter holds the options of the milter daemon.
 type Milter struct {
@@ -176,6 +209,9 @@ type Encryption struct {
 	// has expired or been revoked since it was registered: "tempfail",
 	// "reject" or "clear".
 	UnusableKey string `toml:"unusable_key"`
+	// PGPFormat is how mail to an OpenPGP key is written for a recipient
+	// who has not chosen: "pgp-mime" or "pgp-inline".
+	PGPFormat string `toml:"pgp_format"`
 }
 
 // Static holds the mappings that gpg-mailgate called enc_keymap and
@@ -187,6 +223,10 @@ type Static struct {
 	Domains map[string][]string `toml:"domains"`
 	// NeverEncrypt lists addresses that always receive mail as sent.
 	NeverEncrypt []string `toml:"never_encrypt"`
+	// Formats maps an address to the format its mail is written in
+	// ("pgp-mime", "pgp-inline", "smime"; gpg-mailgate's [pgp_style]); a
+	// format the recipient chose ("keys set ADDRESS format") wins.
+	Formats map[string]string `toml:"formats"`
 }
 
 // Aliases holds the options of recipient expansion: the milter sees each
@@ -264,7 +304,8 @@ func Default() *Config {
 			FoldLocalPartCase:   true,
 			SubaddressSeparator: "+",
 		},
-		Encryption: Encryption{UnusableKey: UnusableTempfail},
+		Encryption: Encryption{UnusableKey: UnusableTempfail, PGPFormat: string(keys.FormatPGPMIME)},
+		SMIME:      SMIME{Cipher: CipherAES256CBC, RSAPadding: PaddingPKCS1v15},
 		Aliases: Aliases{
 			Source:          AliasesAuto,
 			Service:         "smtp/inet",
@@ -468,6 +509,7 @@ func (c *Config) Validate() error {
 	c.validateKeys(&p)
 	c.validateStatic(&p)
 	c.validateAliases(&p)
+	c.validateSMIME(&p)
 	if len(p.list) == 0 {
 		return nil
 	}
@@ -627,6 +669,11 @@ func (c *Config) validateKeys(p *problems) {
 	default:
 		p.add("encryption.unusable_key", "%q is not one of \"tempfail\", \"reject\", \"clear\"", c.Encryption.UnusableKey)
 	}
+	switch keys.Format(c.Encryption.PGPFormat) {
+	case keys.FormatPGPMIME, keys.FormatPGPInline:
+	default:
+		p.add("encryption.pgp_format", "%q is not one of \"pgp-mime\", \"pgp-inline\"", c.Encryption.PGPFormat)
+	}
 }
 
 func (c *Config) validateStatic(p *problems) {
@@ -650,7 +697,103 @@ func (c *Config) validateStatic(p *problems) {
 			p.add("static.never_encrypt", "%q is not an address", addr)
 		}
 	}
+	for _, addr := range slices.Sorted(maps.Keys(c.Static.Formats)) {
+		at := p.at([]string{"static", "formats", addr})
+		if !strings.Contains(addr, "@") {
+			at("static.formats", "%q is not an address", addr)
+		}
+		switch f := keys.Format(c.Static.Formats[addr]); f {
+		case keys.FormatPGPMIME, keys.FormatPGPInline, keys.FormatSMIME:
+		default:
+			at("static.formats", "%q: %q is not one of \"pgp-mime\", \"pgp-inline\", \"smime\"", addr, string(f))
+		}
+	}
 }
+
+// validateSMIME checks [smime] and reads smime.trust_anchors, so that a
+// file that cannot be read, or holds no certificate, is a configuration
+// error at load (and at every reload), not a surprise at the first key.
+func (c *Config) validateSMIME(p *problems) {
+	switch c.SMIME.Cipher {
+	case CipherAES256CBC, CipherAES256GCM:
+	default:
+		p.add("smime.cipher", "%q is not one of %q, %q", c.SMIME.Cipher, CipherAES256CBC, CipherAES256GCM)
+	}
+	switch c.SMIME.RSAPadding {
+	case PaddingPKCS1v15, PaddingOAEP:
+	default:
+		p.add("smime.rsa_padding", "%q is not one of %q, %q", c.SMIME.RSAPadding, PaddingPKCS1v15, PaddingOAEP)
+	}
+	c.anchors, c.anchorsFrom = nil, ""
+	if c.SMIME.TrustAnchors == "" {
+		return
+	}
+	path := c.resolve(c.SMIME.TrustAnchors)
+	pool, err := readTrustAnchors(path)
+	if err != nil {
+		p.add("smime.trust_anchors", "%v", err)
+		return
+	}
+	c.anchors, c.anchorsFrom = pool, path
+}
+
+// readTrustAnchors reads a PEM file of certificates. Anything else in it
+// (a private key, a certificate request) is an error: the file is
+// published configuration and must hold only the roots.
+func readTrustAnchors(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	rest := data
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%s: holds a %q PEM block; write only the root certificates (BEGIN CERTIFICATE) in it", path, b.Type)
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: certificate %d: %v", path, n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s: holds no PEM certificate (BEGIN CERTIFICATE); leave smime.trust_anchors empty to require no chain", path)
+	}
+	if bytes.Count(data, []byte("-----BEGIN ")) != n {
+		return nil, fmt.Errorf("%s: holds a PEM block that cannot be read", path)
+	}
+	return pool, nil
+}
+
+// TrustAnchorPool returns the certificates of smime.trust_anchors, or nil
+// when it is empty (no chain required). Validate (and so Load) has read
+// the file; for a Config changed or made without it, the file is read now.
+func (c *Config) TrustAnchorPool() (*x509.CertPool, error) {
+	if c.SMIME.TrustAnchors == "" {
+		return nil, nil
+	}
+	path := c.resolve(c.SMIME.TrustAnchors)
+	if c.anchors != nil && c.anchorsFrom == path {
+		return c.anchors, nil
+	}
+	pool, err := readTrustAnchors(path)
+	if err != nil {
+		return nil, fmt.Errorf("smime.trust_anchors: %w", err)
+	}
+	return pool, nil
+}
+
+// TrustAnchorsPath returns smime.trust_anchors resolved against the config
+// file's folder ("" when not set).
+func (c *Config) TrustAnchorsPath() string { return c.resolve(c.SMIME.TrustAnchors) }
 
 func (c *Config) validateAliases(p *problems) {
 	a := c.Aliases

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"lacre.io/milter/crypto/smime/smimetest"
 )
 
 // toml joins lines with "\n", so that a case's line numbers are its
@@ -131,9 +134,14 @@ func TestLoadEveryOption(t *testing.T) {
 		`hide_recipients = true`,
 		`protect_headers = true`,
 		`unusable_key = "reject"`,
+		`pgp_format = "pgp-inline"`,
 		``,
 		`[static]`,
 		`never_encrypt = ["postmaster@example.org", "abuse@example.org"]`,
+		``,
+		`[static.formats]`,
+		`"carol@example.org" = "smime"`,
+		`"dave@example.org" = "pgp-mime"`,
 		``,
 		`[static.addresses]`,
 		`"alice@example.org" = ["`+fprV4+`"]`,
@@ -165,8 +173,18 @@ func TestLoadEveryOption(t *testing.T) {
 		``,
 		`[web.smtp]`,
 		`addr = "[::1]:587"`,
+		``,
+		`[smime]`,
+		`trust_anchors = "roots.pem"`,
+		`cipher = "aes-256-gcm"`,
+		`rsa_padding = "oaep"`,
+		`subject_key_id = true`,
 	)
 	p := writeConfig(t, src)
+	root := smimetest.New(t, smimetest.Spec{CA: true, CommonName: "Lacre test root"})
+	if err := os.WriteFile(filepath.Join(filepath.Dir(p), "roots.pem"), root.PEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	c, err := Load(p)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -186,6 +204,7 @@ func TestLoadEveryOption(t *testing.T) {
 			HideRecipients: true,
 			ProtectHeaders: true,
 			UnusableKey:    UnusableReject,
+			PGPFormat:      "pgp-inline",
 		},
 		Static: Static{
 			Addresses: map[string][]string{
@@ -194,11 +213,24 @@ func TestLoadEveryOption(t *testing.T) {
 			},
 			Domains:      map[string][]string{"example.net": {fprV6}},
 			NeverEncrypt: []string{"postmaster@example.org", "abuse@example.org"},
+			Formats:      map[string]string{"carol@example.org": "smime", "dave@example.org": "pgp-mime"},
 		},
+		SMIME: SMIME{TrustAnchors: "roots.pem", Cipher: "aes-256-gcm", RSAPadding: "oaep", SubjectKeyID: true},
 		Aliases: Aliases{Source: "none", PostfixConfigDir: "/etc/postfix-out", Service: "127.0.0.1:10025/inet",
 			CacheTTL: Duration(time.Minute), Mixed: "defer", Reinject: "[::1]:10027", ReinjectTimeout: Duration(2 * time.Minute)},
 		Path: p,
 	}
+	// The trust anchors were read: the pool holds the root.
+	if c.anchors == nil || c.anchorsFrom != filepath.Join(filepath.Dir(p), "roots.pem") {
+		t.Fatalf("smime.trust_anchors not read: %v from %q", c.anchors, c.anchorsFrom)
+	}
+	if _, err := root.Cert.Verify(x509.VerifyOptions{Roots: c.anchors, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("the pool does not hold the root: %v", err)
+	}
+	if pool, err := c.TrustAnchorPool(); err != nil || pool != c.anchors {
+		t.Errorf("TrustAnchorPool() = %v, %v", pool, err)
+	}
+	want.anchors, want.anchorsFrom = c.anchors, c.anchorsFrom
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load =\n%+v\nwant\n%+v", c, want)
 	}

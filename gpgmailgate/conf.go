@@ -155,8 +155,6 @@ type Translation struct {
 // reasons for the options that have no lacre-milter equivalent.
 const (
 	whyDecrypt = "lacre-milter never holds private keys and never decrypts: a gateway that decrypts holds everyone's private keys"
-	whyStyle   = "lacre-milter writes PGP/MIME (RFC 3156) only; PGP/inline is not supported until the S/MIME and PGP/inline issue lands, which then maps it"
-	whySMIME   = "lacre-milter encrypts with OpenPGP only; S/MIME is not supported until the S/MIME and PGP/inline issue lands, which then maps it (S/MIME-encrypted mail passes unchanged)"
 	whyRelay   = "a milter does not re-inject mail; Postfix delivers it. Remove the re-injection service (127.0.0.1:10028 in master.cf) once the milter runs"
 	whyLog     = "lacre-milter logs to standard error (journald under systemd), one line per message"
 	whyCron    = "there is no cron job: a key is active once its owner follows the confirmation link of \"lacre-milter web\", which always mails one"
@@ -167,10 +165,10 @@ type translator struct {
 	c        *Conf
 	opt      TranslateOptions
 	problems []string
-	notes    []string          // "# [section] option = value: reason" lines for the unmapped part
-	set      map[string]string // "table.key" → TOML value
-	comments map[string]string // "table.key" → comment above it
-	static   map[string][][2]string
+	notes    []string               // "# [section] option = value: reason" lines for the unmapped part
+	set      map[string]string      // "table.key" → TOML value
+	comments map[string]string      // "table.key" → comment above it
+	static   map[string][][2]string // "addresses", "domains", "formats" → entries
 }
 
 // Translate writes a lacre.toml for c.
@@ -204,13 +202,17 @@ func Translate(c *Conf, opt TranslateOptions) *Translation {
 	for _, name := range []string{"dec_keymap_only", "failsave_dec", "no_inline_dec", "dec_regex"} {
 		handle("default", name, func(o *Option) { t.note(src("default", o), "not mapped: "+whyDecrypt) })
 	}
-	handle("default", "mime_conversion", func(o *Option) {
-		if yes(o) {
-			t.note(src("default", o), "mapped: lacre-milter always writes PGP/MIME")
-		} else {
-			t.note(src("default", o), "not mapped: "+whyStyle+"; lacre-milter writes PGP/MIME"+notYes(o))
-		}
-	})
+	handled["default.mime_conversion"] = true
+	if o := c.Get("default", "mime_conversion"); o != nil && yes(o) {
+		t.put("encryption.pgp_format", tomlString("pgp-mime"), src("default", o)+": PGP/MIME (RFC 3156), lacre-milter's default")
+	} else if o != nil {
+		t.put("encryption.pgp_format", tomlString("pgp-inline"), src("default", o)+notYes(o)+": gpg-mailgate wrote PGP/inline, so recipients keep getting it. \"pgp-mime\" protects more (attachments' names and the MIME structure): switch when their clients read it, or per address with [static.formats] or \"lacre-milter keys set ADDRESS format pgp-mime\"")
+	} else {
+		// Not set: gpg-mailgate wrote PGP/inline then, but nobody chose
+		// it; lacre-milter's default, PGP/MIME, protects more (as for
+		// mail_case_insensitive, the stronger behaviour, explained).
+		t.note("[default] mime_conversion (not set)", "not mapped: gpg-mailgate wrote PGP/inline when it was not \"yes\", lacre-milter writes PGP/MIME by default, which protects more (attachments' names and the MIME structure) and every OpenPGP client reads. For recipients whose client reads only PGP/inline, set [static.formats] or \"lacre-milter keys set ADDRESS format pgp-inline\", or pgp_format = \"pgp-inline\" for everyone")
+	}
 	handle("default", "mail_case_insensitive", func(o *Option) {
 		if yes(o) {
 			t.put("keys.fold_local_part_case", "true", src("default", o))
@@ -221,7 +223,9 @@ func Translate(c *Conf, opt TranslateOptions) *Translation {
 	handle("gpg", "keyhome", func(o *Option) {
 		t.note(src("gpg", o), "mapped to the key store: import its keys with \"lacre-milter import gnupg "+oneLine(o.Value)+"\"")
 	})
-	handle("smime", "cert_path", func(o *Option) { t.note(src("smime", o), "not mapped: "+whySMIME) })
+	handle("smime", "cert_path", func(o *Option) {
+		t.note(src("smime", o), "mapped to the key store: import its certificates with \"lacre-milter import smime "+oneLine(o.Value)+"\"; each is checked against the address of its file name, which gpg-mailgate never did. As in gpg-mailgate, an address with an OpenPGP key and a certificate gets OpenPGP, unless its format is set to smime")
+	})
 	handle("mailregister", "webpanel_url", func(o *Option) {
 		if u, err := url.Parse(o.Value); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
 			t.put("web.base_url", tomlString(o.Value), src("mailregister", o)+": the public URL of \"lacre-milter web\", which replaces gpg-mailgate-web; change it if the new service lives elsewhere")
@@ -284,7 +288,7 @@ func Translate(c *Conf, opt TranslateOptions) *Translation {
 	if s := c.Section("pgp_style"); s != nil {
 		handled["pgp_style"] = true
 		for _, o := range s.Options {
-			t.note(src("pgp_style", o), "not mapped: "+whyStyle)
+			t.pgpStyle(o, src("pgp_style", o))
 		}
 	}
 	for _, s := range c.Sections {
@@ -298,6 +302,29 @@ func Translate(c *Conf, opt TranslateOptions) *Translation {
 		}
 	}
 	return &Translation{TOML: t.write(), Problems: t.problems}
+}
+
+// pgpStyle translates one entry of [pgp_style] into [static.formats].
+// gpg-mailgate knew "mime" and "inline" (compared as written) and used
+// [default] mime_conversion for anything else, as lacre-milter uses
+// pgp_format for an address without an entry.
+func (t *translator) pgpStyle(o *Option, where string) {
+	var f string
+	switch o.Value {
+	case "mime":
+		f = "pgp-mime"
+	case "inline":
+		f = "pgp-inline"
+	default:
+		t.note(where, fmt.Sprintf("not mapped: gpg-mailgate did not know the style %q and used [default] mime_conversion, as lacre-milter uses pgp_format", o.Value))
+		return
+	}
+	if !strings.Contains(o.Name, "@") {
+		t.note(where, "not mapped: not an address, so gpg-mailgate never matched it to a recipient")
+		return
+	}
+	t.static["formats"] = append(t.static["formats"], [2]string{o.Name, tomlString(f)})
+	t.comments["static.formats."+o.Name] = where
 }
 
 func (t *translator) dsn() string {
@@ -376,6 +403,7 @@ var tomlTables = []struct{ name, keys string }{
 	{"log", "level"},
 	{"store", "database"},
 	{"keys", "fold_local_part_case"},
+	{"encryption", "pgp_format"},
 	{"web", "base_url from"},
 	{"web.smtp", "addr"},
 }
@@ -403,13 +431,18 @@ func (t *translator) write() string {
 		}
 		fmt.Fprintf(&b, "\n[%s]\n%s", tb.name, strings.Join(lines, ""))
 	}
-	for _, to := range []string{"addresses", "domains"} {
+	for _, to := range []string{"addresses", "domains", "formats"} {
 		entries := t.static[to]
 		if len(entries) == 0 {
 			continue
 		}
-		from := map[string]string{"addresses": "enc_keymap", "domains": "enc_domain_keymap"}[to]
-		fmt.Fprintf(&b, "\n# gpg-mailgate's [%s], with its key IDs resolved to the fingerprints of\n# the keys in the store (key IDs can be forged; fingerprints cannot).\n[static.%s]\n", from, to)
+		switch to {
+		case "formats":
+			b.WriteString("\n# gpg-mailgate's [pgp_style]: mime is \"pgp-mime\", inline \"pgp-inline\". A\n# format the recipient chooses (lacre-milter keys set ADDRESS format) wins.\n[static.formats]\n")
+		default:
+			from := map[string]string{"addresses": "enc_keymap", "domains": "enc_domain_keymap"}[to]
+			fmt.Fprintf(&b, "\n# gpg-mailgate's [%s], with its key IDs resolved to the fingerprints of\n# the keys in the store (key IDs can be forged; fingerprints cannot).\n[static.%s]\n", from, to)
+		}
 		for _, e := range entries {
 			b.WriteString(comment(t.comments["static."+to+"."+e[0]]) + tomlString(e[0]) + " = " + e[1] + "\n")
 		}

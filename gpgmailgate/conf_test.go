@@ -81,6 +81,8 @@ func TestTranslateSample(t *testing.T) {
 		{"web.smtp.addr", lc.Web.SMTP.Addr, "127.0.0.1:25"},
 		{"static.addresses", lc.Static.Addresses["archive@example.org"], []string{archive.Fingerprint}},
 		{"static.domains", lc.Static.Domains["example.net"], []string{domain.Fingerprint}},
+		{"encryption.pgp_format", lc.Encryption.PGPFormat, "pgp-mime"},
+		{"static.formats", lc.Static.Formats["you@domain.tld"], "pgp-mime"},
 	}
 	for _, ch := range checks {
 		if got, want := ch.got, ch.want; !equal(got, want) {
@@ -106,8 +108,9 @@ func TestTranslateSample(t *testing.T) {
 	}
 	for _, want := range []string{
 		"[dec_keymap] you@domain.tld = 12345678 (line 55): not mapped: lacre-milter never holds private keys",
-		"[smime] cert_path = /var/gpgmailgate/smime (line 18): not mapped: lacre-milter encrypts with OpenPGP only",
-		"[pgp_style] you@domain.tld = mime (line 58): not mapped:",
+		`[smime] cert_path = /var/gpgmailgate/smime (line 18): mapped to the key store: import its certificates with "lacre-milter import smime /var/gpgmailgate/smime"`,
+		"[default] mime_conversion = yes (line 9): PGP/MIME (RFC 3156), lacre-milter's default pgp_format = \"pgp-mime\"",
+		"[pgp_style] you@domain.tld = mime (line 58) \"you@domain.tld\" = \"pgp-mime\"",
 		"[database] password = (not shown)",
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(strings.ReplaceAll(tr.TOML, "\n#", " ")), " "), want) {
@@ -232,5 +235,50 @@ func TestResolveKeyIDAmbiguous(t *testing.T) {
 	}
 	if lc := loadTOML(t, tr.TOML); len(lc.Static.Addresses) != 0 {
 		t.Errorf("an ambiguous key ID was mapped: %v", lc.Static.Addresses)
+	}
+}
+
+// TestTranslateFormats: [default] mime_conversion becomes pgp_format
+// (anything but "yes" was PGP/inline in gpg-mailgate; not set, it stays
+// PGP/MIME, with a note) and [pgp_style] becomes [static.formats]; what
+// gpg-mailgate ignored is a note, not a problem.
+func TestTranslateFormats(t *testing.T) {
+	for _, tc := range []struct {
+		conf    string
+		format  string
+		formats map[string]string
+		says    []string
+	}{
+		{"[default]\nmime_conversion = yes\n", "pgp-mime", nil, nil},
+		{"[default]\nmime_conversion = no\n", "pgp-inline", nil, []string{"gpg-mailgate wrote PGP/inline, so recipients keep getting it"}},
+		{"[default]\nmime_conversion = Yes\n", "pgp-inline", nil, []string{`gpg-mailgate reads "Yes" as "no"`}},
+		{"[default]\nadd_header = yes\n", "pgp-mime", nil, []string{"[default] mime_conversion (not set): not mapped: gpg-mailgate wrote PGP/inline when it was not \"yes\", lacre-milter writes PGP/MIME by default"}},
+		{"[default]\nmime_conversion = no\n\n[pgp_style]\nAlice@Example.org = mime\nbob@example.org = inline\ncarol@example.org = html\nnobody = mime\n",
+			"pgp-inline", map[string]string{"alice@example.org": "pgp-mime", "bob@example.org": "pgp-inline"},
+			[]string{`gpg-mailgate did not know the style "html"`, "[pgp_style] nobody = mime (line 8): not mapped: not an address"}},
+	} {
+		c, err := gpgmailgate.ParseConf(strings.NewReader(tc.conf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := gpgmailgate.Translate(c, gpgmailgate.TranslateOptions{})
+		if len(tr.Problems) != 0 {
+			t.Errorf("%q: problems %q", tc.conf, tr.Problems)
+		}
+		lc := loadTOML(t, tr.TOML)
+		if lc.Encryption.PGPFormat != tc.format || len(lc.Static.Formats) != len(tc.formats) {
+			t.Errorf("%q: pgp_format %q, formats %v; want %q, %v\n%s", tc.conf, lc.Encryption.PGPFormat, lc.Static.Formats, tc.format, tc.formats, tr.TOML)
+		}
+		for a, f := range tc.formats {
+			if lc.Static.Formats[a] != f {
+				t.Errorf("%q: static.formats %q = %q, want %q", tc.conf, a, lc.Static.Formats[a], f)
+			}
+		}
+		flat := strings.Join(strings.Fields(strings.ReplaceAll(tr.TOML, "\n#", " ")), " ")
+		for _, s := range tc.says {
+			if !strings.Contains(flat, s) {
+				t.Errorf("%q: the output does not say %q:\n%s", tc.conf, s, tr.TOML)
+			}
+		}
 	}
 }

@@ -1,9 +1,9 @@
 // Package gpgmailgate reads the state of a gpg-mailgate or Lacre (Python)
 // installation, the content filter that lacre-milter replaces, and brings
 // it into a lacre-milter key store: the public keys of its GnuPG home
-// directory, the key registrations of its gpg-mailgate-web database
-// (table gpgmw_keys), and its /etc/gpg-mailgate.conf, translated into a
-// lacre.toml.
+// directory, its S/MIME certificate directory ([smime] cert_path), the
+// key registrations of its gpg-mailgate-web database (table gpgmw_keys),
+// and its /etc/gpg-mailgate.conf, translated into a lacre.toml.
 //
 // Every key goes through keys.Admit, the admission path of "lacre-milter
 // keys add" and of the registration service, so an import accepts exactly
@@ -45,8 +45,12 @@ type Entry struct {
 	// Empty: the key is for the addresses of its own User IDs (a GnuPG
 	// home has no other binding).
 	Address string
-	// Data is the key, binary or ASCII-armoured.
+	// Data is the key, binary or ASCII-armoured, or an X.509
+	// certificate (see keys.ParseAny).
 	Data []byte
+	// Certificate: Data must be an X.509 certificate (an S/MIME
+	// certificate directory holds nothing else).
+	Certificate bool
 	// Unbind: the source says that Address has no key.
 	Unbind bool
 	// Skip, when not "", is why the entry is not imported (not an error:
@@ -238,14 +242,15 @@ func (im *Importer) Run(ctx context.Context, entries []Entry) (*Report, error) {
 			}
 			continue
 		}
-		ks, err := keys.Parse(e.Data)
+		ks, err := parseEntry(e, addr, im.Policy.Normalizer)
 		if err != nil {
 			rep.add(refusal(addr, e.Origin, err))
 			continue
 		}
 		for _, k := range ks {
 			origin := e.Origin
-			if len(ks) > 1 || !strings.Contains(origin, k.KeyID()) {
+			// A certificate is one per entry, and its refusals name it.
+			if k.Kind() != keys.KindX509 && (len(ks) > 1 || !strings.Contains(origin, k.KeyID())) {
 				origin += " key " + k.KeyID()
 			}
 			addrs := []string{addr}
@@ -305,6 +310,21 @@ func (im *Importer) Run(ctx context.Context, entries []Entry) (*Report, error) {
 	return rep, nil
 }
 
+// parseEntry reads an entry's keys: an OpenPGP key or a certificate,
+// told apart by their framing, or only a certificate when the source
+// holds nothing else (so that an OpenPGP key or a bare private key in a
+// certificate directory is refused in the certificate's terms).
+func parseEntry(e Entry, addr string, n keys.Normalizer) ([]*keys.Key, error) {
+	if e.Certificate {
+		c, err := keys.ParseCertificate(e.Data, addr, n)
+		if err != nil {
+			return nil, err
+		}
+		return []*keys.Key{keys.FromCertificate(c)}, nil
+	}
+	return keys.ParseAny(e.Data, addr, n)
+}
+
 func planKeys(m map[string]*planned) func(func(string) bool) {
 	return func(yield func(string) bool) {
 		for k := range m {
@@ -322,11 +342,23 @@ func (im *Importer) bind(ctx context.Context, store keys.Store, rep *Report, add
 	if err != nil {
 		return fmt.Errorf("%s: %w", addr, err)
 	}
+	// Only the keys of the kinds imported compete with them: an
+	// address's certificates stay when its OpenPGP keys are imported,
+	// and the other way round (gpg-mailgate kept both, in two places).
+	kinds := map[keys.Kind]bool{}
+	for _, k := range p.keys {
+		kinds[k.Kind()] = true
+	}
 	stored := map[string]*keys.Key{}
 	var others []string
+	var keep []*keys.Key
 	for _, k := range existing {
 		stored[k.Fingerprint] = k
-		if !slices.ContainsFunc(p.keys, func(x *keys.Key) bool { return x.Fingerprint == k.Fingerprint }) {
+		switch {
+		case slices.ContainsFunc(p.keys, func(x *keys.Key) bool { return x.Fingerprint == k.Fingerprint }):
+		case !kinds[k.Kind()]:
+			keep = append(keep, k)
+		default:
 			others = append(others, k.Fingerprint)
 		}
 	}
@@ -349,7 +381,7 @@ func (im *Importer) bind(ctx context.Context, store keys.Store, rep *Report, add
 		rep.add(Line{Address: addr, Origin: origin, Outcome: Present, Msg: fingerprints(p.keys)})
 		return nil
 	}
-	err = keys.Admit(ctx, store, im.Policy, keys.Admission{Address: addr, Keys: p.keys, Replace: im.Replace}, now)
+	err = keys.Admit(ctx, store, im.Policy, keys.Admission{Address: addr, Keys: p.keys, Replace: im.Replace, Keep: keep}, now)
 	var rej *keys.RejectError
 	switch {
 	case errors.As(err, &rej) && errors.Is(err, keys.ErrStaleCopy) && !fresh && len(others) == 0:
@@ -375,9 +407,19 @@ func (im *Importer) bind(ctx context.Context, store keys.Store, rep *Report, add
 
 // unbind handles an address the source says has no key.
 func (im *Importer) unbind(ctx context.Context, store keys.Store, rep *Report, addr, origin string) error {
-	existing, err := im.Store.KeysFor(ctx, addr)
+	bound, err := im.Store.KeysFor(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", addr, err)
+	}
+	// The sources that say "no key" (gpg-mailgate-web's rows) speak of
+	// OpenPGP keys only: the address's certificates stay.
+	var existing, certs []*keys.Key
+	for _, k := range bound {
+		if k.Kind() == keys.KindX509 {
+			certs = append(certs, k)
+		} else {
+			existing = append(existing, k)
+		}
 	}
 	if len(existing) == 0 {
 		rep.add(Line{Address: addr, Origin: origin, Outcome: Skipped, Msg: "no key (the source says the address has none)"})
@@ -388,7 +430,12 @@ func (im *Importer) unbind(ctx context.Context, store keys.Store, rep *Report, a
 			Msg: fmt.Sprintf("the source says the address has no key, the store binds it to %s; not removed (run again with -replace to remove)", fingerprints(existing))})
 		return nil
 	}
-	if _, err := store.Remove(ctx, addr, ""); err != nil && !errors.Is(err, keys.ErrNotFound) {
+	if len(certs) > 0 {
+		// One transaction: bind the certificates again, unbind the rest.
+		if err := store.Add(ctx, addr, certs, true); err != nil {
+			return fmt.Errorf("%s: %w", addr, err)
+		}
+	} else if _, err := store.Remove(ctx, addr, ""); err != nil && !errors.Is(err, keys.ErrNotFound) {
 		return fmt.Errorf("%s: %w", addr, err)
 	}
 	rep.add(Line{Address: addr, Origin: origin, Outcome: Unbound, Msg: "removed " + fingerprints(existing)})

@@ -210,10 +210,13 @@ func admitByWeb(t *testing.T, c admitCase) (path, outcome, msg string) {
 		now = time.Now()
 	}
 	mailer := &admitMailer{}
-	cfg := config.Default()
+	policy, err := keyPolicy(config.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
 	svc, err := web.New(store, mailer, web.Options{
 		BaseURL: "https://keys.example.org", Domains: []string{"example.org"}, From: "lacre@example.org",
-		TokenTTL: 48 * time.Hour, MaxPendingPerAddress: 3, MaxRequestsPerClient: 10, Policy: keyPolicy(cfg),
+		TokenTTL: 48 * time.Hour, MaxPendingPerAddress: 3, MaxRequestsPerClient: 10, Policy: policy,
 		Now: func() time.Time { return now }, Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"io"
 
@@ -32,6 +33,8 @@ func encryptCmd(e *env, args []string) error {
 	defer s.Close()
 
 	var to []*keys.Key
+	var format keys.Format
+	var first string
 	protectHeaders := *protect
 	for _, a := range pos {
 		if _, err := r.Policy().Normalizer.Normalize(a); err != nil {
@@ -50,8 +53,19 @@ func encryptCmd(e *env, args []string) error {
 			}
 			return fmt.Errorf("%s: the milter would not encrypt its mail (%s)", l.Address, why)
 		}
+		// One message has one format: the milter puts recipients of
+		// different formats in different transactions (452 4.5.3).
+		if format == keys.FormatDefault {
+			format, first = l.Format, l.Address
+		} else if l.Format != format {
+			return fmt.Errorf("%s reads %s and %s reads %s: the milter would split them into two messages; encrypt for each separately", first, format, l.Address, l.Format)
+		}
 		to = append(to, l.Keys...)
 		protectHeaders = protectHeaders || l.ProtectHeaders
+	}
+	sopt, err := smimeOptions(c)
+	if err != nil {
+		return err
 	}
 
 	raw, err := io.ReadAll(io.LimitReader(e.stdin, maxMessageBytes+1))
@@ -67,13 +81,30 @@ func encryptCmd(e *env, args []string) error {
 		_, err := e.stdout.Write(raw)
 		return err
 	}
-	res, err := crypto.Encrypt(fields, body, to, crypto.Options{
+	opt := crypto.Options{
 		HideRecipients: *hide || c.Encryption.HideRecipients,
 		ProtectHeaders: protectHeaders,
 		MinRSABits:     c.Keys.MinRSABits,
-	})
+		SMIME:          sopt,
+	}
+	var res *crypto.Result
+	switch format {
+	case keys.FormatSMIME:
+		certs := make([]*x509.Certificate, len(to))
+		for i, k := range to {
+			certs[i] = k.Certificate().Cert
+		}
+		res, err = crypto.EncryptSMIME(fields, body, certs, opt)
+	case keys.FormatPGPInline:
+		res, err = crypto.EncryptInline(fields, body, to, opt)
+	default:
+		res, err = crypto.Encrypt(fields, body, to, opt)
+	}
 	if err != nil {
 		return err
+	}
+	if res.Unprotected != "" {
+		fmt.Fprintf(e.stderr, "lacre-milter encrypt: headers not protected: %s\n", res.Unprotected)
 	}
 	return crypto.WriteMessage(e.stdout, crypto.Apply(fields, res.Changes), res.Body)
 }

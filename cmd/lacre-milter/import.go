@@ -37,6 +37,29 @@ func importGnuPG(e *env, args []string) error {
 	return e.runImport(ctx, entries, *dry, *replace)
 }
 
+// importSMIME imports gpg-mailgate's [smime] cert_path: one certificate
+// file per address, named by it (gpgmailgate.ReadCertDir).
+func importSMIME(e *env, args []string) error {
+	fs := e.flags("import smime")
+	dry := fs.Bool("dry-run", false, "print what would change, change nothing")
+	replace := fs.Bool("replace", false, "unbind an address's other certificates, as \"keys add -replace\" does (its OpenPGP keys stay)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("want one directory (gpg-mailgate's [smime] cert_path): %w", errUsage)
+	}
+	entries, err := gpgmailgate.ReadCertDir(pos[0])
+	if err != nil {
+		return fmt.Errorf("nothing changed: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "certificate directory %s: %d file(s)\n", pos[0], len(entries))
+	ctx, cancel := context.WithTimeout(context.Background(), importTimeout)
+	defer cancel()
+	return e.runImport(ctx, entries, *dry, *replace)
+}
+
 func importGpgmw(e *env, args []string) error {
 	fs := e.flags("import gpgmw")
 	dry := fs.Bool("dry-run", false, "print what would change, change nothing")
@@ -65,7 +88,7 @@ func importGpgmw(e *env, args []string) error {
 		return fmt.Errorf("nothing changed: %s: %w", what, err)
 	}
 	fmt.Fprintf(e.stdout, "%s, table %s: %d row(s)\n", what, *table, len(rows))
-	norm := keyPolicy(c).Normalizer
+	norm := normalizer(c)
 	return e.runImport(ctx, gpgmailgate.RowEntries(rows, norm.Normalize), *dry, *replace)
 }
 
@@ -179,5 +202,9 @@ func checkTOML(text string) error {
 	if err != nil {
 		return err
 	}
-	return resolverOptions(c).Check()
+	opt, err := resolverOptions(c)
+	if err != nil {
+		return err
+	}
+	return opt.Check()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"lacre.io/milter/config"
+	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/gnupgtest"
 	"lacre.io/milter/internal/testkeys"
 )
@@ -118,4 +119,55 @@ func TestImportConfig(t *testing.T) {
 	}
 	// With the store pointing at the same keys, check-config agrees.
 	wantCode(t, cli(t, nil, "-config", p, "check-config"), 0)
+}
+
+// TestImportSMIME runs "import smime" through the CLI on a directory as
+// gpg-mailgate's register-handler.py left it: a dry run, the import, a
+// second run, and the exit status (1 while anything is refused).
+func TestImportSMIME(t *testing.T) {
+	f := newFixture(t, false, "[web]\ndomains = [\"example.org\"]\n")
+	dir := t.TempDir()
+	write := func(name string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alice := cert(t, "alice@example.org", smimetest.Spec{})
+	write("alice@example.org", alice.PEM())
+	write("bob@example.org", cert(t, "mallory@example.org", smimetest.Spec{}).PEM()) // someone else's certificate
+	expired := cert(t, "old@example.org", smimetest.Spec{NotBefore: time.Now().AddDate(-1, 0, 0), NotAfter: time.Now().AddDate(0, 0, -1)})
+	write("old@example.org", expired.PEM())
+	write("key@example.org", alice.KeyPEM(t)) // a private key
+	write("carol@example.net", cert(t, "carol@example.net", smimetest.Spec{}).PEM())
+
+	r := f.run(nil, "import", "smime", "-dry-run", dir)
+	wantCode(t, r, 1)
+	wantContains(t, "dry run", r.stdout, "certificate directory "+dir+": 5 file(s)\n",
+		"alice@example.org: would be imported: file alice@example.org: "+certFpr(t, alice)+"\n",
+		"bob@example.org: refused (address): file bob@example.org: key sha256:", "(it names: mallory@example.org)",
+		"old@example.org: refused (expired)", "key@example.org: refused (public-only)",
+		"carol@example.net: refused (domain)",
+		"summary: imported 1, updated 0, unbound 0, already present 0, refused 4 (address 1, domain 1, expired 1, public-only 1), skipped 0",
+		"dry run: nothing was changed")
+	wantContains(t, "dry run", r.stderr, "4 refused")
+	if rows, _ := f.list(); len(rows) != 0 {
+		t.Fatalf("the dry run changed the store: %v", rows)
+	}
+	r = f.run(nil, "import", "smime", dir)
+	wantCode(t, r, 1)
+	rows, _ := f.listFull()
+	if len(rows) != 1 || rows[0].fingerprint != certFpr(t, alice) || rows[0].kind != "x509" || rows[0].format != "smime" {
+		t.Fatalf("store after the import: %+v", rows)
+	}
+	// Only what the admission rules accept: exit 0 once the rest is gone.
+	for _, name := range []string{"bob@example.org", "old@example.org", "key@example.org", "carol@example.net"} {
+		os.Remove(filepath.Join(dir, name))
+	}
+	r = f.run(nil, "import", "smime", dir)
+	wantCode(t, r, 0)
+	wantContains(t, "again", r.stdout, "alice@example.org: already present", "imported 0, updated 0, unbound 0, already present 1, refused 0")
+
+	wantCode(t, f.run(nil, "import", "smime", filepath.Join(dir, "missing")), 1)
+	wantCode(t, f.run(nil, "import", "smime"), 2)
 }

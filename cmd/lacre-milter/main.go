@@ -49,17 +49,18 @@ func commands() []command {
 	return []command{
 		{"serve", "[-init]", "run the milter on [milter] listen (the default command); -init first creates the key store if there is none", serve},
 		{"web", "", "run the key-registration service and Web Key Directory on [web] listen", webCmd},
-		{"keys add", "[-replace] ADDRESS FILE|-", "validate the public key(s) in FILE (or stdin) and bind them to ADDRESS", keysAdd},
-		{"keys list", "", "list every address and its keys, with their state now", keysList},
-		{"keys show", "[-export] ADDRESS", "show how mail to ADDRESS is encrypted, and why", keysShow},
+		{"keys add", "[-replace] ADDRESS FILE|-", "validate the OpenPGP public key(s) or the S/MIME certificate (PEM, DER or PKCS #7; a chain is allowed) in FILE (or stdin) and bind them to ADDRESS; -replace unbinds the address's other keys of the same kind", keysAdd},
+		{"keys list", "", "list every address and its keys (OpenPGP or X.509), the format of its mail and their state now", keysList},
+		{"keys show", "[-export] ADDRESS", "show how mail to ADDRESS is encrypted, and why; -export prints the keys used (ASCII armour, PEM for certificates)", keysShow},
 		{"keys remove", "ADDRESS [FINGERPRINT]", "unbind one key, or every key, from ADDRESS", keysRemove},
-		{"keys set", "ADDRESS protect-headers on|off|default", "set a recipient's own choice of header protection", keysSet},
+		{"keys set", "ADDRESS protect-headers on|off|default | ADDRESS format pgp-mime|pgp-inline|smime|default", "set a recipient's own choice of header protection, or of the format of its mail", keysSet},
 		{"encrypt", "[-protect-headers] [-hide-recipients] ADDRESS... < MESSAGE", "encrypt a message (RFC 5322, on stdin) for the recipients' keys, as the milter would, to stdout", encryptCmd},
 		{"store init", "", "create the key store (store.database) if there is none; no other command creates one", storeInit},
 		{"store migrate", "", "bring an existing key store's schema up to date (back it up first)", storeMigrate},
 		{"store backup", "FILE", "write a consistent copy of the SQLite key store to the new FILE, while it is in use", storeBackup},
 		{"store copy", "FROM TO", "copy every key binding and preference from one store to another, empty one (each an SQLite path or a PostgreSQL connection string)", storeCopy},
 		{"import gnupg", "[-dry-run] [-replace] DIR", "bind the public keys of a GnuPG home (gpg-mailgate's [gpg] keyhome) to the addresses of their User IDs, as \"keys add\" would", importGnuPG},
+		{"import smime", "[-dry-run] [-replace] DIR", "bind the S/MIME certificates of gpg-mailgate's [smime] cert_path (one PEM file per address, named by it) to their addresses, as \"keys add\" would", importSMIME},
 		{"import gpgmw", "[-dry-run] [-replace] [-table NAME] DSN", "import the confirmed keys of gpg-mailgate-web's database (mysql://USER:PASS@HOST:PORT/DB, postgres://…, or an SQLite file)", importGpgmw},
 		{"import config", "FILE", "print a lacre.toml for gpg-mailgate.conf FILE, resolving its key IDs against the key store", importConfig},
 		{"check-config", "", "validate the configuration and say which file was used", checkConfig},
@@ -204,7 +205,11 @@ func checkConfig(e *env, args []string) error {
 	}
 	// The static maps' own consistency (duplicates after normalisation,
 	// overlaps) does not need the store.
-	if err := resolverOptions(c).Check(); err != nil {
+	opt, err := resolverOptions(c)
+	if err != nil {
+		return err
+	}
+	if err := opt.Check(); err != nil {
 		return err
 	}
 	storeNote := "  (the key store does not exist yet; \"lacre-milter store init\" creates it)\n"
@@ -244,8 +249,29 @@ func checkConfig(e *env, args []string) error {
 	if err := checkAliases(c, &aliasNote); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n%s%s", src, c.Milter.Listen, c.DatabasePath(), storeNote, aliasNote.String())
+	fmt.Fprintf(e.stdout, "configuration OK (%s)\n  milter.listen   %s\n  store.database  %s\n%s%s%s", src, c.Milter.Listen, c.DatabasePath(), storeNote, aliasNote.String(), formatNote(c))
 	return nil
+}
+
+// formatNote is check-config's report of the formats and the S/MIME
+// options ([encryption] pgp_format, [static.formats], [smime]).
+func formatNote(c *config.Config) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "  pgp_format      %s", c.Encryption.PGPFormat)
+	if n := len(c.Static.Formats); n > 0 {
+		fmt.Fprintf(&b, " ([static.formats] sets %d address(es))", n)
+	}
+	recipients := "issuer and serial"
+	if c.SMIME.SubjectKeyID {
+		recipients = "subject key identifier"
+	}
+	fmt.Fprintf(&b, "\n  smime           %s, RSA %s, recipients by %s\n", c.SMIME.Cipher, c.SMIME.RSAPadding, recipients)
+	if c.SMIME.TrustAnchors == "" {
+		b.WriteString("  trust_anchors   none: certificates need no chain (self-issued and private-CA ones are admitted)\n")
+	} else {
+		fmt.Fprintf(&b, "  trust_anchors   %s: certificates must chain to one of its roots\n", c.TrustAnchorsPath())
+	}
+	return b.String()
 }
 
 func printVersion(e *env, args []string) error {

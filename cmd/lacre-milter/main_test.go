@@ -143,24 +143,49 @@ func (f *fixture) add(address string, e *openpgp.Entity) {
 	f.must(testkeys.ArmoredPublic(f.t, e), "keys", "add", address, "-")
 }
 
-// row is one line of "keys list".
+// row is one line of "keys list" (without its KIND and FORMAT: fullRow).
 type row struct{ address, fingerprint, added, expires, state string }
+
+// fullRow is one line of "keys list" with every column, and the detail
+// line a certificate's row has ("" for an OpenPGP key).
+type fullRow struct {
+	row
+	kind, format, detail string
+}
 
 // list runs "keys list" and parses its table.
 func (f *fixture) list() ([]row, result) {
 	f.t.Helper()
+	full, r := f.listFull()
+	var rows []row
+	for _, fr := range full {
+		rows = append(rows, fr.row)
+	}
+	return rows, r
+}
+
+// listFull is list with every column.
+func (f *fixture) listFull() ([]fullRow, result) {
+	f.t.Helper()
 	r := f.must(nil, "keys", "list")
 	lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
-	if got := strings.Join(strings.Fields(lines[0]), " "); got != "ADDRESS FINGERPRINT ADDED EXPIRES STATE" {
+	if got := strings.Join(strings.Fields(lines[0]), " "); got != "ADDRESS KIND FORMAT FINGERPRINT ADDED EXPIRES STATE" {
 		f.t.Fatalf("keys list header = %q", lines[0])
 	}
-	var rows []row
+	var rows []fullRow
 	for _, l := range lines[1:] {
-		fs := strings.Fields(l)
-		if len(fs) < 5 {
-			f.t.Fatalf("keys list row %q has fewer than 5 columns", l)
+		if strings.HasPrefix(l, " ") {
+			if len(rows) == 0 || rows[len(rows)-1].kind != "x509" {
+				f.t.Fatalf("keys list: a detail line %q not after a certificate", l)
+			}
+			rows[len(rows)-1].detail = strings.TrimSpace(l)
+			continue
 		}
-		rows = append(rows, row{fs[0], fs[1], fs[2], fs[3], strings.Join(fs[4:], " ")})
+		fs := strings.Fields(l)
+		if len(fs) < 7 {
+			f.t.Fatalf("keys list row %q has fewer than 7 columns", l)
+		}
+		rows = append(rows, fullRow{row{fs[0], fs[3], fs[4], fs[5], strings.Join(fs[6:], " ")}, fs[1], fs[2], ""})
 	}
 	return rows, r
 }
@@ -244,7 +269,7 @@ func TestTopLevel(t *testing.T) {
 				"  lacre-milter keys list \n",
 				"  lacre-milter keys show [-export] ADDRESS\n",
 				"  lacre-milter keys remove ADDRESS [FINGERPRINT]\n",
-				"  lacre-milter keys set ADDRESS protect-headers on|off|default\n",
+				"  lacre-milter keys set ADDRESS protect-headers on|off|default | ADDRESS format pgp-mime|pgp-inline|smime|default\n",
 			}, quiet: "stdout"},
 		{name: "keys with an unknown subcommand", args: []string{"keys", "frob"}, code: 2,
 			stderr: []string{"lacre-milter keys: want one of:", "lacre-milter keys add"}, quiet: "stdout"},
@@ -675,6 +700,7 @@ func TestKeysListShowRemoveSet(t *testing.T) {
 				"address": {"alice@example.org"},
 				"action":  {"encrypt to 2 key(s)"},
 				"source":  {"store (alice@example.org)"},
+				"format":  {"pgp-mime (encryption.pgp_format)"},
 				"headers": {"protected = false"},
 				"key":     {fpr(a1) + " ok", fpr(a2) + " ok"},
 			}},
@@ -682,6 +708,7 @@ func TestKeysListShowRemoveSet(t *testing.T) {
 				"address": {"alice+tag@example.org"},
 				"action":  {"encrypt to 2 key(s)"},
 				"source":  {"store (alice@example.org)"},
+				"format":  {"pgp-mime (encryption.pgp_format)"},
 				"headers": {"protected = false"},
 				"key":     {fpr(a1) + " ok", fpr(a2) + " ok"},
 			}},
@@ -689,6 +716,7 @@ func TestKeysListShowRemoveSet(t *testing.T) {
 				"address": {"bob@example.org"},
 				"action":  {"encrypt to 1 key(s)"},
 				"source":  {"store (bob@example.org)"},
+				"format":  {"pgp-mime (encryption.pgp_format)"},
 				"headers": {"protected = false"},
 				"key":     {fpr(bob) + " ok"},
 			}},
@@ -801,7 +829,7 @@ func TestKeysListShowRemoveSet(t *testing.T) {
 						t.Fatalf("step %d %q: want exit %d stdout %q\n%v", i, s.args, s.code, s.out, r)
 					}
 					if s.code == 2 {
-						wantContains(t, "stderr", r.stderr, "usage: lacre-milter keys set ADDRESS protect-headers on|off|default\n")
+						wantContains(t, "stderr", r.stderr, "usage: lacre-milter keys set ADDRESS protect-headers on|off|default | ADDRESS format pgp-mime|pgp-inline|smime|default\n")
 					}
 				}
 				if got, _ := f.show("alice+tag@example.org"); !slices.Equal(got["headers"], []string{s.alice}) {

@@ -21,7 +21,12 @@ func TestResolverOptions(t *testing.T) {
 		Domains:      map[string][]string{"example.net": {"CD"}},
 		NeverEncrypt: []string{"postmaster@example.org"},
 	}
-	got := resolverOptions(c)
+	c.Encryption.PGPFormat = "pgp-inline"
+	c.Static.Formats = map[string]string{"b@example.org": "smime"}
+	got, err := resolverOptions(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := keys.ResolverOptions{
 		Policy:         keys.Policy{MinRSABits: 3072, Normalizer: keys.Normalizer{FoldLocalPartCase: false, SubaddressSeparator: "-"}},
 		NeverEncrypt:   []string{"postmaster@example.org"},
@@ -29,11 +34,13 @@ func TestResolverOptions(t *testing.T) {
 		Domains:        map[string][]string{"example.net": {"CD"}},
 		CacheTTL:       7 * time.Second,
 		ProtectHeaders: true,
+		PGPFormat:      keys.FormatPGPInline,
+		Formats:        map[string]keys.Format{"b@example.org": keys.FormatSMIME},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("resolverOptions = %+v\nwant %+v", got, want)
 	}
-	if d := resolverOptions(config.Default()); d.Policy.Normalizer != (keys.Normalizer{FoldLocalPartCase: true, SubaddressSeparator: "+"}) || d.CacheTTL != 30*time.Second {
+	if d, err := resolverOptions(config.Default()); err != nil || d.PGPFormat != keys.FormatPGPMIME || d.Formats != nil || d.Policy.TrustAnchors != nil || d.Policy.Normalizer != (keys.Normalizer{FoldLocalPartCase: true, SubaddressSeparator: "+"}) || d.CacheTTL != 30*time.Second {
 		t.Errorf("defaults: %+v", d)
 	}
 }

@@ -126,13 +126,22 @@ func initStoreAtStart(c *config.Config, log *slog.Logger) error {
 // a key resolver over store and the expansion of [aliases] (which logs
 // its table errors to log).
 func milterOptions(c *config.Config, store keys.Store, log *slog.Logger) (milter.Options, error) {
-	res, err := keys.NewResolver(store, resolverOptions(c))
+	ropt, err := resolverOptions(c)
+	if err != nil {
+		return milter.Options{}, err
+	}
+	res, err := keys.NewResolver(store, ropt)
+	if err != nil {
+		return milter.Options{}, err
+	}
+	sopt, err := smimeOptions(c)
 	if err != nil {
 		return milter.Options{}, err
 	}
 	o := milter.Options{
 		Keys:           res,
 		HideRecipients: c.Encryption.HideRecipients,
+		SMIME:          sopt,
 		MinRSABits:     c.Keys.MinRSABits,
 		MaxMessageSize: c.Milter.MaxMessageSize,
 		TraceHeader:    c.Milter.TraceHeader,

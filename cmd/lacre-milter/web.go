@@ -71,7 +71,10 @@ func webCmd(e *env, args []string) error {
 			return fmt.Errorf("web.secret_file: %s holds %d bytes; write at least 32 random bytes (head -c 32 /dev/urandom > %s)", path, len(secret), path)
 		}
 	}
-	policy := keyPolicy(c)
+	policy, err := keyPolicy(c)
+	if err != nil {
+		return err
+	}
 	svc, err := web.New(store, &web.SMTPMailer{Addr: c.Web.SMTP.Addr, Helo: domains[0]}, web.Options{
 		BaseURL: c.Web.BaseURL, Domains: domains, From: from, TokenTTL: c.Web.TokenTTL.D(),
 		MaxPendingPerAddress: c.Web.MaxPendingPerAddress, MaxRequestsPerClient: c.Web.MaxRequestsPerClient,
