@@ -25,11 +25,10 @@ import (
 )
 
 // withStore opens the milter's key store in-process (SQLite allows this
-// while lacre-milter serve runs). The tests bind certificates and
-// formats here: until "lacre-milter keys add" reads certificates and
-// "keys set ADDRESS format" exists (issue 18, the CLI's part), this is
-// the only way; the running milter sees the change once its lookup cache
-// expires.
+// while lacre-milter serve runs), for tests that bind hundreds of
+// certificates: one "keys add" process each would take minutes (see
+// addKeys). The running milter sees the change once its lookup cache
+// expires. Tests of a few recipients use the CLI.
 func withStore(t testing.TB, m *milterProc, f func(ctx context.Context, st *keys.SQLiteStore)) {
 	t.Helper()
 	ctx := context.Background()
@@ -41,35 +40,16 @@ func withStore(t testing.TB, m *milterProc, f func(ctx context.Context, st *keys
 	f(ctx, st)
 }
 
-// bindCert binds a certificate (PEM) to addr, through the same parser
-// "keys add" uses for certificates, and checks it against the admission
-// rules as the CLI would.
+// bindCert binds a certificate (PEM) to addr through keys.Admit, the
+// admission path of "keys add".
 func bindCert(t testing.TB, ctx context.Context, st *keys.SQLiteStore, addr string, pemCert []byte) {
 	t.Helper()
 	ks, err := keys.ParseAny(pemCert, addr, keys.Normalizer{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range ks {
-		if err := (keys.Policy{MinRSABits: 2048}).Validate(k, addr, time.Now()); err != nil {
-			t.Fatalf("certificate for %s refused: %v", addr, err)
-		}
-	}
-	if err := st.Add(ctx, addr, ks, false); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// setFormat stores addr's format choice ("keys set ADDRESS format").
-func setFormat(t testing.TB, ctx context.Context, st *keys.SQLiteStore, addr string, f keys.Format) {
-	t.Helper()
-	p, err := st.Prefs(ctx, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Format = f
-	if err := st.SetPrefs(ctx, addr, p); err != nil {
-		t.Fatal(err)
+	if err := keys.Admit(ctx, st, keys.Policy{MinRSABits: 2048}, keys.Admission{Address: addr, Keys: ks}, time.Now()); err != nil {
+		t.Fatalf("certificate for %s refused: %v", addr, err)
 	}
 }
 
@@ -298,11 +278,13 @@ func TestFormatsThroughPostfix(t *testing.T) {
 	m := startMilter(t, "[store]\ncache_ttl = \"1s\"\n")
 	m.keysAdd(t, "alice@example.org", testkeys.ArmoredPublic(t, alice))
 	m.keysAdd(t, "ivy@example.org", testkeys.ArmoredPublic(t, ivy))
-	withStore(t, m, func(ctx context.Context, st *keys.SQLiteStore) {
-		bindCert(t, ctx, st, "rsa2048@example.org", rsa.C.PEM())
-		bindCert(t, ctx, st, "p256@example.org", ec.C.PEM())
-		setFormat(t, ctx, st, "ivy@example.org", keys.FormatPGPInline)
-	})
+	// Through the operator's commands: keys add takes a certificate as it
+	// takes an OpenPGP key, keys set chooses the format.
+	m.keysAdd(t, "rsa2048@example.org", rsa.C.PEM())
+	m.keysAdd(t, "p256@example.org", ec.C.PEM())
+	if out, err := m.cli(nil, "keys", "set", "ivy@example.org", "format", "pgp-inline"); err != nil {
+		t.Fatalf("keys set format: %v\n%s", err, out)
+	}
 	p := startPostfix(t, postfixOptions{RelayPort: s.port, SMTPDMilters: m.addr()})
 
 	t.Run("S/MIME recipient", func(t *testing.T) {
