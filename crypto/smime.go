@@ -29,11 +29,7 @@ func EncryptSMIME(fields []Field, body []byte, certs []*x509.Certificate, opt Op
 	if protect && signedBody(fields) {
 		protect, unprotected = false, UnprotectedSigned
 	}
-	head := innerHeader(fields, body, protect)
-	inner := make([]byte, 0, len(head)+len(body))
-	inner = append(append(inner, head...), body...)
-	der, err := smime.Encrypt(inner, certs, opt.SMIME)
-	clear(inner)
+	der, err := smime.EncryptParts(innerHeader(fields, body, protect), body, certs, opt.SMIME)
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
