@@ -20,7 +20,7 @@ import (
 // cipher, RSA padding and recipient naming; opt.HideRecipients, MinRSABits,
 // Now and Rand do not apply (certificates are judged by
 // keys.CertificatePolicy before, and the randomness is crypto/rand's).
-// Encrypt does not modify fields or body.
+// EncryptSMIME does not modify fields or body.
 func EncryptSMIME(fields []Field, body []byte, certs []*x509.Certificate, opt Options) (*Result, error) {
 	if len(certs) == 0 {
 		return nil, ErrNoKeys
