@@ -316,3 +316,77 @@ func TestEncryptSMIMERefuses(t *testing.T) {
 		t.Error("an unknown cipher was accepted")
 	}
 }
+
+// FuzzEncryptSMIME: any message, with and without header protection and
+// with either cipher, encrypts without error, leaves its input alone,
+// gets an outer header with the S/MIME entity's fields once each and no
+// other Content-* field, and decrypts to the original body byte for byte
+// after an inner header that passes the PGP/MIME tests' oracle.
+func FuzzEncryptSMIME(f *testing.F) {
+	for _, m := range fuzzMessages() {
+		f.Add([]byte(m), false)
+	}
+	f.Add([]byte(smimeInteropMessage), true)
+	c := smimetest.New(f, smimetest.Spec{Key: smimetest.RSA2048, Addresses: []string{"alice@example.org"}})
+	certs := []*x509.Certificate{c.Cert}
+	f.Fuzz(func(t *testing.T, data []byte, gcm bool) {
+		fields, body := Split(data)
+		orig := bytes.Clone(data)
+		opts := smime.Options{}
+		if gcm {
+			opts.Cipher = smime.AES256GCM
+		}
+		for _, protect := range []bool{false, true} {
+			res, err := EncryptSMIME(fields, body, certs, Options{ProtectHeaders: protect, SMIME: opts})
+			if err != nil {
+				t.Fatalf("protect=%v: EncryptSMIME: %v", protect, err)
+			}
+			if !bytes.Equal(data, orig) {
+				t.Fatalf("EncryptSMIME modified its input")
+			}
+			fuzzCheckOuterSMIME(t, Apply(fields, res.Changes), opts, oracleProtects(fields, protect))
+			inner, _, err := smimetest.Decrypt(smimeDER(t, res.Body), c.Cert, c.Key)
+			if err != nil {
+				t.Fatalf("protect=%v: %v", protect, err)
+			}
+			if _, ib := Split(inner); !bytes.Equal(ib, body) {
+				t.Fatalf("protect=%v: inner body %q, want %q", protect, fuzzShort(ib), fuzzShort(body))
+			}
+			fuzzCheckInner(t, inner, fields, body, oracleProtects(fields, protect))
+		}
+	})
+}
+
+// fuzzCheckOuterSMIME checks an outer header: each S/MIME entity field
+// exactly once with its value, no other Content-* field, MIME-Version,
+// and with header protection no readable Subject or concealed field.
+func fuzzCheckOuterSMIME(t *testing.T, outer []Field, opts smime.Options, protect bool) {
+	t.Helper()
+	want := map[string]string{}
+	for _, f := range smime.Fields(opts) {
+		want[strings.ToLower(f.Name)] = f.Value
+	}
+	seen := map[string]int{}
+	for _, f := range outer {
+		name := strings.ToLower(f.Name)
+		seen[name]++
+		switch {
+		case isContentField(f.Name):
+			if w, ok := want[name]; !ok || f.Value != w || seen[name] > 1 {
+				t.Errorf("outer %s: %q", f.Name, f.Value)
+			}
+		case name == "subject" && protect && f.Value != ObscuredSubject:
+			t.Errorf("outer Subject %q with header protection", f.Value)
+		case protect && oracleIsConcealed(f.Name):
+			t.Errorf("outer %s %q with header protection", f.Name, f.Value)
+		}
+	}
+	for name := range want {
+		if seen[name] != 1 {
+			t.Errorf("outer %s %d times", name, seen[name])
+		}
+	}
+	if seen["mime-version"] == 0 {
+		t.Errorf("no outer MIME-Version")
+	}
+}
