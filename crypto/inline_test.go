@@ -341,6 +341,12 @@ func inlineCases() []inlineCase {
 		{"pdf-only", []byte(crlfAll(inlineHeader+"MIME-Version: 1.0\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=\"../x/report.pdf\"\nContent-Transfer-Encoding: base64\n\n") +
 			base64Lines(pseudoRandom(1000, 9)))},
 		c("empty-text", inlineHeader+"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n"),
+		// Two text parts in other charsets around an unnamed image: each
+		// text part inline with its own charset, the image a file.
+		{"mixed-two-texts", []byte(crlfAll(inlineHeader+"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=m\n\n"+
+			"--m\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\nGr=FC=DFe vor dem Bild\n"+
+			"--m\nContent-Type: image/jpeg\nContent-Transfer-Encoding: base64\n\n") + base64Lines(pseudoRandom(400, 10)) +
+			crlfAll("--m\nContent-Type: text/plain; charset=windows-1252\nContent-Transfer-Encoding: 8bit\n\n\x93nach\x94 dem Bild \x80\n--m--\n"))},
 	}
 }
 
@@ -382,6 +388,38 @@ func TestEncryptInlineRoundTrip(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestEncryptInlineAttachmentNames: every part that is not inline text
+// becomes NAME.pgp, NAME the original file name (its last path element,
+// RFC 2231 decoded) or one by media type, in the order of the parts.
+func TestEncryptInlineAttachmentNames(t *testing.T) {
+	key, _ := keystest.Key(t, testkeys.Curve25519, "alice@example.org")
+	want := map[string][]string{
+		"mixed-text-attachment": {"data.bin.pgp"},
+		"alternative":           {"message.html.pgp"},
+		"nested":                {"message.html.pgp", "image.png.pgp", "Käse notes.txt.pgp", "log.txt.pgp", "message.eml.pgp"},
+		"signed":                {"signature.asc.pgp"},
+		"html-only":             {"message.html.pgp"},
+		"pdf-only":              {"report.pdf.pgp"},
+		"mixed-two-texts":       {"image.jpg.pgp"},
+	}
+	for _, c := range inlineCases() {
+		fields, body := Split(c.raw)
+		res, err := EncryptInline(fields, body, []*keys.Key{key}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, l := range resultLeaves(t, delivered(t, fields, res)) {
+			if !l.inline && !l.note {
+				got = append(got, l.name)
+			}
+		}
+		if strings.Join(got, "|") != strings.Join(want[c.name], "|") {
+			t.Errorf("%s: attachments %q, want %q", c.name, got, want[c.name])
+		}
 	}
 }
 

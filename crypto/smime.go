@@ -20,7 +20,7 @@ import (
 // cipher, RSA padding and recipient naming; opt.HideRecipients, MinRSABits,
 // Now and Rand do not apply (certificates are judged by
 // keys.CertificatePolicy before, and the randomness is crypto/rand's).
-// Encrypt does not modify fields or body.
+// EncryptSMIME does not modify fields or body.
 func EncryptSMIME(fields []Field, body []byte, certs []*x509.Certificate, opt Options) (*Result, error) {
 	if len(certs) == 0 {
 		return nil, ErrNoKeys
@@ -29,11 +29,7 @@ func EncryptSMIME(fields []Field, body []byte, certs []*x509.Certificate, opt Op
 	if protect && signedBody(fields) {
 		protect, unprotected = false, UnprotectedSigned
 	}
-	head := innerHeader(fields, body, protect)
-	inner := make([]byte, 0, len(head)+len(body))
-	inner = append(append(inner, head...), body...)
-	der, err := smime.Encrypt(inner, certs, opt.SMIME)
-	clear(inner)
+	der, err := smime.EncryptParts(innerHeader(fields, body, protect), body, certs, opt.SMIME)
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}

@@ -39,38 +39,13 @@ func smimeDER(t testing.TB, body []byte) []byte {
 	return der
 }
 
-// smimeOpen checks the outer header of a delivered S/MIME message (the
-// S/MIME entity's fields once each, no other Content-* field, one
-// MIME-Version: 1.0) and decrypts its body for c, returning the outer
-// fields and the inner entity.
+// smimeOpen checks the outer header of a delivered S/MIME message
+// (checkSMIMEContent, with exactly one MIME-Version: 1.0) and decrypts its
+// body for c, returning the outer fields and the inner entity.
 func smimeOpen(t testing.TB, fields []Field, res *Result, opts smime.Options, c *smimetest.Cert) ([]Field, []byte, *smimetest.Parsed) {
 	t.Helper()
 	outer, body := Split(delivered(t, fields, res))
-	want := map[string]string{}
-	for _, f := range smime.Fields(opts) {
-		want[strings.ToLower(f.Name)] = f.Value
-	}
-	count := map[string]int{}
-	for _, f := range outer {
-		key := strings.ToLower(f.Name)
-		count[key]++
-		switch {
-		case isContentField(f.Name):
-			if w, ok := want[key]; !ok || f.Value != w {
-				t.Errorf("outer %s: %q, want %q", f.Name, f.Value, w)
-			}
-		case key == "mime-version" && strings.TrimSpace(f.Value) != "1.0":
-			t.Errorf("outer MIME-Version: %q", f.Value)
-		}
-	}
-	for k := range want {
-		if count[k] != 1 {
-			t.Errorf("outer %s appears %d times", k, count[k])
-		}
-	}
-	if count["mime-version"] != 1 {
-		t.Errorf("outer MIME-Version appears %d times", count["mime-version"])
-	}
+	checkSMIMEContent(t, outer, opts, true)
 	if !bytes.Equal(body, res.Body) {
 		t.Fatalf("delivered body is not Result.Body")
 	}
@@ -314,5 +289,96 @@ func TestEncryptSMIMERefuses(t *testing.T) {
 	}
 	if _, err := EncryptSMIME(fields, body, []*x509.Certificate{ok.Cert}, Options{SMIME: smime.Options{Cipher: 7}}); err == nil {
 		t.Error("an unknown cipher was accepted")
+	}
+}
+
+// FuzzEncryptSMIME: any message, with and without header protection and
+// with either cipher, encrypts without error, leaves its input alone,
+// gets an outer header with the S/MIME entity's fields once each and no
+// other Content-* field, and decrypts to the original body byte for byte
+// after an inner header that passes the PGP/MIME tests' oracle.
+func FuzzEncryptSMIME(f *testing.F) {
+	for _, m := range fuzzMessages() {
+		f.Add([]byte(m), false)
+	}
+	f.Add([]byte(smimeInteropMessage), true)
+	c := smimetest.New(f, smimetest.Spec{Key: smimetest.RSA2048, Addresses: []string{"alice@example.org"}})
+	certs := []*x509.Certificate{c.Cert}
+	f.Fuzz(func(t *testing.T, data []byte, gcm bool) {
+		fields, body := Split(data)
+		orig := bytes.Clone(data)
+		opts := smime.Options{}
+		if gcm {
+			opts.Cipher = smime.AES256GCM
+		}
+		for _, protect := range []bool{false, true} {
+			res, err := EncryptSMIME(fields, body, certs, Options{ProtectHeaders: protect, SMIME: opts})
+			if err != nil {
+				t.Fatalf("protect=%v: EncryptSMIME: %v", protect, err)
+			}
+			if !bytes.Equal(data, orig) {
+				t.Fatalf("EncryptSMIME modified its input")
+			}
+			fuzzCheckOuterSMIME(t, Apply(fields, res.Changes), opts, oracleProtects(fields, protect))
+			inner, _, err := smimetest.Decrypt(smimeDER(t, res.Body), c.Cert, c.Key)
+			if err != nil {
+				t.Fatalf("protect=%v: %v", protect, err)
+			}
+			if _, ib := Split(inner); !bytes.Equal(ib, body) {
+				t.Fatalf("protect=%v: inner body %q, want %q", protect, fuzzShort(ib), fuzzShort(body))
+			}
+			fuzzCheckInner(t, inner, fields, body, oracleProtects(fields, protect))
+		}
+	})
+}
+
+// checkSMIMEContent checks the MIME fields of an outer header: each
+// S/MIME entity field exactly once with its value, no other Content-*
+// field, and a MIME-Version (with oneVersion, exactly one, "1.0": the
+// message had none or one).
+func checkSMIMEContent(t testing.TB, outer []Field, opts smime.Options, oneVersion bool) {
+	t.Helper()
+	want := map[string]string{}
+	for _, f := range smime.Fields(opts) {
+		want[strings.ToLower(f.Name)] = f.Value
+	}
+	seen := map[string]int{}
+	for _, f := range outer {
+		name := strings.ToLower(f.Name)
+		seen[name]++
+		switch {
+		case isContentField(f.Name):
+			if w, ok := want[name]; !ok || f.Value != w {
+				t.Errorf("outer %s: %q, want %q", f.Name, f.Value, w)
+			}
+		case name == "mime-version" && oneVersion && strings.TrimSpace(f.Value) != "1.0":
+			t.Errorf("outer MIME-Version: %q", f.Value)
+		}
+	}
+	for name := range want {
+		if seen[name] != 1 {
+			t.Errorf("outer %s appears %d times", name, seen[name])
+		}
+	}
+	if seen["mime-version"] == 0 || oneVersion && seen["mime-version"] != 1 {
+		t.Errorf("outer MIME-Version appears %d times", seen["mime-version"])
+	}
+}
+
+// fuzzCheckOuterSMIME checks an outer header: checkSMIMEContent, and with
+// header protection no readable Subject or concealed field.
+func fuzzCheckOuterSMIME(t *testing.T, outer []Field, opts smime.Options, protect bool) {
+	t.Helper()
+	checkSMIMEContent(t, outer, opts, false)
+	if !protect {
+		return
+	}
+	for _, f := range outer {
+		switch {
+		case strings.EqualFold(f.Name, "Subject") && f.Value != ObscuredSubject:
+			t.Errorf("outer Subject %q with header protection", f.Value)
+		case oracleIsConcealed(f.Name):
+			t.Errorf("outer %s %q with header protection", f.Name, f.Value)
+		}
 	}
 }

@@ -36,6 +36,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -132,6 +133,14 @@ var (
 // (validity, key usage, address): that is keys.CertificatePolicy's job.
 // A certificate given twice (the same DER) gets one RecipientInfo.
 func Encrypt(inner []byte, certs []*x509.Certificate, opts Options) ([]byte, error) {
+	return EncryptParts(nil, inner, certs, opts)
+}
+
+// EncryptParts is Encrypt of head followed by body (an entity's header
+// section and its body), without joining them first: the two are copied
+// once, straight into the output, where they are encrypted in place.
+func EncryptParts(head, body []byte, certs []*x509.Certificate, opts Options) ([]byte, error) {
+	innerLen := len(head) + len(body)
 	if len(certs) == 0 {
 		return nil, ErrNoRecipients
 	}
@@ -209,7 +218,7 @@ func Encrypt(inner []byte, certs []*x509.Certificate, opts Options) ([]byte, err
 				})
 			})
 		})
-		ctLen, macLen = len(inner), gcmTagLen
+		ctLen, macLen = innerLen, gcmTagLen
 	default:
 		iv = make([]byte, aes.BlockSize)
 		if _, err := rand.Read(iv); err != nil {
@@ -223,7 +232,7 @@ func Encrypt(inner []byte, certs []*x509.Certificate, opts Options) ([]byte, err
 			})
 		})
 		// PKCS #7 padding (RFC 5652 §6.3): always 1 to 16 bytes.
-		ctLen = len(inner) + aes.BlockSize - len(inner)%aes.BlockSize
+		ctLen = innerLen + aes.BlockSize - innerLen%aes.BlockSize
 	}
 	dataDER := build(func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidData) })
 
@@ -248,6 +257,7 @@ func Encrypt(inner []byte, certs []*x509.Certificate, opts Options) ([]byte, err
 	out = append(out, algDER...)
 	out = appendTL(out, 0x80, ctLen) // encryptedContent [0] IMPLICIT OCTET STRING
 	start := len(out)
+	out = append(append(out, head...), body...)
 	switch opts.Cipher {
 	case AES256GCM:
 		// No authenticated attributes, so the AAD is empty (RFC 5083 §2.2).
@@ -255,14 +265,15 @@ func Encrypt(inner []byte, certs []*x509.Certificate, opts Options) ([]byte, err
 		if err != nil {
 			return nil, err
 		}
-		out = aead.Seal(out, nonce, inner, nil)
+		// In place; the tag goes into the room left for the mac.
+		sealed := aead.Seal(out[start:start], nonce, out[start:], nil)
+		out = out[:start+len(sealed)]
 		var tag [gcmTagLen]byte
 		copy(tag[:], out[len(out)-gcmTagLen:])
 		out = appendTL(out[:len(out)-gcmTagLen], 0x04, gcmTagLen) // mac OCTET STRING
 		out = append(out, tag[:]...)
 	default:
-		out = append(out, inner...)
-		pad := byte(ctLen - len(inner))
+		pad := byte(ctLen - innerLen)
 		for range pad {
 			out = append(out, pad)
 		}
@@ -537,12 +548,14 @@ func bodyLen(n int) int {
 
 func appendBody(out, der []byte) []byte {
 	enc := base64.StdEncoding
-	var line [76]byte
+	n := len(out)
+	out = slices.Grow(out, bodyLen(len(der)))[:n+bodyLen(len(der))]
 	for len(der) > 0 {
 		chunk := min(len(der), 57) // 57 bytes are 76 characters
-		enc.Encode(line[:], der[:chunk])
-		out = append(out, line[:enc.EncodedLen(chunk)]...)
-		out = append(out, '\r', '\n')
+		enc.Encode(out[n:], der[:chunk])
+		n += enc.EncodedLen(chunk)
+		out[n], out[n+1] = '\r', '\n'
+		n += 2
 		der = der[chunk:]
 	}
 	return out

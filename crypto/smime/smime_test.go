@@ -312,3 +312,21 @@ func TestDERLengths(t *testing.T) {
 		}
 	}
 }
+
+// TestEncryptParts: the entity given as a header section and a body, split
+// anywhere, decrypts to the two joined, with either cipher.
+func TestEncryptParts(t *testing.T) {
+	r := recipient(t, smimetest.RSA2048, "a@example.org")
+	inner := []byte(testInner)
+	for _, opts := range []Options{{}, {Cipher: AES256GCM}} {
+		for i := 0; i <= len(inner); i++ {
+			der, err := EncryptParts(inner[:i], inner[i:], []*x509.Certificate{r.Cert}, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _, err := smimetest.Decrypt(der, r.Cert, r.Key); err != nil || !bytes.Equal(got, inner) {
+				t.Fatalf("%v, split at %d: %q, %v", opts.Cipher, i, got, err)
+			}
+		}
+	}
+}
