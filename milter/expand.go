@@ -153,7 +153,10 @@ func (s *session) resolveExpansion(ctx context.Context, addr string, exp aliases
 			"queue_id", s.queueID, "rcpt", addr, "conflict", strings.Join(conflict, ", "))
 		return r, &refusal{reply: ReplyMixedAlias, why: addr + " expands to keyed mailboxes of different formats (" + strings.Join(conflict, ", ") + ")"}
 	}
-	r.class = encryptClass(format, protect)
+	// A mix of RSA and EC certificates shares one ciphertext here (an
+	// alias cannot be split by key type): NSS readers among the RSA
+	// mailboxes cannot open it (docs/aliases.md).
+	r.class = encryptClass(format, protect, ks)
 	r.found = &keys.Recipient{Address: addr, Source: keys.SourceStore, Keys: ks, ProtectHeaders: protect, Format: r.class.format}
 	if len(clear) == 0 {
 		return r, nil
@@ -214,7 +217,7 @@ func (s *session) keyClass(rcpt, mailbox string, l *keys.Recipient, lerr error) 
 	if !l.Encrypt() {
 		return class{}, nil
 	}
-	return encryptClass(l.Format, l.ProtectHeaders), nil
+	return encryptClass(l.Format, l.ProtectHeaders, l.Keys), nil
 }
 
 // expand asks the expander about rcpt, bounded by ctx even when the

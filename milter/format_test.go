@@ -173,21 +173,30 @@ func TestFormatSplit(t *testing.T) {
 		}
 	}
 
-	// The sender's retry of the deferred ones, S/MIME first: dan@ and
-	// frank@ (RSA and EC) share one ciphertext with a RecipientInfo each.
+	// The sender's retry of the deferred ones, S/MIME first: frank@'s EC
+	// certificate is a class of its own (NSS cannot open a message with
+	// any ECDH recipient, so dan@'s RSA copy must have none).
 	r = m.send("F2", all[1:], []byte(plainMsg))
-	check452(t, r, "ivy@example.org", "nobody@example.org", "bob@example.org", "erin@example.org", "carol@example.org")
-	inner, n := f.smimeOpen(t, r.delivered, "dan@example.org", "frank@example.org")
-	if n != 2 {
-		t.Errorf("%d RecipientInfos, want 2", n)
+	check452(t, r, "ivy@example.org", "nobody@example.org", "bob@example.org", "frank@example.org", "erin@example.org", "carol@example.org")
+	inner, n := f.smimeOpen(t, r.delivered, "dan@example.org")
+	if n != 1 {
+		t.Errorf("%d RecipientInfos, want 1", n)
 	}
 	sameEntity(t, inner, []byte(plainMsg))
 	if !bytes.Contains(r.delivered, []byte("Subject: hello\r\n")) {
 		t.Error("S/MIME without header protection changed the Subject")
 	}
-	if !strings.Contains(f.logs.String(), "queue_id=F2 action=encrypted rcpts=2 classes=smime:2 size_in=") {
-		t.Errorf("log line of F2 missing:\n%s", f.logs.String())
+	if !strings.Contains(f.logs.String(), "queue_id=F2 action=encrypted rcpts=1 classes=smime:1 size_in=") ||
+		!strings.Contains(f.logs.String(), "queue_id=F2 rcpt=frank@example.org class=smime-ec transaction_class=smime") {
+		t.Errorf("log lines of F2 missing:\n%s", f.logs.String())
 	}
+	r = m.send("F2b", []string{"frank@example.org", "dan@example.org"}, []byte(plainMsg))
+	check452(t, r, "dan@example.org")
+	inner, n = f.smimeOpen(t, r.delivered, "frank@example.org")
+	if n != 1 {
+		t.Errorf("F2b: %d RecipientInfos, want 1", n)
+	}
+	sameEntity(t, inner, []byte(plainMsg))
 
 	// PGP/inline first.
 	r = m.send("F3", []string{"ivy@example.org", "alice@example.org", "erin@example.org", "nobody@example.org"}, []byte(plainMsg))
@@ -365,7 +374,7 @@ func TestAliasFormatConflict(t *testing.T) {
 		t.Errorf("%d RecipientInfos, want 2", n)
 	}
 	sameEntity(t, inner, []byte(plainMsg))
-	if !strings.Contains(f.logs.String(), "queue_id=A2 action=encrypted rcpts=1 classes=smime:1 ") {
+	if !strings.Contains(f.logs.String(), "queue_id=A2 action=encrypted rcpts=1 classes=smime-ec:1 ") {
 		t.Errorf("log line of A2 missing")
 	}
 
@@ -419,23 +428,25 @@ func TestClassNames(t *testing.T) {
 		want string
 	}{
 		{class{}, "clear"},
-		{encryptClass(keys.FormatDefault, false), "pgp-mime"},
-		{encryptClass(keys.FormatPGPMIME, false), "pgp-mime"},
-		{encryptClass(keys.FormatPGPMIME, true), "pgp-mime+hp"},
-		{encryptClass(keys.FormatPGPInline, false), "pgp-inline"},
-		{encryptClass(keys.FormatPGPInline, true), "pgp-inline"},
-		{encryptClass(keys.FormatSMIME, false), "smime"},
-		{encryptClass(keys.FormatSMIME, true), "smime+hp"},
+		{encryptClass(keys.FormatDefault, false, nil), "pgp-mime"},
+		{encryptClass(keys.FormatPGPMIME, false, nil), "pgp-mime"},
+		{encryptClass(keys.FormatPGPMIME, true, nil), "pgp-mime+hp"},
+		{encryptClass(keys.FormatPGPInline, false, nil), "pgp-inline"},
+		{encryptClass(keys.FormatPGPInline, true, nil), "pgp-inline"},
+		{encryptClass(keys.FormatSMIME, false, nil), "smime"},
+		{encryptClass(keys.FormatSMIME, true, nil), "smime+hp"},
+		{class{encrypt: true, format: keys.FormatSMIME, ec: true}, "smime-ec"},
+		{class{encrypt: true, format: keys.FormatSMIME, ec: true, protect: true}, "smime-ec+hp"},
 	} {
 		if got := tt.c.String(); got != tt.want {
 			t.Errorf("%+v: %q, want %q", tt.c, got, tt.want)
 		}
 	}
-	if encryptClass(keys.FormatPGPInline, true) != encryptClass(keys.FormatPGPInline, false) {
+	if encryptClass(keys.FormatPGPInline, true, nil) != encryptClass(keys.FormatPGPInline, false, nil) {
 		t.Error("header protection splits PGP/inline recipients, which cannot have it")
 	}
-	rcpts := []recipient{{class: class{}}, {class: encryptClass(keys.FormatSMIME, true)}, {class: encryptClass(keys.FormatSMIME, true)},
-		{class: encryptClass(keys.FormatPGPInline, false)}, {class: encryptClass(keys.FormatPGPMIME, false)}}
+	rcpts := []recipient{{class: class{}}, {class: encryptClass(keys.FormatSMIME, true, nil)}, {class: encryptClass(keys.FormatSMIME, true, nil)},
+		{class: encryptClass(keys.FormatPGPInline, false, nil)}, {class: encryptClass(keys.FormatPGPMIME, false, nil)}}
 	if got := classList(rcpts); got != "clear:1,pgp-mime:1,pgp-inline:1,smime+hp:2" {
 		t.Errorf("classList = %q", got)
 	}

@@ -3,6 +3,7 @@ package milter
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -27,25 +28,41 @@ type class struct {
 	encrypt bool
 	protect bool        // header protection (RFC 9788); never with PGP/inline
 	format  keys.Format // when encrypt: FormatPGPMIME, FormatPGPInline or FormatSMIME
+	// ec: S/MIME to at least one EC certificate (ECDH key agreement).
+	// NSS, Thunderbird's S/MIME library, cannot open a message that has
+	// any ECDH RecipientInfo, even one addressed to an RSA certificate it
+	// holds (crypto/smime TestInteropReaderClaims), so RSA recipients get
+	// a ciphertext without EC recipients.
+	ec bool
 }
 
 // The classes as logged and counted (classList, the metrics' class
 // label), in the order of class.index.
-var classNames = [...]string{"clear", "pgp-mime", "pgp-mime+hp", "pgp-inline", "smime", "smime+hp"}
+var classNames = [...]string{"clear", "pgp-mime", "pgp-mime+hp", "pgp-inline", "smime", "smime+hp", "smime-ec", "smime-ec+hp"}
 
-// encryptClass is the class of a recipient encrypted in format with
+// encryptClass is the class of a recipient encrypted in format to ks with
 // header protection as asked. FormatDefault (a key source that does not
 // choose) is PGP/MIME; PGP/inline has no header protection
 // (crypto.EncryptInline), so asking for it does not split inline
 // recipients into two classes.
-func encryptClass(format keys.Format, protect bool) class {
+func encryptClass(format keys.Format, protect bool, ks []*keys.Key) class {
 	switch format {
 	case keys.FormatDefault:
 		format = keys.FormatPGPMIME
 	case keys.FormatPGPInline:
 		protect = false
 	}
-	return class{encrypt: true, protect: protect, format: format}
+	c := class{encrypt: true, protect: protect, format: format}
+	if format == keys.FormatSMIME {
+		for _, k := range ks {
+			if cert := k.Certificate(); cert != nil {
+				if _, ok := cert.Cert.PublicKey.(*ecdsa.PublicKey); ok {
+					c.ec = true
+				}
+			}
+		}
+	}
+	return c
 }
 
 func (c class) index() int {
@@ -54,10 +71,15 @@ func (c class) index() int {
 		return 0
 	case c.format == keys.FormatPGPInline:
 		return 3
-	case c.format == keys.FormatSMIME && c.protect:
-		return 5
 	case c.format == keys.FormatSMIME:
-		return 4
+		i := 4
+		if c.ec {
+			i = 6
+		}
+		if c.protect {
+			i++
+		}
+		return i
 	case c.protect:
 		return 2
 	default:
@@ -491,6 +513,9 @@ func (s *session) decideLocalMix(m gomilter.Modifier) (*gomilter.Response, error
 			} else if c.format != r.class.format {
 				same = false
 			}
+			// One message for all: EC certificates among them make it
+			// unreadable for NSS, but the alternative is holding it.
+			c.ec = c.ec || r.class.ec
 		}
 		if c == nil {
 			return s.encrypt(m, class{})
