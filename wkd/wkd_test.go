@@ -13,6 +13,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
+	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
@@ -64,6 +65,18 @@ func TestHandler(t *testing.T) {
 	store.Add(ctx, "alice@example.org", ks, false)
 	old := []*keys.Key{keystest.Parse(t, testkeys.Generate(t, testkeys.ExpiredSubkey, "old@example.org"))}
 	store.Add(ctx, "old@example.org", old, false)
+	// An S/MIME certificate is never served: WKD is for OpenPGP keys. An
+	// address with only a certificate has nothing to publish; beside a
+	// key, the key alone is served.
+	certFor := func(addr string) *keys.Key {
+		ks, err := keys.ParseAny(smimetest.New(t, smimetest.Spec{Key: smimetest.RSA2048, Addresses: []string{addr}}).PEM(), addr, norm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ks[0]
+	}
+	store.Add(ctx, "cert@example.org", []*keys.Key{certFor("cert@example.org")}, false)
+	store.Add(ctx, "alice@example.org", []*keys.Key{certFor("alice@example.org")}, false)
 	h := &Handler{Store: store, Domains: []string{"example.org"}, Policy: keys.Policy{MinRSABits: 2048, Normalizer: norm}}
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -94,6 +107,7 @@ func TestHandler(t *testing.T) {
 		{"hash of another local part", "example.org", "/.well-known/openpgpkey/hu/" + Hash("bob") + "?l=alice", 404},
 		{"unknown address", "example.org", "/.well-known/openpgpkey/hu/" + Hash("bob") + "?l=bob", 404},
 		{"unusable key", "example.org", "/.well-known/openpgpkey/hu/" + Hash("old") + "?l=old", 404},
+		{"certificate only", "example.org", "/.well-known/openpgpkey/hu/" + Hash("cert") + "?l=cert", 404},
 		{"domain not served", "example.net", "/.well-known/openpgpkey/hu/" + alice + "?l=alice", 404},
 		{"other path", "example.org", "/.well-known/openpgpkey/submission-address", 404},
 		{"not WKD", "example.org", "/index.html", 404},
