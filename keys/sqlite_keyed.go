@@ -326,9 +326,22 @@ func (s *SQLiteStore) NoKeys(ctx context.Context, addresses ...string) bool {
 	if k == nil {
 		return false
 	}
-	addrs, err := k.current(ctx)
-	if err != nil || addrs == nil {
-		return false
+	snap, _ := ctx.Value(snapshotKey{}).(*snapshot)
+	var addrs map[string]struct{}
+	if snap != nil {
+		snap.mu.Lock()
+		defer snap.mu.Unlock()
+		if snap.set == k {
+			addrs = snap.addrs
+		}
+	}
+	if addrs == nil {
+		if addrs, err = k.current(ctx); err != nil || addrs == nil {
+			return false
+		}
+		if snap != nil {
+			snap.set, snap.addrs = k, addrs
+		}
 	}
 	for _, a := range addresses {
 		if _, ok := addrs[a]; ok {
@@ -336,4 +349,27 @@ func (s *SQLiteStore) NoKeys(ctx context.Context, addresses ...string) bool {
 		}
 	}
 	return true
+}
+
+// snapshot is what WithSnapshot puts in a context: the first reading of a
+// keyed-address set made with it.
+type snapshot struct {
+	mu    sync.Mutex
+	set   *keyedSet
+	addrs map[string]struct{}
+}
+
+type snapshotKey struct{}
+
+// WithSnapshot returns a context in which the SQLite store's NoKeys (and
+// so Resolver.Quick) answers every call from one reading of its
+// keyed-address set, the one the first call made: the lookups of one
+// recipient and of the mailboxes it expands to then see the store as of
+// one moment, the start of that recipient's classification, and the
+// store's freshness check runs once for them, not once for each. A
+// binding committed after that moment is seen by the next recipient,
+// as it would be had it been committed a moment later. Use it for one
+// recipient, not for a whole session.
+func WithSnapshot(ctx context.Context) context.Context {
+	return context.WithValue(ctx, snapshotKey{}, &snapshot{})
 }

@@ -443,3 +443,34 @@ func TestKeyedSetStoreReplaced(t *testing.T) {
 	kyWant(t, s, "after the restore", "bob@example.org", bob.Fingerprint)
 	kyWant(t, s, "after the restore", "alice@example.org")
 }
+
+// TestKeyedSetSnapshot: within WithSnapshot, NoKeys answers from the
+// first call's reading of the set; a new snapshot (the next recipient)
+// sees what was committed in between.
+func TestKeyedSetSnapshot(t *testing.T) {
+	ctx := context.Background()
+	s, _, path := sqltOpen(t)
+	o, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	bob := sqltNewKey(t, "bob@example.org")
+	one := WithSnapshot(ctx)
+	if !s.NoKeys(one, "bob@example.org") {
+		t.Fatal("NoKeys(bob) = false before any binding")
+	}
+	if err := o.Add(ctx, "bob@example.org", []*Key{bob}, false); err != nil {
+		t.Fatal(err)
+	}
+	if !s.NoKeys(one, "bob@example.org") {
+		t.Error("NoKeys within one snapshot read the set again")
+	}
+	if s.NoKeys(WithSnapshot(ctx), "bob@example.org") {
+		t.Error("a new snapshot does not see bob's binding")
+	}
+	if s.NoKeys(ctx, "bob@example.org") {
+		t.Error("NoKeys without a snapshot does not see bob's binding")
+	}
+	kyWant(t, s, "after the snapshot", "bob@example.org", bob.Fingerprint)
+}
