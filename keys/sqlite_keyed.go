@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,8 +46,15 @@ import (
 // context says). Callers waiting together share one check that started
 // after each of them asked.
 type keyedSet struct {
-	db   *sql.DB
-	path string
+	db  *sql.DB
+	abs string // the store file's absolute path
+
+	// view is what callers may answer from without the checker: the set,
+	// and the log index header that was current when it was (see
+	// sqlite_walindex_unix.go). Nil when there is none.
+	viewMu   sync.RWMutex
+	view     *keyedView
+	fastHits atomic.Int64 // answers from view (tests)
 
 	mu      sync.Mutex
 	running bool          // the checker goroutine runs
@@ -60,6 +68,38 @@ type keyedSet struct {
 	version *sql.Stmt // PRAGMA data_version, prepared on conn
 	last    int64     // data_version when addrs was read
 	addrs   map[string]struct{}
+	shm     []byte // the -shm file's header, mapped while conn is open
+}
+
+// keyedView is a set with the log index header under which it is current.
+type keyedView struct {
+	shm   []byte
+	hdr   walIndexHdr
+	addrs map[string]struct{}
+}
+
+// fast returns the set when the log index header shows that nobody has
+// committed since the set was known to be current; nil otherwise. It
+// reads memory only.
+func (k *keyedSet) fast() map[string]struct{} {
+	k.viewMu.RLock()
+	defer k.viewMu.RUnlock()
+	v := k.view
+	if v == nil {
+		return nil
+	}
+	if h, ok := walIndexRead(v.shm); !ok || h != v.hdr {
+		return nil
+	}
+	k.fastHits.Add(1)
+	return v.addrs
+}
+
+// publish makes addrs, current under the log index header h, the view.
+func (k *keyedSet) publish(h walIndexHdr, addrs map[string]struct{}) {
+	k.viewMu.Lock()
+	k.view = &keyedView{shm: k.shm, hdr: h, addrs: addrs}
+	k.viewMu.Unlock()
 }
 
 // keyedAnswer is one check's result: the set, current as of a moment
@@ -78,14 +118,16 @@ var keyedSetMax = 200_000
 // ask SQLite themselves.
 const keyedQueue = 256
 
-// errKeyedBusy and errKeyedStopped are reasons to ask SQLite instead.
+// errKeyedBusy and errKeyedStopped are reasons to ask SQLite instead;
+// errWalIndexShort that the set is checked with data_version alone.
 var (
-	errKeyedBusy    = errors.New("keyed-address set: too many waiting")
-	errKeyedStopped = errors.New("keyed-address set: stopped")
+	errWalIndexShort = errors.New("no log index header to map")
+	errKeyedBusy     = errors.New("keyed-address set: too many waiting")
+	errKeyedStopped  = errors.New("keyed-address set: stopped")
 )
 
-func newKeyedSet(db *sql.DB, path string) *keyedSet {
-	return &keyedSet{db: db, path: path, reqs: make(chan chan keyedAnswer, keyedQueue), quit: make(chan struct{})}
+func newKeyedSet(db *sql.DB, abs string) *keyedSet {
+	return &keyedSet{db: db, abs: abs, reqs: make(chan chan keyedAnswer, keyedQueue), quit: make(chan struct{})}
 }
 
 // answerPool recycles the callers' reply channels (one per lookup).
@@ -94,6 +136,9 @@ var answerPool = sync.Pool{New: func() any { return make(chan keyedAnswer, 1) }}
 // current returns the set as of a moment after the call, or an error; ctx
 // bounds the wait.
 func (k *keyedSet) current(ctx context.Context) (map[string]struct{}, error) {
+	if addrs := k.fast(); addrs != nil {
+		return addrs, nil
+	}
 	reply := answerPool.Get().(chan keyedAnswer)
 	k.mu.Lock()
 	if k.stopped {
@@ -197,24 +242,57 @@ func (k *keyedSet) refresh() (map[string]struct{}, error) {
 		}
 		k.conn, k.version = conn, st
 	}
+	// The log index header before data_version: if data_version then
+	// shows no commit since the set was read, none came before the
+	// header either, and the header is the set's.
+	var h walIndexHdr
+	hok := false
+	if k.shm != nil {
+		h, hok = walIndexRead(k.shm)
+	}
 	var v int64
 	if err := k.version.QueryRowContext(ctx).Scan(&v); err != nil {
 		k.release()
 		return nil, err
 	}
 	if k.addrs != nil && v == k.last {
+		if hok {
+			k.publish(h, k.addrs)
+		}
 		return k.addrs, nil
 	}
-	// data_version first, the addresses after: a commit in between is in
-	// the set, and changes the next data_version, which only reads the
-	// set once more. The other order could miss it for good.
+	// The query above opened the connection's log index: map its header.
+	if k.shm == nil {
+		if m, err := walIndexMap(k.abs + "-shm"); err == nil {
+			k.shm = m
+		}
+	}
+	if k.shm != nil {
+		h, hok = walIndexRead(k.shm)
+	}
+	// data_version and the header first, the addresses after: a commit
+	// in between is in the set, and changes the next data_version and
+	// header, which only reads the set once more. The other order could
+	// miss it for good.
 	addrs, err := k.load(ctx)
 	if err != nil {
 		k.release()
 		return nil, err
 	}
 	k.addrs, k.last = addrs, v
+	if hok {
+		k.publish(h, addrs)
+	} else {
+		k.unpublish()
+	}
 	return addrs, nil
+}
+
+// unpublish drops the view: callers go through the checker.
+func (k *keyedSet) unpublish() {
+	k.viewMu.Lock()
+	k.view = nil
+	k.viewMu.Unlock()
 }
 
 // load reads the bound addresses on the dedicated connection. It must
@@ -243,8 +321,17 @@ func (k *keyedSet) load(ctx context.Context) (map[string]struct{}, error) {
 	return addrs, nil
 }
 
-// release closes the dedicated connection and forgets the set.
+// release closes the dedicated connection and forgets the set. The
+// mapping goes first, while the connection still keeps the -shm file from
+// being truncated under it.
 func (k *keyedSet) release() {
+	k.viewMu.Lock()
+	k.view = nil
+	if k.shm != nil {
+		walIndexUnmap(k.shm)
+		k.shm = nil
+	}
+	k.viewMu.Unlock()
 	if k.version != nil {
 		k.version.Close()
 	}
@@ -306,7 +393,7 @@ func (d *storeDB) keyedSetFor(db *sql.DB) *keyedSet {
 		return nil
 	}
 	if d.keyed == nil {
-		d.keyed = newKeyedSet(db, d.path)
+		d.keyed = newKeyedSet(db, d.abs)
 	}
 	return d.keyed
 }
@@ -318,6 +405,9 @@ func (d *storeDB) keyedSetFor(db *sql.DB) *keyedSet {
 // only that KeysFor must ask SQLite, and is the answer to every error; an
 // error of the store shows there. ctx bounds the wait.
 func (s *SQLiteStore) NoKeys(ctx context.Context, addresses ...string) bool {
+	if ctx.Err() != nil {
+		return false
+	}
 	db, err := s.db.current(ctx)
 	if err != nil {
 		return false

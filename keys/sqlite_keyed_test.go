@@ -35,6 +35,20 @@ func kyNoKeysNow(t *testing.T, s *SQLiteStore, addr string) bool {
 	return !bound
 }
 
+// kyFastHits runs f and returns how many of its set answers came from
+// memory (keyedSet.fast).
+func kyFastHits(t *testing.T, s *SQLiteStore, f func()) int64 {
+	t.Helper()
+	db, err := s.db.current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := s.db.keyedSetFor(db)
+	n := k.fastHits.Load()
+	f()
+	return k.fastHits.Load() - n
+}
+
 // kyWant checks KeysFor(addr) against the fingerprints wanted, and that
 // NoKeys agrees.
 func kyWant(t *testing.T, s *SQLiteStore, when, addr string, fprs ...string) {
@@ -66,6 +80,11 @@ func TestKeyedSetSeesOtherStoreHandle(t *testing.T) {
 	kyWant(t, s, "before", "bob@example.org")
 	if !kyNoKeysNow(t, s, "bob@example.org") || kyNoKeysNow(t, s, "alice@example.org") {
 		t.Fatal("the set is wrong from the start")
+	}
+	// Nothing changed: answered from memory, by the log index header,
+	// without the checker (below, every write must end that).
+	if kyFastHits(t, s, func() { kyWant(t, s, "unchanged", "bob@example.org") }) == 0 {
+		t.Error("the set was not answered from memory with the store unchanged")
 	}
 	o, err := OpenSQLite(ctx, path)
 	if err != nil {
@@ -335,7 +354,19 @@ func TestKeyedSetIdleAndClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	kyWant(t, s, "bound while the checker was stopped", "bob@example.org", bob.Fingerprint)
-	keyedMaxIdle = time.Hour
+	select {
+	case <-checker():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the checker still runs after keyedMaxIdle")
+	}
+	s.Close()
+
+	// Close, on a store whose checker is not idle.
+	keyedMaxIdle = time.Hour // no checker runs now
+	s, err = OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	kyWant(t, s, "again", "bob@example.org", bob.Fingerprint)
 	done := checker()
 	s.Close()
