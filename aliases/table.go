@@ -234,6 +234,9 @@ func (t *table) lookup(ctx context.Context, key string, batch []string) (string,
 	if err := ctx.Err(); err != nil {
 		return "", false, &TableError{Table: t.name, Err: err}
 	}
+	if noWait(ctx) {
+		return t.lookupNoWait(key)
+	}
 	if t.pat != nil {
 		v, ok, err := t.pat.get(ctx, key)
 		if err == nil {

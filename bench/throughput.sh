@@ -75,7 +75,9 @@
 # MEM_ROUNDS (3), MEM_SESSIONS (16), MEM_SIZE (10485760), RUN_TIMEOUT
 # seconds per run (600), MODE (all|throughput|memory), WORK
 # (/tmp/lacre-bench: binaries, configuration, logs, results.txt),
-# LACRE_ENV (e.g. "GOMEMLIMIT=1GiB", passed to lacre-milter only), KEEP=1
+# LACRE_ENV (e.g. "GOMEMLIMIT=1GiB", passed to lacre-milter only),
+# LACRE_BIN (a lacre-milter binary to use instead of building one: to
+# compare two versions of the code with the same script), KEEP=1
 # (keep the Postfix queue directory too).
 set -euo pipefail
 
@@ -94,6 +96,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 MODE=${MODE:-all}
 WORK=${WORK:-/tmp/lacre-bench}
 LACRE_ENV=${LACRE_ENV:-}
+LACRE_BIN=${LACRE_BIN:-}
 STORE=${STORE:-sqlite}
 SESSIONS=20
 SIZE=4096
@@ -176,8 +179,12 @@ now_ns() { date +%s%N; }
 mkdir -p "$WORK/bin" "$WORK/lacre"
 chmod 755 "$WORK"
 log "building lacre-milter and nullmilter"
-(cd "$REPO" && go build -o "$WORK/bin/lacre-milter" ./cmd/lacre-milter && go build -o "$WORK/bin/nullmilter" ./bench/nullmilter &&
-	go build -o "$WORK/bin/spread" ./bench/spread)
+if [[ -n $LACRE_BIN ]]; then
+	cp "$LACRE_BIN" "$WORK/bin/lacre-milter"
+else
+	(cd "$REPO" && go build -o "$WORK/bin/lacre-milter" ./cmd/lacre-milter)
+fi
+(cd "$REPO" && go build -o "$WORK/bin/nullmilter" ./bench/nullmilter && go build -o "$WORK/bin/spread" ./bench/spread)
 
 SINK_PORT="" LACRE_PORT="" NULLR_PORT="" NULLA_PORT="" NULLH_PORT="" NULLD_PORT=""
 free_port SINK_PORT

@@ -106,6 +106,30 @@ func BenchmarkStoreLookup(b *testing.B) {
 				i += 2
 			}
 		})
+		// The same through Resolver.Quick, as the milter asks first: the
+		// SQLite store answers from its keyed-address set (one
+		// PRAGMA data_version on its checker goroutine), PostgreSQL
+		// cannot and leaves it to Resolve.
+		b.Run(name+"/quick-nokey", func(b *testing.B) {
+			opt := defaultOptions()
+			opt.CacheTTL = 0
+			r, _ := keys.NewResolver(s, opt)
+			b.ReportAllocs()
+			i := 1
+			for b.Loop() {
+				l, ok := r.Quick(ctx, benchAddress(i%benchAddresses))
+				if name == "postgres" {
+					if ok {
+						b.Fatal("Quick answered over PostgreSQL")
+					}
+					continue
+				}
+				if !ok || l.Encrypt() {
+					b.Fatalf("%s: Quick = %v, %v", benchAddress(i), l, ok)
+				}
+				i += 2
+			}
+		})
 		b.Run(name+"/parallel-uncached", func(b *testing.B) {
 			opt := defaultOptions()
 			opt.CacheTTL = 0

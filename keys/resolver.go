@@ -273,17 +273,23 @@ func (r *Resolver) Resolve(ctx context.Context, address string) (*Recipient, err
 	if err != nil {
 		return nil, err
 	}
-	if r.ttl > 0 {
-		r.mu.Lock()
-		if r.generation == gen {
-			if len(r.cache) >= maxCacheEntries {
-				r.cache = map[string]cached{}
-			}
-			r.cache[key] = cached{r: l, expires: cacheUntil(l, now, r.ttl)}
-		}
-		r.mu.Unlock()
-	}
+	r.remember(key, l, gen, now)
 	return l, nil
+}
+
+// remember caches l under key, unless the cache was invalidated since gen.
+func (r *Resolver) remember(key string, l *Recipient, gen uint64, now time.Time) {
+	if r.ttl <= 0 {
+		return
+	}
+	r.mu.Lock()
+	if r.generation == gen {
+		if len(r.cache) >= maxCacheEntries {
+			r.cache = map[string]cached{}
+		}
+		r.cache[key] = cached{r: l, expires: cacheUntil(l, now, r.ttl)}
+	}
+	r.mu.Unlock()
 }
 
 // Cached is Resolve without the store: the answer when it is in the cache,

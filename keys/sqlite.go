@@ -303,8 +303,12 @@ const (
 	sqlPrefs            = "SELECT protect_headers, format FROM prefs WHERE address = ?"
 )
 
-// KeysFor implements Store.
+// KeysFor implements Store. An address the keyed-address set does not
+// hold is answered without a query (sqlite_keyed.go).
 func (s *SQLiteStore) KeysFor(ctx context.Context, address string) ([]*Key, error) {
+	if s.NoKeys(ctx, address) {
+		return []*Key{}, nil
+	}
 	rows, err := s.db.queryPrepared(ctx, sqlKeysFor, address)
 	if err != nil {
 		return nil, s.unavailable("looking up "+address, err)

@@ -46,6 +46,7 @@ type storeDB struct {
 	mu       sync.RWMutex
 	db       *sql.DB
 	stmts    map[string]*sql.Stmt // the read path's statements, prepared on db
+	keyed    *keyedSet            // the bound addresses of db's file (sqlite_keyed.go)
 	fi       os.FileInfo          // the file db was opened on
 	stale    bool                 // drop db and open anew before the next use
 	writeErr error                // the last write failure, until a write works
@@ -110,11 +111,14 @@ func (d *storeDB) connect(ctx context.Context, fi os.FileInfo) error {
 		// new file waits for it to let go (every pool closes idle
 		// connections after sqliteConnMaxIdle).
 		if d.db != nil {
+			if d.keyed != nil {
+				d.keyed.stop() // its connection first: it holds the log too
+			}
 			for _, st := range d.stmts {
 				st.Close()
 			}
 			d.db.Close()
-			d.db, d.stmts = nil, nil
+			d.db, d.stmts, d.keyed = nil, nil, nil
 		}
 		if err := d.setOrphanedLogAside(); err != nil {
 			return fmt.Errorf("%w: key store %s was replaced, but the write-ahead log of the file it replaced is still in use (%v): the new file is used once the other processes (lacre-milter keys, web) let go of the old one; to restore a store while it is in use, run sqlite3 %s \".restore BACKUP\" instead of moving files", ErrUnavailable, d.path, err, d.path)
@@ -144,12 +148,15 @@ func (d *storeDB) connect(ctx context.Context, fi os.FileInfo) error {
 		db.Close()
 		return fmt.Errorf("%w: key store %s was replaced while it was being opened", ErrUnavailable, d.path)
 	}
-	old, oldStmts := d.db, d.stmts
-	d.db, d.fi, d.stale, d.stmts = db, fi, false, nil
+	old, oldStmts, oldKeyed := d.db, d.stmts, d.keyed
+	d.db, d.fi, d.stale, d.stmts, d.keyed = db, fi, false, nil, nil
 	if old != nil {
 		// Close waits for the queries running on the old pool; do not
 		// hold the lock for that.
 		go func() {
+			if oldKeyed != nil {
+				oldKeyed.stop()
+			}
 			for _, st := range oldStmts {
 				st.Close()
 			}
@@ -459,6 +466,10 @@ func (d *storeDB) Close() error {
 	d.closed = true
 	if d.db == nil {
 		return nil
+	}
+	if d.keyed != nil {
+		d.keyed.stop()
+		d.keyed = nil
 	}
 	for _, st := range d.stmts {
 		st.Close()

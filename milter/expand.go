@@ -56,6 +56,9 @@ type refusal struct {
 func (s *session) resolve(addr string, canSplit bool) (recipient, *refusal) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
 	defer cancel()
+	// The recipient and its mailboxes are looked up in one snapshot of
+	// the key store's keyed-address set: one freshness check for all.
+	ctx = keys.WithSnapshot(ctx)
 	l, lerr := s.findKeys(ctx, addr)
 	if lerr != nil || boundAsWritten(l) {
 		c, ref := s.keyClass(addr, "", l, lerr)
@@ -227,7 +230,11 @@ func (s *session) expand(ctx context.Context, rcpt string) (aliases.Expansion, e
 	if _, ok := s.st.Expander.(aliases.None); ok {
 		return aliases.None{}.Expand(ctx, rcpt)
 	}
-	if c, ok := s.st.Expander.(cachedExpander); ok {
+	if c, ok := s.st.Expander.(quickExpander); ok {
+		if e, ok := c.Quick(rcpt); ok {
+			return e, nil
+		}
+	} else if c, ok := s.st.Expander.(cachedExpander); ok {
 		if e, ok := c.Cached(rcpt); ok {
 			return e, nil
 		}
@@ -265,5 +272,16 @@ type cachedExpander interface {
 	Cached(addr string) (aliases.Expansion, bool)
 }
 
-// Postfix's expander answers cached expansions without a goroutine.
-var _ cachedExpander = (*aliases.Postfix)(nil)
+// quickExpander is an Expander that can also expand without waiting for
+// I/O when the answer allows (the tables in memory and checked lately):
+// the milter then needs no goroutine for most expansions, cached or not.
+type quickExpander interface {
+	Quick(addr string) (aliases.Expansion, bool)
+}
+
+// Postfix's expander answers cached and in-memory expansions without a
+// goroutine.
+var (
+	_ cachedExpander = (*aliases.Postfix)(nil)
+	_ quickExpander  = (*aliases.Postfix)(nil)
+)

@@ -351,6 +351,14 @@ func (s *session) findKeys(ctx context.Context, rcpt string) (*keys.Recipient, e
 			return l, nil
 		}
 	}
+	// Neither does "no key" that the store can give from memory (the
+	// SQLite store's keyed-address set), which is what most new
+	// recipients get; the store's check of its set heeds ctx.
+	if q, ok := s.st.Keys.(quickKeySource); ok {
+		if l, ok := q.Quick(ctx, rcpt); ok {
+			return l, nil
+		}
+	}
 	type answer struct {
 		l     *keys.Recipient
 		err   error
@@ -376,6 +384,12 @@ func (s *session) findKeys(ctx context.Context, rcpt string) (*keys.Recipient, e
 	case <-ctx.Done():
 		return nil, fmt.Errorf("key lookup for %s: %w", rcpt, context.Cause(ctx))
 	}
+}
+
+// quickKeySource is a KeySource that can also give the answers that need
+// no query of the store, heeding ctx (*keys.Resolver does: Quick).
+type quickKeySource interface {
+	Quick(ctx context.Context, address string) (*keys.Recipient, bool)
 }
 
 // needsWork reports whether any accepted recipient needs encryption (or a
