@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"database/sql"
 	"net"
 	"os"
 	"os/exec"
@@ -38,6 +39,12 @@ func TestDebianPackage(t *testing.T) {
 		}
 		return string(out)
 	}
+	// Packages of earlier builds would be found too, and the glob's last
+	// is not the newest: only this build's package may be there.
+	old, _ := filepath.Glob(filepath.Join(root, "dist", "lacre-milter_*_amd64.deb"))
+	for _, f := range old {
+		os.Remove(f)
+	}
 	out := run("sh", "contrib/deb/build.sh")
 	debs, _ := filepath.Glob(filepath.Join(root, "dist", "lacre-milter_*_amd64.deb"))
 	if len(debs) == 0 {
@@ -47,6 +54,23 @@ func TestDebianPackage(t *testing.T) {
 	exec.Command("dpkg", "--purge", "lacre-milter").Run() // a leftover from an earlier run
 	run("dpkg", "-i", "--force-confnew", deb)
 	t.Cleanup(func() { exec.Command("dpkg", "--purge", "lacre-milter").Run() })
+	// Last (cleanups run in reverse, after the service has stopped): a new
+	// installation over the store an older version left. Purging keeps
+	// /var/lib/lacre (users' keys), so the next installation finds a store
+	// of an older schema; it must bring it up to date, not fail ("store
+	// init" refuses an older store, and it once did so here).
+	t.Cleanup(func() {
+		run("dpkg", "--purge", "lacre-milter")
+		olderStore(t, "/var/lib/lacre/lacre.db")
+		run("sh", "-c", "chown lacre:lacre /var/lib/lacre/lacre.db*") // as the milter left it
+		out := run("dpkg", "-i", "--force-confnew", deb)
+		if !strings.Contains(out, "/var/lib/lacre/lacre.db migrated") {
+			t.Errorf("installing over an older store did not migrate it:\n%s", out)
+		}
+		if out := run("setpriv", "--reuid=lacre", "--regid=lacre", "--init-groups", "/usr/bin/lacre-milter", "store", "migrate"); !strings.Contains(out, "up to date") {
+			t.Errorf("after installing over an older store: %s", out)
+		}
+	})
 
 	// A dedicated user, not nobody; the key store directory is its own;
 	// the config is readable by it and nobody else.
@@ -144,5 +168,20 @@ func TestDebianPackage(t *testing.T) {
 	}
 	if _, err := os.Stat("/var/lib/lacre/lacre.db"); err != nil {
 		t.Errorf("the key store is not in /var/lib/lacre: %v", err)
+	}
+}
+
+// olderStore turns the SQLite store at path back to the schema before the
+// newest migration, as an older lacre-milter left it.
+func olderStore(t *testing.T, path string) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	// v4 (issue 18) added prefs.format.
+	if _, err := db.Exec("ALTER TABLE prefs DROP COLUMN format; DELETE FROM schema_version WHERE version > 3"); err != nil {
+		t.Fatalf("making %s an older store: %v", path, err)
 	}
 }
