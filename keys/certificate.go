@@ -570,8 +570,8 @@ func (c *Certificate) Summary() CertificateSummary {
 		pairs[0] = "-" + pairs[0] // invalid (RFC 5280 §4.1.2.2) but parsed by crypto/x509
 	}
 	return CertificateSummary{
-		Subject:     x.Subject.String(),
-		Issuer:      x.Issuer.String(),
+		Subject:     readableName(x.Subject),
+		Issuer:      readableName(x.Issuer),
 		Serial:      strings.Join(pairs, ":"),
 		NotBefore:   x.NotBefore.UTC(),
 		NotAfter:    x.NotAfter.UTC(),
@@ -579,6 +579,28 @@ func (c *Certificate) Summary() CertificateSummary {
 		Addresses:   CertificateAddresses(x),
 		Key:         keyDescription(x),
 	}
+}
+
+// readableName is n.String() (RFC 2253) with the PKCS #9 emailAddress
+// attributes written "emailAddress=…", as openssl and mail clients show
+// them, instead of crypto/x509's "1.2.840.113549.1.9.1=#0c…" (the DER of
+// the value in hex): S/MIME certificates of older CAs carry the address
+// there, and the CLI and the registration pages show it.
+func readableName(n pkix.Name) string {
+	s := n.String()
+	for _, atv := range n.Names {
+		v, ok := atv.Value.(string)
+		if !atv.Type.Equal(oidEmailAddress) || !ok {
+			continue
+		}
+		der, err := asn1.Marshal(atv.Value)
+		if err != nil {
+			continue
+		}
+		esc := strings.NewReplacer(`\`, `\\`, `,`, `\,`, `+`, `\+`, `"`, `\"`, `<`, `\<`, `>`, `\>`, `;`, `\;`).Replace(v)
+		s = strings.Replace(s, atv.Type.String()+"=#"+hex.EncodeToString(der), "emailAddress="+esc, 1)
+	}
+	return s
 }
 
 // String formats the summary on a few lines, as "keys show" prints it.

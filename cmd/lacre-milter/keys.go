@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/x509/pkix"
-	"encoding/asn1"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -113,7 +110,7 @@ func keysAdd(e *env, args []string) error {
 	}
 	for _, k := range ks {
 		if c := k.Certificate(); c != nil {
-			sum := summary(c)
+			sum := c.Summary()
 			fmt.Fprintf(e.stdout, "%s: added certificate %s (subject %s, issuer %s, serial %s, expires %s)\n",
 				addr, k.Fingerprint, sum.Subject, sum.Issuer, sum.Serial, dateOrNever(k.Expires()))
 			continue
@@ -201,7 +198,7 @@ func keysList(e *env, args []string) error {
 		t.row(b.Address, string(b.Key.Kind()), f, b.Key.Fingerprint, b.Added.UTC().Format("2006-01-02"),
 			dateOrNever(b.Key.Expires()), state(r.Policy(), b.Key, now))
 		if c := b.Key.Certificate(); c != nil {
-			sum := summary(c)
+			sum := c.Summary()
 			t.detail(fmt.Sprintf("subject %q, issuer %q, serial %s", sum.Subject, sum.Issuer, sum.Serial))
 		}
 	}
@@ -405,7 +402,7 @@ func formatReason(ctx context.Context, c *config.Config, s keys.Store, r *keys.R
 func describeKey(w io.Writer, k *keys.Key, st string) {
 	fmt.Fprintf(w, "key:      %s %s\n", k.Fingerprint, st)
 	if c := k.Certificate(); c != nil {
-		sum := summary(c)
+		sum := c.Summary()
 		fmt.Fprintf(w, "          X.509 certificate, %s, valid %s to %s\n", sum.Key, sum.NotBefore.Format("2006-01-02"), sum.NotAfter.Format("2006-01-02"))
 		fmt.Fprintf(w, "          subject %s\n", sum.Subject)
 		fmt.Fprintf(w, "          issuer  %s\n", sum.Issuer)
@@ -561,37 +558,4 @@ func checkStatic(c *config.Config, s keys.Store, r *keys.Resolver) error {
 		return fmt.Errorf("mail for these would wait in the queue:\n  %s", strings.Join(probs, "\n  "))
 	}
 	return nil
-}
-
-// summary is the certificate's keys.CertificateSummary for display, with
-// the subject's and issuer's PKCS #9 emailAddress attributes written as
-// "emailAddress=…" (as openssl and mail clients show them) instead of
-// crypto/x509's "1.2.840.113549.1.9.1=#0c…": S/MIME certificates of
-// older CAs carry the address there.
-func summary(c *keys.Certificate) keys.CertificateSummary {
-	sum := c.Summary()
-	sum.Subject = readableName(c.Cert.Subject, sum.Subject)
-	sum.Issuer = readableName(c.Cert.Issuer, sum.Issuer)
-	return sum
-}
-
-var oidEmailAddress = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 1}
-
-// readableName replaces in s, n's String(), the hex form pkix.Name gives
-// an emailAddress attribute (the DER of its value, as asn1.Marshal writes
-// it) with the attribute's name and value.
-func readableName(n pkix.Name, s string) string {
-	for _, atv := range n.Names {
-		v, ok := atv.Value.(string)
-		if !atv.Type.Equal(oidEmailAddress) || !ok {
-			continue
-		}
-		der, err := asn1.Marshal(atv.Value)
-		if err != nil {
-			continue
-		}
-		esc := strings.NewReplacer(`\`, `\\`, `,`, `\,`, `+`, `\+`, `"`, `\"`, `<`, `\<`, `>`, `\>`, `;`, `\;`).Replace(v)
-		s = strings.Replace(s, atv.Type.String()+"=#"+hex.EncodeToString(der), "emailAddress="+esc, 1)
-	}
-	return s
 }

@@ -45,7 +45,7 @@ func displayed(t *testing.T, c *smimetest.Cert) keys.CertificateSummary {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return summary(kc)
+	return kc.Summary()
 }
 
 // p7b bundles certificates as a PKCS #7 file, as Windows exports them.
