@@ -100,9 +100,12 @@ func GpgsmReader(t *testing.T, gpgsm string, p Party) func(der []byte) ([]byte, 
 	WriteFile(t, home, "gpg-agent.conf", []byte("allow-loopback-pinentry\n"))
 	WriteFile(t, home, "gpgsm.conf", []byte("disable-dirmngr\ndisable-crl-checks\n"))
 	env := []string{"GNUPGHOME=" + home}
-	p12 := PKCS12(t, p.C, home, "recipient", true)
+	p12 := PKCS12Password(t, p.C, home, "recipient", true, "test")
 	base := []string{"--homedir", home, "--batch", "--pinentry-mode", "loopback", "--passphrase-fd", "0"}
-	if _, stderr, err := Run(home, []byte("\n\n\n"), env, gpgsm, append(base, "--import", p12)...); err != nil {
+	// gpgsm reads one passphrase and uses it for every prompt: the PKCS
+	// #12 password, and then that of its own store of the key, so the
+	// decryption below gives it again.
+	if _, stderr, err := Run(home, []byte("test\n"), env, gpgsm, append(base, "--import", p12)...); err != nil {
 		t.Fatalf("gpgsm --import: %v\n%s", err, stderr)
 	}
 	out, stderr, err := Run(home, nil, env, gpgsm, "--homedir", home, "--batch", "--list-secret-keys")
@@ -111,7 +114,7 @@ func GpgsmReader(t *testing.T, gpgsm string, p Party) func(der []byte) ([]byte, 
 	}
 	return func(der []byte) ([]byte, []byte, error) {
 		f := WriteFile(t, home, "msg.p7m", der)
-		return Run(home, []byte("\n"), env, gpgsm, append(base, "--decrypt", f)...)
+		return Run(home, []byte("test\n"), env, gpgsm, append(base, "--decrypt", f)...)
 	}
 }
 
