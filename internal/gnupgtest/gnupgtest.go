@@ -91,7 +91,11 @@ func (h *Home) Key(uid string, created time.Time, life string) string {
 	h.t.Helper()
 	var faked []string
 	if !created.IsZero() {
-		faked = []string{"--faked-system-time", created.UTC().Format("20060102T150405")}
+		// "!" freezes gpg's clock there: a running faked clock could
+		// pass the next second during key generation, and the subkey
+		// command, faked to the same start, would then find the primary
+		// key "created 1 second in the future" and fail (seen in CI).
+		faked = []string{"--faked-system-time", created.UTC().Format("20060102T150405") + "!"}
 	}
 	h.run(nil, append(faked, "--quick-gen-key", uid, "ed25519", "sign", life)...)
 	fpr := h.fingerprint(uid)
