@@ -71,7 +71,13 @@
 # "perf report -i FILE --no-children". Each results.txt row ends with the
 # 1-minute load average when the run ended.
 #
-# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), PROFILE (0), STORE (sqlite), N (5000), ROUNDS (5), WARMUP_N (1000),
+# PERFSTAT=1 counts, with perf stat, the milter's CPU time (task-clock),
+# context switches and system calls during every counted run of a case
+# with a milter, and appends them per message to its results.txt row: they
+# scatter far less than msg/s, and show the thread wake-ups that a milter
+# on a small machine pays for (docs/performance.md).
+#
+# Environment: CASES ("a b c d e h i"), ALIASES (1), COLD (1), PROFILE (0), PERFSTAT (0), STORE (sqlite), N (5000), ROUNDS (5), WARMUP_N (1000),
 # MEM_ROUNDS (3), MEM_SESSIONS (16), MEM_SIZE (10485760), RUN_TIMEOUT
 # seconds per run (600), MODE (all|throughput|memory), WORK
 # (/tmp/lacre-bench: binaries, configuration, logs, results.txt),
@@ -85,6 +91,7 @@ CASES=${CASES:-a b c d e h i}
 ALIASES=${ALIASES:-1}
 COLD=${COLD:-1}
 PROFILE=${PROFILE:-0}
+PERFSTAT=${PERFSTAT:-0}
 ALIAS_ENTRIES=10000
 N=${N:-5000}
 ROUNDS=${ROUNDS:-5}
@@ -111,7 +118,7 @@ die() { echo "throughput.sh: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 
 [[ $(id -u) == 0 ]] || die "run as root (Postfix's master must start as root)"
-[[ $PROFILE == 0 ]] || command -v perf >/dev/null || die "PROFILE=1: perf not found (apt-get install linux-perf)"
+[[ $PROFILE == 0 && $PERFSTAT == 0 ]] || command -v perf >/dev/null || die "PROFILE=1: perf not found (apt-get install linux-perf)"
 for c in go postfix postconf smtp-source smtp-sink gpg gpgconf ss timeout; do
 	command -v "$c" >/dev/null || die "$c not found (apt-get install postfix gnupg; Go at /usr/local/go)"
 done
@@ -430,6 +437,12 @@ run() {
 		perf_pid=$!
 		sleep 0.5
 	fi
+	local stat_pid="" stat_out=$WORK/perfstat.out
+	if [[ $PERFSTAT != 0 && -n $mpid ]]; then
+		perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "$mpid" -o "$stat_out" &
+		stat_pid=$!
+		sleep 0.2
+	fi
 	[[ -n $mpid ]] && cpu0=$(cpu_ticks "$mpid")
 	pf0=$(postfix_ticks)
 	source_cmd "$c" "$n" "$s" "$l" "$off"
@@ -456,8 +469,16 @@ run() {
 		kill -INT "$perf_pid" 2>/dev/null || true
 		wait "$perf_pid" 2>/dev/null || true
 	fi
-	awk -v c="$c" -v n="$n" -v e="$((t2 - t0))" -v i="$((t1 - t0))" -v cpu="$((cpu1 - cpu0))" -v pf="$((pf1 - pf0))" -v ld="$(cut -d' ' -f1 /proc/loadavg)" \
-		'BEGIN { printf "%s %d %.3f %.3f %.1f %d %d %s\n", c, n, e / 1e9, i / 1e9, n / (e / 1e9), cpu, pf, ld }'
+	local per=""
+	if [[ -n $stat_pid ]]; then
+		kill -INT "$stat_pid" 2>/dev/null || true
+		wait "$stat_pid" 2>/dev/null || true
+		# task-clock ms, context switches and system calls per message
+		per=$(awk -F, -v n="$n" '$3 == "task-clock" { t = $1 } $3 == "context-switches" { cs = $1 } $3 ~ /sys_enter/ { sc = $1 }
+			END { printf " perf: %.3f ms %.1f cs %.1f syscalls", t / n, cs / n, sc / n }' "$stat_out")
+	fi
+	awk -v c="$c" -v n="$n" -v e="$((t2 - t0))" -v i="$((t1 - t0))" -v cpu="$((cpu1 - cpu0))" -v pf="$((pf1 - pf0))" -v ld="$(cut -d' ' -f1 /proc/loadavg)" -v per="$per" \
+		'BEGIN { printf "%s %d %.3f %.3f %.1f %d %d %s%s\n", c, n, e / 1e9, i / 1e9, n / (e / 1e9), cpu, pf, ld, per }'
 	# Let the last deliveries' bookkeeping (qmgr, log) finish.
 	for _ in $(seq 100); do (($(queue_files) == 0)) && break; sleep 0.05; done
 }
