@@ -54,8 +54,10 @@ type refusal struct {
 // the expansion and every key lookup together. canSplit says whether the
 // MTA lets the milter change recipients (SMFIF_ADDRCPT, SMFIF_DELRCPT).
 func (s *session) resolve(addr string, canSplit bool) (recipient, *refusal) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.st.LookupTimeout)
-	defer cancel()
+	// No timer unless a lookup has to wait (lazyDeadline).
+	dl := newLazyDeadline(s.st.LookupTimeout)
+	defer dl.stop()
+	var ctx context.Context = dl
 	// The recipient and its mailboxes are looked up in one snapshot of
 	// the key store's keyed-address set: one freshness check for all.
 	ctx = keys.WithSnapshot(ctx)
