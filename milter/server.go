@@ -185,7 +185,13 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		cs := &connState{limits: newLimitConn(c, o.IdleTimeout, o.PacketTimeout)}
-		cs.conn = &trackedConn{limitConn: cs.limits, closed: make(chan struct{})}
+		cs.conn = &trackedConn{limitConn: cs.limits, ended: func() {
+			s.mu.Lock()
+			delete(s.conns, cs)
+			s.mu.Unlock()
+			s.signalIdle()
+			s.logExpired(cs)
+		}}
 		s.conns[cs] = struct{}{}
 		s.mu.Unlock()
 		ms := gomilter.NewServer(
@@ -195,14 +201,10 @@ func (s *Server) Serve(ln net.Listener) error {
 			gomilter.WithNegotiationCallback(negotiate),
 			gomilter.WithReadTimeout(0), gomilter.WithWriteTimeout(0), // limitConn's
 		)
-		go func() {
-			ms.Serve(&oneConnListener{conn: cs.conn}) // returns once the connection is closed
-			s.mu.Lock()
-			delete(s.conns, cs)
-			s.mu.Unlock()
-			s.signalIdle()
-			s.logExpired(cs)
-		}()
+		// Starts the session's goroutine and returns: no goroutine of ours
+		// waits for the session's end (trackedConn.Close does the
+		// bookkeeping), which would cost a thread wake-up per connection.
+		ms.Serve(&oneConnListener{conn: cs.conn})
 	}
 }
 
@@ -253,7 +255,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			if cs.busy.Load() {
 				busy++
 			} else {
-				cs.conn.Close()
+				cs.conn.shut()
 			}
 		}
 		s.mu.Unlock()
@@ -266,7 +268,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-ctx.Done():
 			s.mu.Lock()
 			for cs := range s.conns {
-				cs.conn.Close()
+				cs.conn.shut()
 			}
 			s.mu.Unlock()
 			return fmt.Errorf("%d message(s) still in flight at shutdown: %w", busy, ctx.Err())
@@ -288,23 +290,25 @@ func (s *Server) InFlight() int {
 }
 
 // oneConnListener hands its connection to the first Accept; the next
-// Accept waits until the connection is closed.
+// Accept fails, so that go-milter's Serve returns as soon as it has
+// started the session's goroutine.
 type oneConnListener struct {
 	conn *trackedConn
-	used bool
 }
 
+// errServed ends go-milter's Serve after the one connection.
+var errServed = errors.New("milter: connection handed to its session")
+
 func (l *oneConnListener) Accept() (net.Conn, error) {
-	if !l.used {
-		l.used = true
-		return l.conn, nil
+	if c := l.conn; c != nil {
+		l.conn = nil
+		return c, nil
 	}
-	<-l.conn.closed
-	return nil, net.ErrClosed
+	return nil, errServed
 }
 
 func (l *oneConnListener) Close() error   { return nil }
-func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
+func (l *oneConnListener) Addr() net.Addr { return &net.TCPAddr{} } // not used by go-milter
 
 // trackedConn is the MTA connection as go-milter sees it. It saves system
 // calls that go-milter would make: it writes each packet in one write
@@ -312,7 +316,7 @@ func (l *oneConnListener) Addr() net.Addr { return l.conn.LocalAddr() }
 // ones (header, then the data uncopied); and it can hold the
 // end-of-message modifications and send them together with the final
 // reply in one write (see holdUntilReply). Only the session's goroutine
-// reads and writes it; Close may come from any goroutine.
+// reads, writes and Closes it; shut may come from any goroutine.
 type trackedConn struct {
 	*limitConn
 	out     []byte // the packet being written, or the packets held
@@ -321,7 +325,8 @@ type trackedConn struct {
 	final   bool
 
 	closeOnce sync.Once
-	closed    chan struct{}
+	ended     func() // the server's bookkeeping at the session's end
+	endOnce   sync.Once
 }
 
 // bigPacket is the size from which a packet's data is written on its own
@@ -382,12 +387,23 @@ func (c *trackedConn) releaseWithReply() {
 // dropHeld forgets held writes after an error; the session ends anyway.
 func (c *trackedConn) dropHeld() { c.holding, c.final, c.out, c.need = false, false, nil, 0 }
 
+// Close is go-milter's, on the session's goroutine, as the session ends
+// (whatever ended it: HandleMilterCommands closes the connection last):
+// the connection is closed, and the server forgets it.
 func (c *trackedConn) Close() error {
+	err := c.shut()
+	if c.ended != nil {
+		c.endOnce.Do(c.ended)
+	}
+	return err
+}
+
+// shut closes the connection, from any goroutine (Shutdown, holding the
+// server's lock): the session's goroutine then finds it closed, ends, and
+// calls Close.
+func (c *trackedConn) shut() error {
 	err := net.ErrClosed
-	c.closeOnce.Do(func() {
-		close(c.closed)
-		err = c.limitConn.Close()
-	})
+	c.closeOnce.Do(func() { err = c.limitConn.Close() })
 	return err
 }
 
