@@ -2,7 +2,6 @@ package gpgmailgate
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,23 +59,11 @@ func ReadCertDir(dir string) ([]Entry, error) {
 			out = append(out, Entry{Origin: origin, Skip: "the file name is not an address: gpg-mailgate found certificates by file name, so it never used this one"})
 			continue
 		}
-		data, err := readLimited(path, keys.MaxKeyBytes+1)
+		data, err := keys.ReadKeyFile(path)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, Entry{Origin: origin, Address: name, Data: data, Certificate: true})
 	}
 	return out, nil
-}
-
-// readLimited reads at most limit bytes of a file, so that a wrong file
-// in the directory (a disk image) fails fast instead of filling memory;
-// the size rule then refuses it.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, limit))
 }

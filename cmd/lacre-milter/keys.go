@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -62,7 +61,7 @@ func keysAdd(e *env, args []string) error {
 	if pos[1] == "-" {
 		data, err = io.ReadAll(io.LimitReader(e.stdin, keys.MaxKeyBytes+1))
 	} else {
-		data, err = readLimited(pos[1], keys.MaxKeyBytes+1)
+		data, err = keys.ReadKeyFile(pos[1])
 	}
 	if err != nil {
 		return err
@@ -149,17 +148,6 @@ func kindNoun(k keys.Kind) string {
 		return "certificates"
 	}
 	return "OpenPGP keys"
-}
-
-// readLimited reads at most limit bytes of a file, so a wrong path (a
-// disk image, /dev/zero) fails fast instead of filling memory.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return io.ReadAll(io.LimitReader(f, limit))
 }
 
 func keysList(e *env, args []string) error {
