@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // toml joins lines with "\n", so that a case's line numbers are its

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // TestFormatAndSMIMEOptions: the values of [encryption] pgp_format,

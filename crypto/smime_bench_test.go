@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"lacre.io/milter/crypto/smime"
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // BenchmarkEncryptSMIME measures EncryptSMIME, the whole message-level

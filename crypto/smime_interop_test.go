@@ -8,7 +8,7 @@ package crypto
 // and base64 readers (as a mail client's MIME layer would). Each must give
 // back the inner entity EncryptSMIME promises: the original Content-*
 // fields and the body byte for byte (innerHeader, as for PGP/MIME, and
-// checkInner's independent oracle). The harness is crypto/smime/smimetest;
+// checkInner's independent oracle). The harness is internal/smimetest;
 // a missing tool skips, except under CI (CI set), where it fails.
 
 import (
@@ -23,7 +23,7 @@ import (
 	"testing"
 
 	"lacre.io/milter/crypto/smime"
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // smimeInteropMessage is the richest message of the interop runs: 8-bit

@@ -10,9 +10,9 @@ import (
 	"testing"
 
 	"lacre.io/milter/crypto/smime"
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
 	"lacre.io/milter/internal/pgptest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )

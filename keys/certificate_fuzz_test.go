@@ -12,7 +12,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // FuzzParseCertificate feeds arbitrary bytes to ParseCertificate and what

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 )
 

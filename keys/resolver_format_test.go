@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )

@@ -13,8 +13,8 @@ import (
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
 	"lacre.io/milter/crypto"
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/pgptest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )

@@ -11,8 +11,8 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )

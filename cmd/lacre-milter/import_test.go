@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"lacre.io/milter/config"
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/gnupgtest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 )
 

@@ -11,8 +11,8 @@ import (
 
 	"lacre.io/milter/config"
 	"lacre.io/milter/crypto/smime"
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/keys"
 	"lacre.io/milter/milter"
 )

@@ -5,7 +5,7 @@ import (
 	"crypto/x509"
 	"testing"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // Benchmarks of one S/MIME encryption as the milter will do it: Encrypt

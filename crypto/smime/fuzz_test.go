@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // Fuzz targets of the smime package. Seeds are made at run time (the

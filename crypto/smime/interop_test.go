@@ -21,7 +21,7 @@ import (
 	"strings"
 	"testing"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 // interopInner is the entity every reader must give back byte for byte:

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"lacre.io/milter/crypto/smime/smimetest"
+	"lacre.io/milter/internal/smimetest"
 )
 
 const testInner = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nThe launch code is 1234. Grüße.\r\n"

@@ -17,8 +17,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	openpgp "github.com/ProtonMail/go-crypto/openpgp/v2"
 
-	"lacre.io/milter/crypto/smime/smimetest"
 	"lacre.io/milter/internal/keystest"
+	"lacre.io/milter/internal/smimetest"
 	"lacre.io/milter/internal/testkeys"
 	"lacre.io/milter/keys"
 )
